@@ -1,0 +1,199 @@
+"""Configuration: ``application.yaml``, then ``DPMQ_…`` environment variables, validated once.
+
+The file keeps the original project's camelCase keys (``mq.messageChanBuffer``) so that an existing
+``application.yaml`` works unchanged. Every key can be overridden from the environment as
+``DPMQ_<SECTION>_<KEY>`` in any case (``DPMQ_MQ_PUSHMESSAGESSPEED=0.5``), and ``DPMQ_CONFIG`` names the
+file. The result is a frozen :class:`Settings`; a bad value stops start-up with the key's name.
+"""
+
+import copy
+import dataclasses
+import os
+
+import yaml
+
+from .errors import ConfigError
+
+#: Every known key with its default, type and bounds: (default, type, minimum, maximum).
+SCHEMA = {
+    "server": {
+        "host": ("127.0.0.1", str, None, None),
+        "port": (8080, int, 1, 65535),
+        "workers": (1, int, 1, 64),
+        "maxConsumers": (2000, int, 1, 100000),
+        "httpThreads": (32, int, 1, 1000),
+        "pingInterval": (25.0, float, 0, 3600),
+        "shutdownTimeout": (10.0, float, 0, 600),
+    },
+    "mq": {
+        "messageChanBuffer": (100, int, 1, 10_000_000),
+        "pushMessagesSpeed": (0.0, float, 0, 3600),
+        "sendRetryCount": (3, int, 0, 1000),
+        "publishTimeout": (5.0, float, 0, 600),
+        "maxMessageBytes": (1_048_576, int, 1, 1 << 30),
+        "maxBodyBytes": (16_777_216, int, 1, 1 << 31),
+        "maxTopicLength": (128, int, 1, 4096),
+        "maxConsumerIdLength": (128, int, 1, 4096),
+        "consumerBufferBytes": (4_194_304, int, 1024, 1 << 31),
+        "catchUpBatch": (500, int, 1, 100_000),
+        "fanoutWorkers": (2, int, 1, 64),
+        "cursorFlushInterval": (0.5, float, 0.01, 60),
+    },
+    "storage": {
+        "engine": ("sqlite", str, None, None),
+        "path": ("dpmq.db", str, None, None),
+        "synchronous": ("FULL", str, None, None),
+    },
+    "log": {
+        "level": ("INFO", str, None, None),
+    },
+}
+
+ENGINES = ("sqlite", "memory")
+SYNCHRONOUS = ("FULL", "NORMAL", "EXTRA")
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+#: Keys whose values GetConfig and the logs show as "***".
+SECRET_KEYS = frozenset({"redisUrl", "tokens", "password"})
+
+
+def _section_class(name, keys):
+    fields = [(key, spec[1]) for key, spec in keys.items()]
+    return dataclasses.make_dataclass(name, fields, frozen=True)
+
+
+ServerSettings = _section_class("ServerSettings", SCHEMA["server"])
+MQSettings = _section_class("MQSettings", SCHEMA["mq"])
+StorageSettings = _section_class("StorageSettings", SCHEMA["storage"])
+LogSettings = _section_class("LogSettings", SCHEMA["log"])
+_SECTION_CLASSES = {"server": ServerSettings, "mq": MQSettings, "storage": StorageSettings,
+                    "log": LogSettings}
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The effective, validated configuration of one broker. Immutable: share it freely."""
+
+    server: ServerSettings
+    mq: MQSettings
+    storage: StorageSettings
+    log: LogSettings
+    source: str = "(defaults)"
+
+    def as_dict(self, redact=True):
+        """The configuration as the nested camelCase mapping of ``application.yaml``."""
+        out = {}
+        for section in _SECTION_CLASSES:
+            values = dataclasses.asdict(getattr(self, section))
+            if redact:
+                values = {k: ("***" if k in SECRET_KEYS and v else v) for k, v in values.items()}
+            out[section] = values
+        return out
+
+    def replace(self, **sections):
+        """A copy with some keys changed: ``settings.replace(mq={"pushMessagesSpeed": 0.2})``."""
+        data = self.as_dict(redact=False)
+        for section, values in sections.items():
+            data.setdefault(section, {}).update(values)
+        return build(data, source=self.source)
+
+
+def _coerce(section, key, value):
+    default, kind, low, high = SCHEMA[section][key]
+    name = f"{section}.{key}"
+    if kind is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{name} must be a string, got {value!r}")
+        return str(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    try:
+        number = kind(value) if kind is float else int(str(value), 10) if isinstance(value, str) \
+            else value
+    except ValueError:
+        raise ConfigError(f"{name} must be {'a whole number' if kind is int else 'a number'},"
+                          f" got {value!r}") from None
+    if kind is int and number != int(number):
+        raise ConfigError(f"{name} must be a whole number, got {value!r}")
+    number = kind(number)
+    if low is not None and number < low or high is not None and number > high:
+        raise ConfigError(f"{name} must be between {low} and {high}, got {value!r}")
+    return number
+
+
+def build(data, source="(given)"):
+    """Validate a nested mapping into :class:`Settings`; unknown keys and bad values raise ConfigError."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the configuration must be a mapping of sections")
+    sections = {}
+    for section, keys in SCHEMA.items():
+        given = data.get(section) or {}
+        if not isinstance(given, dict):
+            raise ConfigError(f"{section} must be a mapping, got {given!r}")
+        unknown = sorted(set(given) - set(keys))
+        if unknown:
+            raise ConfigError(f"unknown key {section}.{unknown[0]}; known keys: {', '.join(keys)}")
+        values = {key: _coerce(section, key, given.get(key, spec[0])) for key, spec in keys.items()}
+        sections[section] = _SECTION_CLASSES[section](**values)
+    unknown = sorted(set(data) - set(SCHEMA))
+    if unknown:
+        raise ConfigError(f"unknown section {unknown[0]!r}; known sections: {', '.join(SCHEMA)}")
+    _check_choices(sections)
+    return Settings(source=source, **sections)
+
+
+def _check_choices(sections):
+    storage = sections["storage"]
+    if storage.engine not in ENGINES:
+        raise ConfigError(f"storage.engine must be one of {', '.join(ENGINES)}, got {storage.engine!r}")
+    if storage.synchronous.upper() not in SYNCHRONOUS:
+        raise ConfigError(f"storage.synchronous must be one of {', '.join(SYNCHRONOUS)}")
+    if sections["log"].level.upper() not in LEVELS:
+        raise ConfigError(f"log.level must be one of {', '.join(LEVELS)}")
+    if storage.engine in ("sqlite", "memory") and sections["server"].workers != 1:
+        raise ConfigError(f"server.workers must be 1 with storage.engine {storage.engine}: one process"
+                          " owns the store. Use more consumer threads instead (server.maxConsumers).")
+
+
+def apply_environment(data, environ):
+    """Overlay ``DPMQ_<SECTION>_<KEY>`` variables on ``data``; values are read as YAML scalars."""
+    data = copy.deepcopy(data) if data else {}
+    lookup = {f"DPMQ_{s}_{k}".upper(): (s, k) for s, keys in SCHEMA.items() for k in keys}
+    for name, raw in environ.items():
+        target = lookup.get(name.upper())
+        if target is None:
+            continue
+        section, key = target
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else raw
+        except yaml.YAMLError:
+            value = raw
+        if SCHEMA[section][key][1] is str and value is not None:
+            value = raw
+        if data.get(section) is None:
+            data[section] = {}
+        data[section][key] = value
+    return data
+
+
+def load(path=None, environ=None):
+    """Load the configuration the way ``dpmq serve`` does: file, then environment, then validation.
+
+    ``path`` defaults to ``$DPMQ_CONFIG``, then ``application.yaml`` in the working directory if it
+    exists; with no file at all the defaults apply.
+    """
+    environ = os.environ if environ is None else environ
+    path = path or environ.get("DPMQ_CONFIG")
+    if path is None and os.path.exists("application.yaml"):
+        path = "application.yaml"
+    data = {}
+    if path:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                data = yaml.safe_load(handle) or {}
+        except OSError as exc:
+            raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"configuration file {path} is not valid YAML: {exc}") from None
+    return build(apply_environment(data, environ), source=path or "(defaults)")

@@ -1,0 +1,193 @@
+"""One consumer socket, and the one place where bytes are written to it.
+
+simple-websocket writes to its socket from two threads with no lock: ``send`` from the caller, Pong
+and Close frames from its reader thread, and it ignores short writes. Two writers can interleave a
+Pong inside a data frame. DPMQ therefore hands simple-websocket a :class:`GuardedSocket` instead of
+the real one: every write, simple-websocket's own included, is appended whole to the connection's
+outgoing buffer under one lock and written from there with non-blocking sends, so frames never
+interleave and a short write simply leaves the rest for later.
+
+A delivery thread (see :mod:`dpmq.delivery`) queues data frames with :meth:`Connection.offer` and
+writes them with :meth:`Connection.flush`; when the socket is not writable it is told through
+``on_blocked`` and waits for writability in its selector. No thread ever blocks on a consumer.
+"""
+
+import collections
+import select
+import socket
+import threading
+
+_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
+_COMPACT_AT = 1 << 16
+
+
+def _has_close_frame(data):
+    """Whether the server frames in ``data`` include a Close frame (opcode 8)."""
+    pos, size = 0, len(data)
+    while pos + 2 <= size:
+        first, second = data[pos], data[pos + 1]
+        if first & 0x0F == 0x8:
+            return True
+        length, header = second & 0x7F, 2
+        if length == 126:
+            length, header = int.from_bytes(data[pos + 2:pos + 4], "big"), 4
+        elif length == 127:
+            length, header = int.from_bytes(data[pos + 2:pos + 10], "big"), 10
+        if second & 0x80:
+            header += 4
+        pos += header + length
+    return False
+
+
+class GuardedSocket:
+    """What simple-websocket sees as its socket: reads pass through, writes go through the owner."""
+
+    def __init__(self, raw, owner):
+        self._raw = raw
+        self._owner = owner
+
+    def send(self, data):
+        return self._owner.write_control(data)
+
+    def sendall(self, data):
+        self._owner.write_control(data)
+
+    def recv(self, size):
+        return self._raw.recv(size)
+
+    def close(self):
+        self._owner.release()
+
+    def __getattr__(self, name):
+        return getattr(self._raw, name)
+
+
+class Connection:
+    """The outgoing side of one consumer socket. Thread-safe: every method takes the one lock.
+
+    ``written_offset`` is the offset of the last message whose frame was handed whole to the kernel;
+    it is what the subscription's cursor saves. ``limit`` bounds the bytes waiting in the buffer.
+    """
+
+    def __init__(self, raw, limit, remote_addr=""):
+        self.raw = raw
+        self.socket = GuardedSocket(raw, self)
+        self.limit = limit
+        self.remote_addr = remote_addr
+        self.on_blocked = None      # set by the delivery shard that owns this connection
+        self.written_offset = 0
+        self.delivered = 0          # frames handed whole to the kernel
+        self.broken = False         # a write failed: the peer is gone
+        self.closing = False        # a Close frame is queued: no more data frames
+        self.closed = False         # no more writes of any kind
+        self._lock = threading.Lock()
+        self._out = bytearray()
+        self._head = 0              # bytes of _out already written
+        self._queued = 0            # bytes ever queued, a stream position
+        self._marks = collections.deque()   # (stream position where a message ends, offset)
+
+    @property
+    def open(self):
+        """Whether data frames may still be queued."""
+        return not (self.closing or self.closed)
+
+    @property
+    def pending_bytes(self):
+        return len(self._out) - self._head
+
+    def offer(self, frame, offset):
+        """Queue a message frame; False if the connection is closing or its buffer is full."""
+        with self._lock:
+            if self.closing or self.closed or len(self._out) - self._head >= self.limit:
+                return False
+            self._out += frame
+            self._queued += len(frame)
+            self._marks.append((self._queued, offset))
+            return True
+
+    def skip(self, offset):
+        """Let the cursor pass ``offset`` once everything queued before it is written."""
+        with self._lock:
+            self._marks.append((self._queued, offset))
+            self._advance()
+
+    def flush(self):
+        """Write what the socket takes now, without blocking. True when the buffer is empty."""
+        with self._lock:
+            return self._flush_locked()
+
+    def _flush_locked(self):
+        out = self._out
+        while self._head < len(out) and not self.closed:
+            try:
+                with memoryview(out) as view, view[self._head:] as rest:
+                    sent = self.raw.send(rest, _DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self.broken = self.closed = True
+                break
+            self._head += sent
+            self._advance()
+        if self._head == len(out):
+            out.clear()
+            self._head = 0
+        elif self._head >= _COMPACT_AT and self._head * 2 >= len(out):
+            del out[:self._head]
+            self._head = 0
+        return self._head == len(out)
+
+    def _advance(self):
+        written = self._queued - (len(self._out) - self._head)
+        marks = self._marks
+        while marks and marks[0][0] <= written:
+            end, offset = marks.popleft()
+            self.written_offset = offset
+            self.delivered += 1
+
+    def first_unwritten(self):
+        """The offset of the first queued message not yet written whole, or None."""
+        with self._lock:
+            return self._marks[0][1] if self._marks else None
+
+    def write_control(self, data):
+        """simple-websocket's writes (handshake, Ping, Pong, Close): queued whole, in order."""
+        with self._lock:
+            if self.closed:
+                raise BrokenPipeError("DPMQ connection is closed")
+            if not data.startswith(b"HTTP/") and _has_close_frame(data):
+                self.closing = True
+            self._out += data
+            self._queued += len(data)
+            done = self._flush_locked()
+            if self.broken:
+                raise BrokenPipeError("the consumer is gone")
+        if not done:
+            if self.on_blocked is not None:
+                self.on_blocked(self)
+            else:
+                self._flush_blocking(timeout=10)
+        return len(data)
+
+    def _flush_blocking(self, timeout):
+        """Before a shard owns the connection (the handshake), wait for the socket a little."""
+        while not self.flush():
+            _, writable, _ = select.select([], [self.raw], [], timeout)
+            if not writable:
+                with self._lock:
+                    self.broken = self.closed = True
+                return
+
+    def release(self):
+        """No more writes; close the socket. Called when the connection is over."""
+        with self._lock:
+            self.closed = True
+            try:
+                self.raw.close()
+            except OSError:
+                pass
+
+    def detach(self):
+        """No more writes, but leave the socket to the HTTP server that owns it."""
+        with self._lock:
+            self.closed = True

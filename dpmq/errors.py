@@ -1,0 +1,62 @@
+"""The one exception tree of DPMQ.
+
+Every error a user can see carries a message that says what to do about it, and the HTTP status the
+producer API answers with.
+"""
+
+
+class DPMQError(Exception):
+    """Base of every DPMQ error."""
+
+    status = 500
+
+
+class ConfigError(DPMQError):
+    """Raised when a configuration value is missing, of the wrong type or out of range; names the key."""
+
+
+class BadRequest(DPMQError):
+    """Raised when a producer or consumer sends input DPMQ cannot accept (missing field, bad topic)."""
+
+    status = 400
+
+
+class TooLarge(DPMQError):
+    """Raised when a message or request body is over the configured limit."""
+
+    status = 413
+
+
+class Unavailable(DPMQError):
+    """Raised when the broker cannot accept a message now: buffer full, store down, shutting down.
+
+    The producer may retry after ``retry_after`` seconds; nothing was stored.
+    """
+
+    status = 503
+
+    def __init__(self, message, retry_after=1):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class StoreError(Unavailable):
+    """Raised when the storage engine cannot read or write (disk full, read-only, database gone)."""
+
+
+class Refused(DPMQError):
+    """Raised when a consumer connection is refused; ``close_code`` is the WebSocket close code."""
+
+    close_code = 1008
+
+    def __init__(self, message, close_code=None):
+        super().__init__(message)
+        if close_code is not None:
+            self.close_code = close_code
+
+
+#: WebSocket close codes DPMQ uses, by meaning.
+CLOSE_BAD_INPUT = 1008
+CLOSE_GOING_AWAY = 1001
+CLOSE_TRY_AGAIN = 1013
+CLOSE_DUPLICATE = 4409

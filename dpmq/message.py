@@ -1,0 +1,61 @@
+"""Messages: the MessageCode, the pushed JSON object, and the WebSocket frame built once per message.
+
+Server-to-client frames are never masked, so the bytes of one frame are the same for every consumer:
+the pump builds them once and every connection shares them (only a redelivery, whose ``Status``
+differs, gets a frame of its own).
+"""
+
+import hashlib
+import json
+import os
+import struct
+import time
+from typing import NamedTuple
+
+
+class Record(NamedTuple):
+    """One message as stored in a topic's log."""
+
+    offset: int
+    code: str
+    topic: str
+    data: str
+    created: float  # seconds since the epoch
+
+
+def new_code():
+    """A fresh MessageCode: 40 lowercase hex characters, unique without coordination."""
+    return hashlib.sha1(os.urandom(20) + time.time_ns().to_bytes(8, "big")).hexdigest()
+
+
+def format_time(created):
+    """``CreateTime`` as the original gave it: server local time, ``YYYY-MM-DD HH:MM:SS``."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(created))
+
+
+def payload(record, status=0):
+    """The JSON object pushed to a consumer, as UTF-8 bytes. The five original fields never change."""
+    return json.dumps({
+        "MessageCode": record.code,
+        "MessageData": record.data,
+        "Topic": record.topic,
+        "CreateTime": format_time(record.created),
+        "Status": status,
+    }, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def text_frame(data):
+    """One unmasked, unfragmented WebSocket text frame (RFC 6455 section 5.2) holding ``data``."""
+    length = len(data)
+    if length < 126:
+        header = struct.pack("!BB", 0x81, length)
+    elif length < 65536:
+        header = struct.pack("!BBH", 0x81, 126, length)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, length)
+    return header + data
+
+
+def frame(record, status=0):
+    """The complete frame that delivers ``record`` with the given ``Status``."""
+    return text_frame(payload(record, status))
