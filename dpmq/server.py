@@ -1,0 +1,84 @@
+"""Running DPMQ under gunicorn with gthread workers, the production server of the design card.
+
+Under gthread every WebSocket holds a worker thread for its whole life; a connection beyond
+``threads`` would wait in its handshake until the client gives up. So the thread count is
+``server.maxConsumers`` plus ``server.httpThreads`` for producers and the console, and the broker
+refuses consumer number ``maxConsumers + 1`` at once with close code 1013.
+
+gunicorn gives a worker no hook for SIGTERM, so :func:`post_worker_init` installs one: the broker
+stops accepting, pushes what is buffered and closes consumers with 1001 while the worker finishes
+its in-flight requests, and the worker waits for the broker before it exits.
+"""
+
+import logging
+import signal
+import threading
+
+log = logging.getLogger(__name__)
+
+
+def gunicorn_options(settings):
+    """The gunicorn settings that run ``settings`` correctly."""
+    server = settings.server
+    threads = server.maxConsumers + server.httpThreads
+    return {
+        "bind": [f"{server.host}:{server.port}"],
+        "workers": server.workers,
+        "worker_class": "gthread",
+        "threads": threads,
+        "worker_connections": threads + 1000,
+        "keepalive": 5,
+        "timeout": 30,
+        "graceful_timeout": int(server.shutdownTimeout) + 5,
+        "loglevel": settings.log.level.lower(),
+        "post_worker_init": post_worker_init,
+        "control_socket_disable": True,     # gunicorn >= 25: no shared control socket in $HOME
+    }
+
+
+def post_worker_init(worker):
+    """Stop the broker gracefully on SIGTERM, SIGINT and SIGQUIT, then let the worker exit."""
+    broker = worker.wsgi.extensions["dpmq"]
+    stopper = threading.Thread(target=broker.stop, name="dpmq-stop", daemon=True)
+    lock = threading.Lock()
+
+    def begin_stop(signum, frame):
+        with lock:
+            if not stopper.is_alive() and stopper.ident is None:
+                log.info("signal %d: stopping gracefully", signum)
+                stopper.start()
+        worker.handle_exit(signum, frame)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        signal.signal(signum, begin_stop)
+    signal.siginterrupt(signal.SIGTERM, False)
+    run = worker.run
+
+    def run_then_stop():
+        try:
+            run()
+        finally:
+            if stopper.ident is None:
+                broker.stop()
+            else:
+                stopper.join(broker.settings.server.shutdownTimeout + 2)
+
+    worker.run = run_then_stop
+
+
+def serve(settings):
+    """Run the broker under gunicorn in this process (the master); returns when it exits."""
+    from gunicorn.app.base import BaseApplication
+
+    from .app import create_app
+
+    class DPMQApplication(BaseApplication):
+        def load_config(self):
+            for key, value in gunicorn_options(settings).items():
+                if key in self.cfg.settings:
+                    self.cfg.set(key, value)
+
+        def load(self):
+            return create_app(settings)
+
+    DPMQApplication().run()

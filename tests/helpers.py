@@ -1,0 +1,134 @@
+"""Test clients: a WebSocket consumer that collects messages, and ``dpmq serve`` in a subprocess."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import requests
+import yaml
+from simple_websocket import Client, ConnectionClosed
+
+
+def wait_for(predicate, timeout=10.0, interval=0.01, what="condition"):
+    """Poll ``predicate`` until it is true; fail the test with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class Collector:
+    """A consumer on a background thread that keeps every message it receives, parsed."""
+
+    def __init__(self, ws_url, topic, consumer_id, query=""):
+        self.url = f"{ws_url}/ConsumersConn/{topic}/{consumer_id}{query}"
+        self.messages = []
+        self.arrivals = []              # time.monotonic() of each message
+        self.closed = None              # (code, reason) once the server closed it
+        self.ws = Client.connect(self.url)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        try:
+            while True:
+                data = self.ws.receive()
+                if data is None:
+                    break
+                self.arrivals.append(time.monotonic())
+                self.messages.append(json.loads(data))
+        except ConnectionClosed as exc:
+            self.closed = (exc.reason, exc.message)
+
+    @property
+    def datas(self):
+        return [m["MessageData"] for m in self.messages]
+
+    def wait_count(self, count, timeout=10.0):
+        wait_for(lambda: len(self.messages) >= count, timeout,
+                 what=f"{count} messages at {self.url} (have {len(self.messages)})")
+        return self.messages
+
+    def close(self):
+        try:
+            self.ws.close()
+        except Exception:  # noqa: BLE001 - already closed
+            pass
+        self._thread.join(5)
+
+
+def connect_and_close_code(ws_url, path, timeout=5.0):
+    """Open a WebSocket and return the (code, reason) the server closes it with."""
+    ws = Client.connect(ws_url + path)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ws.receive(timeout=0.2)
+    except ConnectionClosed as exc:
+        return exc.reason, exc.message
+    finally:
+        try:
+            ws.close()
+        except Exception:  # noqa: BLE001
+            pass
+    raise AssertionError(f"{path} was not closed by the server within {timeout}s")
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServedBroker:
+    """``dpmq serve`` under gunicorn in a subprocess, on its own port, config file and store."""
+
+    def __init__(self, folder, **sections):
+        self.folder = folder
+        self.port = free_port()
+        data = {"server": {"port": self.port, "pingInterval": 0},
+                "storage": {"path": str(folder / "dpmq.db")},
+                "log": {"level": "INFO"}}
+        for section, values in sections.items():
+            data.setdefault(section, {}).update(values)
+        self.config = folder / "application.yaml"
+        self.config.write_text(yaml.safe_dump(data))
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.ws_url = f"ws://127.0.0.1:{self.port}"
+        self.log = folder / "serve.log"
+        self.proc = None
+
+    def start(self):
+        env = dict(os.environ, DPMQ_CONFIG=str(self.config))
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "dpmq.cli", "serve"], cwd=self.folder,
+                                         env=env, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        wait_for(self._up, timeout=20, what=f"dpmq serve on port {self.port}; log:\n{self.log}")
+        return self
+
+    def _up(self):
+        if self.proc.poll() is not None:
+            raise AssertionError(f"dpmq serve exited with {self.proc.returncode}:\n"
+                                 f"{self.log.read_text()}")
+        try:
+            return requests.get(self.url + "/Console/Ping", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def kill(self, sig=signal.SIGKILL):
+        """Signal the whole process group (gunicorn master and worker)."""
+        os.killpg(self.proc.pid, sig)
+        self.proc.wait(30)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.kill(signal.SIGKILL)

@@ -1,0 +1,89 @@
+"""POST /ProducerSend: the original contract, every body encoding, and every refusal."""
+
+import re
+
+import pytest
+
+HEX40 = re.compile(r"^[0-9a-f]{40}$")
+
+
+def test_form_post_returns_code_zero_and_a_message_code(broker):
+    reply = broker.http.post(broker.url + "/ProducerSend",
+                             data={"topic": "t", "messageData": "hello"})
+    assert reply.status_code == 200
+    body = reply.json()
+    assert list(body) == ["code", "msg"]
+    assert body["code"] == 0 and HEX40.match(body["msg"])
+
+
+def test_multipart_and_json_bodies_are_accepted(broker):
+    multipart = broker.http.post(broker.url + "/ProducerSend",
+                                 files={"topic": (None, "t"), "messageData": (None, "m")}).json()
+    as_json = broker.http.post(broker.url + "/ProducerSend",
+                               json={"topic": "t", "messageData": "j"}).json()
+    assert multipart["code"] == 0 and HEX40.match(multipart["msg"])
+    assert as_json["code"] == 0 and HEX40.match(as_json["msg"])
+    assert multipart["msg"] != as_json["msg"]
+
+
+def test_each_message_gets_a_distinct_code(broker):
+    codes = {broker.publish("t", str(i))["msg"] for i in range(50)}
+    assert len(codes) == 50
+
+
+@pytest.mark.parametrize("topic, fragment", [
+    ("a|b", "'|'"),
+    ("a/b", "'/'"),
+    ("", "required"),
+    ("x" * 129, "129 characters"),
+    ("tab\there", "printable"),
+    ("nl\n", "printable"),
+])
+def test_bad_topics_get_400_and_a_reason(broker, topic, fragment):
+    reply = broker.http.post(broker.url + "/ProducerSend", data={"topic": topic, "messageData": "x"})
+    assert reply.status_code == 400
+    body = reply.json()
+    assert body["code"] == -1 and fragment in body["msg"]
+
+
+def test_topic_of_exactly_128_characters_and_non_ascii_is_accepted(broker):
+    assert broker.publish("x" * 128, "ok")["code"] == 0
+    assert broker.publish("заказы.新", "ok")["code"] == 0
+
+
+def test_missing_fields_and_bad_json_get_400(broker):
+    for kwargs in ({"data": {"topic": "t"}}, {"data": {"messageData": "x"}},
+                   {"data": "{not json", "headers": {"Content-Type": "application/json"}},
+                   {"json": ["a", "list"]}):
+        reply = broker.http.post(broker.url + "/ProducerSend", **kwargs)
+        assert reply.status_code == 400, kwargs
+        assert reply.json()["code"] == -1 and reply.json()["msg"]
+
+
+def test_json_fields_must_be_strings(broker):
+    reply = broker.http.post(broker.url + "/ProducerSend", json={"topic": "t", "messageData": 5})
+    assert reply.status_code == 400 and "string" in reply.json()["msg"]
+
+
+def test_message_over_max_message_bytes_gets_413_and_is_not_stored(make_broker, engine_name):
+    running = make_broker(engine_name, mq={"maxMessageBytes": 10})
+    assert running.publish("t", "x" * 10)["code"] == 0
+    reply = running.http.post(running.url + "/ProducerSend", data={"topic": "t", "messageData": "é" * 6})
+    assert reply.status_code == 413 and "maxMessageBytes" in reply.json()["msg"]
+    assert running.broker.engine.head("t") == 1
+
+
+def test_body_over_max_body_bytes_gets_413(make_broker, engine_name):
+    running = make_broker(engine_name, mq={"maxBodyBytes": 1000})
+    reply = running.http.post(running.url + "/ProducerSend",
+                              data={"topic": "t", "messageData": "x" * 2000})
+    assert reply.status_code == 413
+    assert reply.json() == {"code": -1, "msg": reply.json()["msg"]}
+    assert "maxBodyBytes" in reply.json()["msg"]
+
+
+def test_unknown_path_and_wrong_method_answer_in_the_api_shape(broker):
+    missing = broker.http.get(broker.url + "/NoSuchThing")
+    assert missing.status_code == 404 and missing.json()["code"] == -1
+    wrong = broker.http.get(broker.url + "/ProducerSend")
+    assert wrong.status_code == 405 and wrong.json()["code"] == -1
