@@ -1,71 +1,11 @@
 """Slow, stuck and pinging consumers: frames stay whole, and nobody waits for the slowest."""
 
-import json
-import socket
 import threading
 import time
 
-from wsproto import ConnectionType, WSConnection
-from wsproto.events import (AcceptConnection, CloseConnection, Ping, Pong, Request,
-                            TextMessage)
+from wsproto.events import Ping
 
-from helpers import Collector, wait_for
-
-
-class RawConsumer:
-    """A hand-driven WebSocket client: reads as slowly as told and pings as often as told.
-
-    wsproto validates every frame it parses, so an interleaved Pong inside a data frame shows up as
-    a protocol error (invalid UTF-8 or a bad opcode) instead of passing unnoticed.
-    """
-
-    def __init__(self, port, path, recv_buffer=4096):
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, recv_buffer)
-        self.sock.connect(("127.0.0.1", port))
-        self.ws = WSConnection(ConnectionType.CLIENT)
-        self.sock.sendall(self.ws.send(Request(host="127.0.0.1", target=path)))
-        self.messages = []
-        self.pongs = 0
-        self.error = None
-        self._partial = ""
-        while not any(isinstance(e, AcceptConnection) for e in self._read(65536)):
-            pass
-
-    def _read(self, size):
-        data = self.sock.recv(size)
-        if not data:
-            raise ConnectionError("server closed the connection")
-        self.ws.receive_data(data)
-        events = list(self.ws.events())
-        for event in events:
-            if isinstance(event, TextMessage):
-                self._partial += event.data
-                if event.message_finished:
-                    self.messages.append(json.loads(self._partial))
-                    self._partial = ""
-            elif isinstance(event, Pong):
-                self.pongs += 1
-            elif isinstance(event, CloseConnection):
-                raise ConnectionError(f"closed by server: {event.code} {event.reason}")
-        return events
-
-    def read_slowly(self, count, chunk=512, pause=0.0005, ping_every=0.002, timeout=60):
-        """Read until ``count`` messages arrived, ``chunk`` bytes at a time, pinging meanwhile."""
-        deadline = time.monotonic() + timeout
-        next_ping = 0.0
-        try:
-            while len(self.messages) < count and time.monotonic() < deadline:
-                if time.monotonic() >= next_ping:
-                    self.sock.sendall(self.ws.send(Ping(b"are you there")))
-                    next_ping = time.monotonic() + ping_every
-                self._read(chunk)
-                time.sleep(pause)
-        except Exception as exc:  # noqa: BLE001 - recorded for the assertion
-            self.error = exc
-
-    def close(self):
-        self.sock.close()
+from helpers import Collector, RawConsumer, wait_for
 
 
 def test_slow_pinging_consumer_receives_thousands_of_messages_intact(make_broker, engine_name):
@@ -117,9 +57,8 @@ def test_consumers_that_vanish_mid_stream_do_not_disturb_the_rest(make_broker, e
         n = 0
         while not stop.is_set():
             raw = RawConsumer(running.port, f"/ConsumersConn/t/churn{n % 3}")
-            raw.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
             time.sleep(0.01)
-            raw.close()         # a reset without a close frame
+            raw.abort()
             n += 1
 
     churner = threading.Thread(target=churn)

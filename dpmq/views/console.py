@@ -36,5 +36,9 @@ def get_config():
 @bp.get("/Ping")
 def ping():
     b = broker()
-    return reply("pong", data={"engine": b.engine.name, "accepting": b.accepting,
-                               "uptime": round(time.time() - b.stats.started, 3)})
+    stats = b.stats
+    return reply("pong", data={
+        "engine": b.engine.name, "accepting": b.accepting,
+        "uptime": round(time.time() - stats.started, 3), "buffered": b.buffer.qsize(),
+        "consumers": len(b.subscribers()), "published": stats.published, "pushed": stats.pushed,
+        "failed": stats.failed, "deadLettered": stats.dead_lettered})

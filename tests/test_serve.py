@@ -1,0 +1,130 @@
+"""``dpmq serve`` for real: gunicorn gthread, SIGKILL mid-stream, SIGTERM, bad configuration."""
+
+import signal
+import subprocess
+import sys
+import threading
+
+import pytest
+import requests
+
+from helpers import Collector, ServedBroker, connect_and_close_code, wait_for
+
+
+@pytest.fixture
+def served(tmp_path):
+    started = []
+
+    def serve(**sections):
+        running = ServedBroker(tmp_path, **sections)
+        started.append(running)
+        return running.start()
+
+    yield serve
+    for running in started:
+        running.stop()
+
+
+def _publisher(url, topic, prefix, accepted, stop):
+    """Publish until stopped; remember every message that got code 0."""
+    session = requests.Session()
+    n = 0
+    while not stop.is_set():
+        data = f"{prefix}{n}"
+        try:
+            reply = session.post(url + "/ProducerSend", data={"topic": topic, "messageData": data},
+                                 timeout=5)
+            if reply.json()["code"] == 0:
+                accepted.append(data)
+        except (requests.RequestException, ValueError):
+            pass
+        n += 1
+
+
+def test_sigkill_mid_stream_loses_nothing_that_got_code_zero(served):
+    broker = served(mq={"messageChanBuffer": 1000})
+    consumers = {cid: Collector(broker.ws_url, "jobs", cid) for cid in ("a", "b")}
+    wait_for(lambda: len(requests.get(broker.url + "/Console/GetConsumers").json()["data"]) == 2,
+             what="two consumers")
+    accepted, stop = [], threading.Event()
+    publishers = [threading.Thread(target=_publisher, args=(broker.url, "jobs", f"p{i}-", accepted,
+                                                            stop)) for i in range(3)]
+    for thread in publishers:
+        thread.start()
+    wait_for(lambda: len(accepted) >= 300, timeout=30, what="300 accepted messages")
+    broker.kill(signal.SIGKILL)
+    stop.set()
+    for thread in publishers:
+        thread.join(10)
+    before = {cid: list(c.messages) for cid, c in consumers.items()}
+    for consumer in consumers.values():
+        consumer.close()
+
+    broker.start()
+    again = {cid: Collector(broker.ws_url, "jobs", cid) for cid in ("a", "b")}
+    for cid, consumer in again.items():
+        wait_for(lambda: set(accepted) <= {m["MessageData"] for m in before[cid] + consumer.messages},
+                 timeout=30, what=f"every accepted message at {cid}")
+        offsets = [m["MessageCode"] for m in before[cid] + consumer.messages]
+        received = [m["MessageData"] for m in before[cid] + consumer.messages]
+        # Per publisher, messages arrive in the order they were sent (duplicates allowed).
+        for prefix in ("p0-", "p1-", "p2-"):
+            seq = [int(d[len(prefix):]) for d in dict.fromkeys(received) if d.startswith(prefix)]
+            assert seq == sorted(seq), f"{cid} got {prefix} out of order"
+        assert len(set(offsets)) == len(set(received))
+        consumer.close()
+
+
+def test_sigterm_closes_consumers_with_1001_and_a_restart_resumes(served):
+    broker = served()
+    consumer = Collector(broker.ws_url, "t", "x")
+    wait_for(lambda: requests.get(broker.url + "/Console/GetConsumers").json()["data"],
+             what="the consumer")
+    requests.post(broker.url + "/ProducerSend", data={"topic": "t", "messageData": "one"})
+    consumer.wait_count(1)
+    broker.proc.send_signal(signal.SIGTERM)
+    assert broker.proc.wait(20) == 0
+    wait_for(lambda: consumer.closed, what="the close frame")
+    assert consumer.closed[0] == 1001
+    broker.start()
+    requests.post(broker.url + "/ProducerSend", data={"topic": "t", "messageData": "two"})
+    again = Collector(broker.ws_url, "t", "x")
+    again.wait_count(1)
+    assert again.datas == ["two"]
+
+
+def test_consumers_up_to_max_consumers_connect_and_the_next_is_refused_not_hung(served):
+    broker = served(server={"maxConsumers": 20, "httpThreads": 4})
+    consumers = [Collector(broker.ws_url, "t", f"c{i}") for i in range(20)]
+    wait_for(lambda: len(requests.get(broker.url + "/Console/GetConsumers").json()["data"]) == 20,
+             what="20 consumers")
+    code, reason = connect_and_close_code(broker.ws_url, "/ConsumersConn/t/one-too-many")
+    assert code == 1013 and "maxConsumers" in reason
+    reply = requests.post(broker.url + "/ProducerSend", data={"topic": "t", "messageData": "m"})
+    assert reply.json()["code"] == 0, "producers still get a thread"
+    for consumer in consumers:
+        consumer.wait_count(1)
+
+
+def test_bad_configuration_stops_start_up_naming_the_key(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("mq:\n  pushMessagesSpeed: fast\n")
+    result = subprocess.run([sys.executable, "-m", "dpmq.cli", "serve", "--config", str(config)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert "mq.pushMessagesSpeed" in result.stderr
+
+
+def test_workers_above_one_are_refused_for_the_local_engines(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "dpmq.cli", "serve", "--workers", "2"],
+                            capture_output=True, text=True, timeout=30, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "server.workers" in result.stderr and "sqlite" in result.stderr
+
+
+def test_a_corrupt_store_stops_start_up_with_a_clear_message(tmp_path):
+    (tmp_path / "dpmq.db").write_bytes(b"this is not a database" * 100)
+    result = subprocess.run([sys.executable, "-m", "dpmq.cli", "serve"], capture_output=True,
+                            text=True, timeout=30, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "dpmq.db" in result.stderr and "storage.path" in result.stderr
