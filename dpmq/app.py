@@ -8,7 +8,7 @@ from werkzeug.exceptions import HTTPException
 from . import config
 from .broker import Broker
 from .errors import DPMQError, Unavailable
-from .views import consumer, console, producer, reply
+from .views import console, consumer, producer, reply
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,16 @@ import time
 
 from . import message
 from .delivery import Shard, Subscriber
-from .errors import (CLOSE_DUPLICATE, CLOSE_GOING_AWAY, CLOSE_TRY_AGAIN, BadRequest, Refused,
-                     StoreError, TooLarge, Unavailable)
+from .errors import (
+    CLOSE_DUPLICATE,
+    CLOSE_GOING_AWAY,
+    CLOSE_TRY_AGAIN,
+    BadRequest,
+    Refused,
+    StoreError,
+    TooLarge,
+    Unavailable,
+)
 from .storage import open_engine
 
 log = logging.getLogger(__name__)
@@ -160,7 +168,12 @@ class Broker:
             check_name("topic", topic, mq.maxTopicLength)
             if not isinstance(data, str):
                 raise BadRequest("messageData is required and must be a string")
-            if len(data) > mq.maxMessageBytes or len(data.encode("utf-8")) > mq.maxMessageBytes:
+            try:
+                size = len(data.encode("utf-8")) if len(data) <= mq.maxMessageBytes else len(data)
+            except UnicodeEncodeError:
+                raise BadRequest("messageData is not valid Unicode (it holds a lone surrogate)") \
+                    from None
+            if size > mq.maxMessageBytes:
                 raise TooLarge(f"messageData is larger than mq.maxMessageBytes ({mq.maxMessageBytes}"
                                " bytes); split it or raise the limit")
         count = len(messages)

@@ -87,3 +87,26 @@ def test_unknown_path_and_wrong_method_answer_in_the_api_shape(broker):
     assert missing.status_code == 404 and missing.json()["code"] == -1
     wrong = broker.http.get(broker.url + "/ProducerSend")
     assert wrong.status_code == 405 and wrong.json()["code"] == -1
+
+
+def test_bodies_that_are_not_utf8_are_refused_not_altered(broker):
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    for body, headers in [(b"topic=t&messageData=%ff%fe", form),
+                          (b"topic=t&messageData=\xff", form),
+                          (b'{"topic":"t","messageData":"\xff"}', {"Content-Type": "application/json"}),
+                          (b'{"topic":"t","messageData":"\\ud800"}',
+                           {"Content-Type": "application/json"})]:
+        reply = broker.http.post(broker.url + "/ProducerSend", data=body, headers=headers)
+        assert reply.status_code == 400, body
+        assert reply.json()["code"] == -1
+    assert broker.broker.engine.head("t") == 0
+
+
+def test_raw_utf8_in_a_form_body_is_kept_exactly(broker):
+    from helpers import Collector, wait_for
+    consumer = Collector(broker.ws_url, "t", "c")
+    wait_for(lambda: broker.broker.subscribers(), what="the consumer")
+    reply = broker.http.post(broker.url + "/ProducerSend", data="topic=t&messageData=héllo ✓ 新".encode(),
+                             headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert reply.json()["code"] == 0
+    assert consumer.wait_count(1)[0]["MessageData"] == "héllo ✓ 新"

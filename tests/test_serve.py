@@ -63,7 +63,8 @@ def test_sigkill_mid_stream_loses_nothing_that_got_code_zero(served):
     broker.start()
     again = {cid: Collector(broker.ws_url, "jobs", cid) for cid in ("a", "b")}
     for cid, consumer in again.items():
-        wait_for(lambda: set(accepted) <= {m["MessageData"] for m in before[cid] + consumer.messages},
+        wait_for(lambda cid=cid, consumer=consumer: set(accepted) <= {
+                     m["MessageData"] for m in before[cid] + consumer.messages},
                  timeout=30, what=f"every accepted message at {cid}")
         offsets = [m["MessageCode"] for m in before[cid] + consumer.messages]
         received = [m["MessageData"] for m in before[cid] + consumer.messages]

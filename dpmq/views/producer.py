@@ -1,5 +1,7 @@
 """The producer API: ``POST /ProducerSend`` (form, multipart or JSON), as the original had it."""
 
+from urllib.parse import parse_qsl
+
 from flask import Blueprint, request
 
 from ..errors import BadRequest
@@ -16,6 +18,17 @@ def _fields():
             raise BadRequest("the body is not a JSON object; send"
                              ' {"topic": "...", "messageData": "..."}')
         return body
+    if request.mimetype == "application/x-www-form-urlencoded":
+        # Parsed here rather than by Werkzeug, which would replace bytes that are not UTF-8 with
+        # U+FFFD and so store something other than what the producer sent.
+        try:
+            return dict(parse_qsl(request.get_data().decode("utf-8"), keep_blank_values=True,
+                                  errors="strict", max_num_fields=1000))
+        except UnicodeDecodeError:
+            raise BadRequest("the form body is not valid UTF-8; encode topic and messageData as"
+                             " UTF-8") from None
+        except ValueError:
+            raise BadRequest("the form body has too many fields") from None
     return request.form
 
 
