@@ -4,7 +4,8 @@ Publishing reserves room in the bounded buffer first (waiting at most ``mq.publi
 commits to the store; only a committed message is answered ``code:0``. The engine hands committed
 records back in log order (``on_commit``) and they enter the bounded ``queue.Queue``. The pump thread
 takes them one at a time, ``mq.pushMessagesSpeed`` seconds apart, and posts each, with its frame
-built once, to the delivery shards running on the fan-out ``ThreadPoolExecutor``.
+built once, to the delivery shards running on the fan-out ``ThreadPoolExecutor``. Delayed messages
+wait in the store; the scheduler moves each into its topic's log (and the buffer) when it is due.
 
 Everything hangs off one :class:`Broker` object, so one process can run several brokers.
 """
@@ -16,24 +17,25 @@ import threading
 import time
 
 from . import message
-from .delivery import Shard, Subscriber
+from .delivery import Shard, subscription_key
 from .errors import (
     CLOSE_DUPLICATE,
     CLOSE_GOING_AWAY,
     CLOSE_TRY_AGAIN,
     BadRequest,
     Refused,
-    StoreError,
     TooLarge,
     Unavailable,
 )
+from .housekeeping import Housekeeping
 from .storage import open_engine
+from .subscription import Member
 
 log = logging.getLogger(__name__)
 
 
 def check_name(kind, value, max_length):
-    """Validate a topic or consumer id; raise BadRequest saying what is wrong with it."""
+    """Validate a topic, consumer id or group; raise BadRequest saying what is wrong with it."""
     if not isinstance(value, str) or not value:
         raise BadRequest(f"{kind} is required: 1 to {max_length} printable characters")
     if len(value) > max_length:
@@ -55,17 +57,23 @@ class Slots:
 
     def acquire(self, count, timeout):
         with self._cond:
-            return self._cond.wait_for(lambda: self.used + count <= self.capacity, timeout) and \
-                self._take(count)
+            if not self._cond.wait_for(lambda: self.used + count <= self.capacity, timeout):
+                return False
+            self.used += count
+            return True
 
-    def _take(self, count):
-        self.used += count
-        return True
+    def acquire_up_to(self, count):
+        """Take as many as are free now, at most ``count``; returns how many."""
+        with self._cond:
+            taken = max(0, min(count, self.capacity - self.used))
+            self.used += taken
+            return taken
 
     def release(self, count):
-        with self._cond:
-            self.used -= count
-            self._cond.notify_all()
+        if count:
+            with self._cond:
+                self.used -= count
+                self._cond.notify_all()
 
 
 class Stats:
@@ -95,19 +103,18 @@ class Broker:
         self.heads = {}             # topic -> newest committed offset
         mq = settings.mq
         self.buffer = queue.Queue(maxsize=mq.messageChanBuffer)
-        self._slots = Slots(mq.messageChanBuffer)
-        self._subscribers = {}      # (topic, consumer id) -> Subscriber, or None while joining
+        self.slots = Slots(mq.messageChanBuffer)
+        self._members = {}          # (topic, consumer id) -> Member, or None while it joins
         self._lock = threading.Lock()
         self._stop_pump = threading.Event()
         self._draining = threading.Event()
         self._stop_delivery = threading.Event()
-        self._stop_housekeeping = threading.Event()
         self.accepting = False
         self.shards = [Shard(i, self) for i in range(mq.fanoutWorkers)]
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=len(self.shards), thread_name_prefix="dpmq-fanout")
-        self._threads = []
-        self._saved_cursors = {}
+        self._pump_thread = None
+        self.housekeeping = Housekeeping(self)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self):
@@ -116,82 +123,97 @@ class Broker:
         self.pumped.update(self.heads)
         for shard in self.shards:
             self._pool.submit(shard.run, self._stop_delivery)
-        for name, target in (("dpmq-pump", self._pump), ("dpmq-housekeeping", self._housekeeping)):
-            thread = threading.Thread(target=target, name=name, daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        self._pump_thread = threading.Thread(target=self._pump, name="dpmq-pump", daemon=True)
+        self._pump_thread.start()
+        self.housekeeping.start()
         self.accepting = True
         log.info("broker started: engine=%s buffer=%d pace=%ss retries=%d",
-                 self.engine.name, self._slots.capacity, self.settings.mq.pushMessagesSpeed,
+                 self.engine.name, self.slots.capacity, self.settings.mq.pushMessagesSpeed,
                  self.settings.mq.sendRetryCount)
         return self
 
     def stop(self, timeout=None):
         """Stop gracefully: refuse new messages, push what is buffered, close consumers with 1001."""
-        if not self.accepting and self._stop_pump.is_set():
+        if self._stop_pump.is_set():
             return
         timeout = self.settings.server.shutdownTimeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         self.accepting = False
-        log.info("broker stopping: %d buffered, %d consumers", self.buffer.qsize(),
-                 len(self._subscribers))
+        log.info("broker stopping: %d buffered, %d consumers", self.buffer.qsize(), len(self.members()))
         self._draining.set()
         self._stop_pump.set()
-        self._threads[0].join(max(0.0, deadline - time.monotonic()))
-        for sub in self.subscribers():
-            while sub.conn.pending_bytes and not sub.conn.closed and time.monotonic() < deadline:
+        self.housekeeping.stop_scheduler()
+        self._pump_thread.join(max(0.0, deadline - time.monotonic()))
+        for member in self.members():
+            while member.conn.pending_bytes and member.conn.open and time.monotonic() < deadline:
                 time.sleep(0.01)
-            self.close_subscriber(sub, CLOSE_GOING_AWAY, "DPMQ is shutting down; reconnect later")
-        with self._lock:
-            joining = list(self._subscribers.values())
-        while any(s is not None for s in joining) and time.monotonic() < deadline:
+            self.close_member(member, CLOSE_GOING_AWAY, "DPMQ is shutting down; reconnect later")
+        while self._members and time.monotonic() < deadline:
             time.sleep(0.01)
-            with self._lock:
-                joining = list(self._subscribers.values())
-        self._stop_housekeeping.set()
-        self._threads[1].join(2)
+        self.housekeeping.stop()
         self._stop_delivery.set()
         for shard in self.shards:
-            shard.post("stop", None)
+            shard.post("stop")
         self._pool.shutdown(wait=True)
         self.engine.close()
         log.info("broker stopped")
 
     # -- publishing --------------------------------------------------------------------------
-    def publish(self, messages):
-        """Accept ``[(topic, data), …]`` all or nothing; returns their MessageCodes once committed."""
+    def _new_message(self, fields, now):
+        mq = self.settings.mq
+        topic, data = fields.get("topic"), fields.get("messageData")
+        check_name("topic", topic, mq.maxTopicLength)
+        if not isinstance(data, str):
+            raise BadRequest("messageData is required and must be a string")
+        try:
+            size = len(data.encode("utf-8")) if len(data) <= mq.maxMessageBytes else len(data)
+        except UnicodeEncodeError:
+            raise BadRequest("messageData is not valid Unicode (it holds a lone surrogate)") from None
+        if size > mq.maxMessageBytes:
+            raise TooLarge(f"messageData is larger than mq.maxMessageBytes ({mq.maxMessageBytes}"
+                           " bytes); split it or raise the limit")
+        delay = _delay(fields.get("delay"), mq.maxDelaySeconds)
+        key = _optional_text("key", fields.get("key"), mq.maxKeyLength)
+        idempotency_key = _optional_text("idempotencyKey", fields.get("idempotencyKey"),
+                                         mq.maxKeyLength)
+        return message.NewMessage(message.new_code(), topic, data, now, key, idempotency_key,
+                                  now + delay if delay else 0.0)
+
+    def publish(self, items):
+        """Accept messages (mappings with topic, messageData and optional delay, key,
+        idempotencyKey) all or nothing; returns their MessageCodes once committed."""
         if not self.accepting:
             raise Unavailable("DPMQ is shutting down and accepts no messages; retry on another"
                               " instance or after the restart")
-        mq = self.settings.mq
-        for topic, data in messages:
-            check_name("topic", topic, mq.maxTopicLength)
-            if not isinstance(data, str):
-                raise BadRequest("messageData is required and must be a string")
-            try:
-                size = len(data.encode("utf-8")) if len(data) <= mq.maxMessageBytes else len(data)
-            except UnicodeEncodeError:
-                raise BadRequest("messageData is not valid Unicode (it holds a lone surrogate)") \
-                    from None
-            if size > mq.maxMessageBytes:
-                raise TooLarge(f"messageData is larger than mq.maxMessageBytes ({mq.maxMessageBytes}"
-                               " bytes); split it or raise the limit")
-        count = len(messages)
-        if count > self._slots.capacity:
-            raise TooLarge(f"a batch of {count} messages is larger than the whole buffer"
-                           f" (mq.messageChanBuffer={self._slots.capacity}); send smaller batches")
-        if not self._slots.acquire(count, mq.publishTimeout):
-            raise Unavailable(f"the buffer is full ({self._slots.capacity} messages waiting to be"
-                              f" pushed); retry in a moment", retry_after=max(1, int(mq.publishTimeout)))
+        if not items:
+            raise BadRequest("no messages: send at least one")
         now = time.time()
+        messages = []
+        for position, fields in enumerate(items):
+            try:
+                messages.append(self._new_message(fields, now))
+            except (BadRequest, TooLarge) as exc:
+                if len(items) > 1:
+                    exc.args = (f"messages[{position}]: {exc}",)
+                raise
+        immediate = sum(1 for m in messages if not m.due)
+        if immediate > self.slots.capacity:
+            raise TooLarge(f"a batch of {immediate} messages is larger than the whole buffer"
+                           f" (mq.messageChanBuffer={self.slots.capacity}); send smaller batches")
+        timeout = self.settings.mq.publishTimeout
+        if immediate and not self.slots.acquire(immediate, timeout):
+            raise Unavailable(f"the buffer is full ({self.slots.capacity} messages waiting to be"
+                              " pushed); retry in a moment", retry_after=max(1, int(timeout)))
         try:
-            records = self.engine.append([(message.new_code(), topic, data, now)
-                                          for topic, data in messages])
+            appended = self.engine.append(messages)
         except BaseException:
-            self._slots.release(count)
+            self.slots.release(immediate)
             raise
-        self.stats.add("published", count)
-        return [record.code for record in records]
+        self.slots.release(immediate - len(appended.records))
+        if len(appended.records) < len(messages):
+            self.housekeeping.wake_scheduler()
+        self.stats.add("published", len(appended.records))
+        return appended.codes
 
     def _on_commit(self, records):
         for record in records:
@@ -227,7 +249,7 @@ class Broker:
                 log.exception("pump failed to hand out %d messages; consumers will catch up"
                               " from the store", len(batch))
             finally:
-                self._slots.release(len(batch))
+                self.slots.release(len(batch))
 
     def _hand_out(self, batch):
         for record in batch:
@@ -238,101 +260,105 @@ class Broker:
         self.stats.add("pushed", len(batch))
 
     # -- consumers ---------------------------------------------------------------------------
-    def subscribe(self, conn, ws, topic, consumer_id):
+    def shard_for(self, topic, key):
+        return self.shards[hash((topic, key)) % len(self.shards)]
+
+    def subscribe(self, conn, ws, topic, consumer_id, group=None, ack=False, since=None):
         """Register a connected consumer; raises Refused (with its close code) if it may not join."""
         mq = self.settings.mq
         check_name("topic", topic, mq.maxTopicLength)
         check_name("consumerId", consumer_id, mq.maxConsumerIdLength)
+        if group is not None:
+            check_name("group", group, mq.maxConsumerIdLength)
         key = (topic, consumer_id)
         limit = self.settings.server.maxConsumers
         with self._lock:
             if not self.accepting:
                 raise Refused("DPMQ is shutting down; reconnect later", CLOSE_GOING_AWAY)
-            if key in self._subscribers:
+            if key in self._members:
                 raise Refused(f"consumerId {consumer_id!r} is already connected to topic {topic!r};"
                               " use another id or close the other connection", CLOSE_DUPLICATE)
-            if len(self._subscribers) >= limit:
+            if len(self._members) >= limit:
                 raise Refused(f"too many consumers: the limit is {limit} (server.maxConsumers);"
                               " try again later", CLOSE_TRY_AGAIN)
-            self._subscribers[key] = None
+            self._members[key] = None
+        member = Member(conn, ws, topic, consumer_id, group, ack, since)
         try:
-            sub = "c:" + consumer_id
-            cursor = self.engine.cursor(topic, sub)
-            if cursor is None:
-                cursor = self.heads.get(topic, 0)
-                self.engine.save_cursors({(topic, sub): cursor})
-            attempts = self.engine.attempts(topic, sub, cursor)
-        except StoreError as exc:
+            self.shard_for(topic, subscription_key(member)).join(member)
+        except BaseException:
             with self._lock:
-                del self._subscribers[key]
-            raise Refused(f"the store is unavailable ({exc}); reconnect later", CLOSE_TRY_AGAIN) \
-                from None
-        subscriber = Subscriber(conn, ws, topic, sub, consumer_id, cursor, attempts)
-        self._saved_cursors[(topic, sub)] = cursor
+                del self._members[key]
+            raise
         with self._lock:
-            self._subscribers[key] = subscriber
-        min(self.shards, key=lambda shard: shard.count).add(subscriber)
-        log.info("consumer connected: topic=%r id=%r from %s at offset %d",
-                 topic, consumer_id, conn.remote_addr, cursor)
-        return subscriber
+            self._members[key] = member
+        log.info("consumer connected: topic=%r id=%r group=%r ack=%s from %s",
+                 topic, consumer_id, group, ack, conn.remote_addr)
+        return member
 
-    def unsubscribe(self, subscriber, reason="closed"):
-        """Forget a consumer whose connection ended; save its cursor and count an unwritten push."""
-        conn = subscriber.conn
-        conn.detach()
-        subscriber.shard.remove(subscriber)
-        key = (subscriber.topic, subscriber.sub)
-        try:
-            self.engine.save_cursors({key: conn.written_offset})
-            unwritten = conn.first_unwritten()
-            if unwritten is not None:
-                self.engine.add_attempt(subscriber.topic, subscriber.sub, unwritten)
-                self.stats.add("failed")
-        except StoreError as exc:
-            log.error("could not save the cursor of %s on %r: %s; it may receive duplicates",
-                      subscriber.sub, subscriber.topic, exc)
+    def unsubscribe(self, member, reason="closed"):
+        """Forget a consumer whose connection ended; what it held goes back for redelivery."""
+        member.conn.detach()
+        self.shard_for(member.topic, subscription_key(member)).leave(member)
         with self._lock:
-            self._subscribers.pop((subscriber.topic, subscriber.consumer_id), None)
-            self._saved_cursors.pop(key, None)
-        log.info("consumer disconnected: topic=%r id=%r (%s), delivered %d",
-                 subscriber.topic, subscriber.consumer_id, reason, conn.delivered)
+            self._members.pop((member.topic, member.consumer_id), None)
+        log.info("consumer disconnected: topic=%r id=%r (%s), delivered %d, acked %d",
+                 member.topic, member.consumer_id, reason, member.conn.delivered, member.acked)
 
-    def close_subscriber(self, subscriber, code, reason):
+    def reply(self, member, kind, code):
+        """An ack or nack from a consumer; the shard answers a bad one with an error frame."""
+        self.shard_for(member.topic, subscription_key(member)).post("reply", (member, kind, code))
+
+    def close_member(self, member, code, reason):
         """Close a consumer's WebSocket from any thread; its route thread then unsubscribes it."""
-        ws = subscriber.ws
         try:
-            ws.close(code, reason)
+            member.ws.close(code, reason)
         except Exception:  # noqa: BLE001 - already closed by the peer
             pass
-        ws.event.set()
+        member.ws.event.set()
 
-    def subscribers(self):
+    def members(self):
         with self._lock:
-            return [sub for sub in self._subscribers.values() if sub is not None]
+            return [member for member in self._members.values() if member is not None]
 
-    # -- housekeeping ------------------------------------------------------------------------
-    def _housekeeping(self):
-        interval = self.settings.mq.cursorFlushInterval
-        while not self._stop_housekeeping.wait(interval):
+    # -- dead letters ------------------------------------------------------------------------
+    def requeue(self, topic, sub=None, code=None):
+        """Deliver dead letters again; returns how many were requeued."""
+        requeued = self.engine.requeue(topic, sub, code)
+        for (t, key), records in requeued.items():
+            self.shard_for(t, key).post("requeue", ((t, key), records))
+        return sum(len(records) for records in requeued.values())
+
+    def positions(self, timeout=5.0):
+        """Every active subscription's cursor, as the shards compute it now."""
+        replies = []
+        for shard in self.shards:
+            reply = queue.SimpleQueue()
+            shard.post("positions", reply)
+            replies.append(reply)
+        positions = {}
+        for reply in replies:
             try:
-                self.flush_cursors()
-            except StoreError as exc:
-                log.warning("cursor flush failed, retrying: %s", exc)
-            except Exception:  # noqa: BLE001
-                log.exception("housekeeping failed; retrying")
-        try:
-            self.flush_cursors()
-        except Exception:  # noqa: BLE001
-            log.exception("final cursor flush failed")
+                positions.update(reply.get(timeout=timeout))
+            except queue.Empty:
+                log.warning("a delivery shard did not report its cursors in %ss", timeout)
+        return positions
 
-    def flush_cursors(self):
-        """Save every cursor that moved since the last save; a crash repeats at most that much."""
-        changed = {}
-        for sub in self.subscribers():
-            key = (sub.topic, sub.sub)
-            offset = sub.conn.written_offset
-            if self._saved_cursors.get(key, -1) < offset:
-                changed[key] = offset
-        if changed:
-            self.engine.save_cursors(changed)
-            self._saved_cursors.update(changed)
+
+def _delay(value, limit):
+    if value in (None, ""):
+        return 0.0
+    try:
+        delay = float(value)
+    except (TypeError, ValueError):
+        raise BadRequest(f"delay must be a number of seconds, got {value!r}") from None
+    if not 0 <= delay <= limit:
+        raise BadRequest(f"delay must be between 0 and {limit:g} seconds (mq.maxDelaySeconds)")
+    return delay
+
+
+def _optional_text(name, value, limit):
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value) > limit:
+        raise BadRequest(f"{name} must be a string of 1 to {limit} characters")
+    return value

@@ -38,6 +38,14 @@ SCHEMA = {
         "catchUpBatch": (500, int, 1, 100_000),
         "fanoutWorkers": (2, int, 1, 64),
         "cursorFlushInterval": (0.5, float, 0.01, 60),
+        "ackTimeout": (30.0, float, 0.01, 86400),
+        "maxInFlight": (100, int, 1, 100_000),
+        "maxDelaySeconds": (86400.0, float, 0, 31_536_000),
+        "maxKeyLength": (256, int, 1, 4096),
+        "retentionSeconds": (259200.0, float, 1, 315_360_000),
+        "retentionMessages": (0, int, 0, 1 << 62),
+        "sweepInterval": (30.0, float, 0.01, 86400),
+        "sweepBatch": (10000, int, 1, 10_000_000),
     },
     "storage": {
         "engine": ("sqlite", str, None, None),
@@ -149,6 +157,11 @@ def _check_choices(sections):
         raise ConfigError(f"storage.engine must be one of {', '.join(ENGINES)}, got {storage.engine!r}")
     if storage.synchronous.upper() not in SYNCHRONOUS:
         raise ConfigError(f"storage.synchronous must be one of {', '.join(SYNCHRONOUS)}")
+    mq = sections["mq"]
+    if mq.maxDelaySeconds >= mq.retentionSeconds:
+        raise ConfigError(f"mq.maxDelaySeconds ({mq.maxDelaySeconds}) must be less than"
+                          f" mq.retentionSeconds ({mq.retentionSeconds}), or delayed messages would"
+                          " expire before they are due")
     if sections["log"].level.upper() not in LEVELS:
         raise ConfigError(f"log.level must be one of {', '.join(LEVELS)}")
     if storage.engine in ("sqlite", "memory") and sections["server"].workers != 1:

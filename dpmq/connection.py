@@ -9,7 +9,7 @@ interleave and a short write simply leaves the rest for later.
 
 A delivery thread (see :mod:`dpmq.delivery`) queues data frames with :meth:`Connection.offer` and
 writes them with :meth:`Connection.flush`; when the socket is not writable it is told through
-``on_blocked`` and waits for writability in its selector. No thread ever blocks on a consumer.
+``on_progress`` and waits for writability in its selector. No thread ever blocks on a consumer.
 """
 
 import collections
@@ -65,8 +65,8 @@ class GuardedSocket:
 class Connection:
     """The outgoing side of one consumer socket. Thread-safe: every method takes the one lock.
 
-    ``written_offset`` is the offset of the last message whose frame was handed whole to the kernel;
-    it is what the subscription's cursor saves. ``limit`` bounds the bytes waiting in the buffer.
+    Message frames carry their offset; :meth:`take_written` tells which were handed whole to the
+    kernel. ``limit`` bounds the bytes waiting in the buffer.
     """
 
     def __init__(self, raw, limit, remote_addr=""):
@@ -74,8 +74,7 @@ class Connection:
         self.socket = GuardedSocket(raw, self)
         self.limit = limit
         self.remote_addr = remote_addr
-        self.on_blocked = None      # set by the delivery shard that owns this connection
-        self.written_offset = 0
+        self.on_progress = None     # set by the delivery shard: call when it must flush or look
         self.delivered = 0          # frames handed whole to the kernel
         self.broken = False         # a write failed: the peer is gone
         self.closing = False        # a Close frame is queued: no more data frames
@@ -85,6 +84,7 @@ class Connection:
         self._head = 0              # bytes of _out already written
         self._queued = 0            # bytes ever queued, a stream position
         self._marks = collections.deque()   # (stream position where a message ends, offset)
+        self._written = []          # offsets written whole since the shard last looked
 
     @property
     def open(self):
@@ -105,11 +105,20 @@ class Connection:
             self._marks.append((self._queued, offset))
             return True
 
-    def skip(self, offset):
-        """Let the cursor pass ``offset`` once everything queued before it is written."""
+    def send_text(self, frame):
+        """Queue a frame that is not a message (an error reply); False if closing."""
         with self._lock:
-            self._marks.append((self._queued, offset))
-            self._advance()
+            if not self.open:
+                return False
+            self._out += frame
+            self._queued += len(frame)
+            return True
+
+    def take_written(self):
+        """The offsets of the message frames written whole since the last call."""
+        with self._lock:
+            written, self._written = self._written, []
+            return written
 
     def flush(self):
         """Write what the socket takes now, without blocking. True when the buffer is empty."""
@@ -142,7 +151,7 @@ class Connection:
         marks = self._marks
         while marks and marks[0][0] <= written:
             end, offset = marks.popleft()
-            self.written_offset = offset
+            self._written.append(offset)
             self.delivered += 1
 
     def first_unwritten(self):
@@ -162,11 +171,12 @@ class Connection:
             done = self._flush_locked()
             if self.broken:
                 raise BrokenPipeError("the consumer is gone")
-        if not done:
-            if self.on_blocked is not None:
-                self.on_blocked(self)
-            else:
-                self._flush_blocking(timeout=10)
+            progress = bool(self._written)
+        if self.on_progress is not None:
+            if progress or not done:
+                self.on_progress(self)
+        elif not done:
+            self._flush_blocking(timeout=10)
         return len(data)
 
     def _flush_blocking(self, timeout):

@@ -1,75 +1,62 @@
-"""Fan-out: delivery shards that write messages to consumers, and the subscriptions they serve.
+"""Delivery shards: the threads that write messages to consumers.
 
 Each shard is one long-lived task on the broker's fan-out ``ThreadPoolExecutor`` and owns a share of
-the connections: only its thread touches their delivery state, so a message costs one hand-off per
-shard, not one per consumer. The pump posts each message's prebuilt frame to every shard; the shard
-queues it on each subscriber of the topic and writes with non-blocking sends, watching unwritable
-sockets in its selector. A slow consumer never blocks the shard: when its buffer is over
-``mq.consumerBufferBytes`` it falls behind and catches up from the store later, like a consumer that
-reconnects after being away.
+the subscriptions (all members of a group land on the same shard): only its thread touches their
+state, so a message costs one hand-off per shard, not one per consumer. The pump posts each message,
+with its frame built once, to every shard; the shard offers it to each subscription of the topic and
+writes with non-blocking sends, watching unwritable sockets in its selector. A consumer that cannot
+keep up never blocks the shard: its subscription falls behind and catches up from the store later,
+up to what the pump has already handed out, so pacing holds for catch-up too.
 
-A subscriber's ``next`` is the offset it expects; a live message with that offset is sent, an older
-one was already sent (by catch-up), and a newer one means a gap: the subscriber catches up from the
-store, up to what the pump has already handed out, so pacing holds for catch-up too.
+Everything else a shard does comes through :meth:`Shard.post`: members joining and leaving, acks,
+requeued dead letters, and requests for the cursors to save.
 """
 
+import heapq
+import json
 import logging
 import queue
 import selectors
 import socket
-import threading
 import time
 
-from . import message
-from .errors import StoreError
+from .errors import CLOSE_BAD_INPUT, CLOSE_TRY_AGAIN, Refused, StoreError
+from .message import text_frame
+from .subscription import Subscription
 
 log = logging.getLogger(__name__)
 
 
-class Subscriber:
-    """One connected consumer of a subscription. Its delivery state belongs to its shard's thread."""
-
-    def __init__(self, conn, ws, topic, sub, consumer_id, start, attempts):
-        self.conn = conn
-        self.ws = ws                # the simple-websocket object, to close it from any thread
-        self.topic = topic
-        self.sub = sub
-        self.consumer_id = consumer_id
-        self.group = None
-        self.next = start + 1
-        self.attempts = attempts    # {offset: failed attempts} of messages not yet delivered
-        self.behind = True          # catch up from the store first
-        self.connected_at = time.time()
-        self.shard = None
-        self.removed = threading.Event()
-        conn.written_offset = start
+def subscription_key(member):
+    return f"g:{member.group}" if member.group is not None else f"c:{member.consumer_id}"
 
 
 class Shard:
-    """A delivery thread and the subscribers it owns. ``post`` is its only thread-safe entry."""
+    """A delivery thread and the subscriptions it owns. ``post`` is its only thread-safe entry."""
 
     def __init__(self, index, broker):
         self.index = index
+        self.broker = broker
         self.engine = broker.engine
-        self.pumped = broker.pumped     # {topic: newest offset the pump has handed out}
-        self.stats = broker.stats
-        self.retry_count = broker.settings.mq.sendRetryCount
-        self.batch = broker.settings.mq.catchUpBatch
-        self.low_water = broker.settings.mq.consumerBufferBytes // 2
-        self.count = 0                  # subscribers, read by the broker to balance shards
+        self.limits = broker.settings.mq
+        self.batch = self.limits.catchUpBatch
+        self.low_water = self.limits.consumerBufferBytes // 2
+        self.members = 0                # read by the broker to report load
         self._inbox = queue.SimpleQueue()
         self._asleep = False
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
-        self._topics = {}               # topic -> [Subscriber]
-        self._behind = set()
-        self._dirty = set()
+        self._subs = {}                 # (topic, key) -> Subscription
+        self._topics = {}               # topic -> [Subscription]
+        self._active = set()            # subscriptions with messages to catch up or redeliver
+        self._dirty = set()             # members whose sockets need a flush
+        self._timers = []               # ack deadlines: (deadline, seq, subscription, flight)
         self._retry_at = 0.0
 
     # -- the thread-safe side ----------------------------------------------------------------
-    def post(self, kind, item):
+    def post(self, kind, item=None):
         self._inbox.put((kind, item))
         if self._asleep:
             try:
@@ -77,16 +64,20 @@ class Shard:
             except OSError:
                 pass
 
-    def add(self, subscriber):
-        subscriber.shard = self
-        subscriber.conn.on_blocked = lambda conn: self.post("watch", subscriber)
-        self.count += 1
-        self.post("add", subscriber)
+    def join(self, member, timeout=30.0):
+        """Attach a connected member; raises Refused if it cannot join."""
+        member.conn.on_progress = lambda conn: self.post("watch", member)
+        self.post("join", member)
+        if not member.joined.wait(timeout):
+            raise Refused("the broker is too busy to register the consumer; reconnect later",
+                          CLOSE_TRY_AGAIN)
+        if member.error is not None:
+            raise member.error
 
-    def remove(self, subscriber, timeout=5.0):
-        """Forget ``subscriber``; returns once the shard no longer touches its socket."""
-        self.post("remove", subscriber)
-        subscriber.removed.wait(timeout)
+    def leave(self, member, timeout=10.0):
+        """Detach a member whose connection ended; returns once the shard no longer touches it."""
+        self.post("leave", member)
+        member.removed.wait(timeout)
 
     # -- the shard's thread ------------------------------------------------------------------
     def run(self, stop):
@@ -101,9 +92,12 @@ class Shard:
         self._wake_w.close()
 
     def _once(self):
+        now = time.monotonic()
         timeout = 1.0
-        if any(sub.conn.open and sub.conn.pending_bytes <= self.low_water for sub in self._behind):
-            timeout = max(0.0, min(timeout, self._retry_at - time.monotonic()))
+        if self._timers:
+            timeout = min(timeout, max(0.0, self._timers[0][0] - now))
+        if now >= self._retry_at and any(s.room(1) for s in self._active):
+            timeout = 0
         self._asleep = True
         if not self._inbox.empty():
             timeout = 0
@@ -114,19 +108,21 @@ class Shard:
                 self._drain_wake()
             else:
                 self._dirty.add(key.data)
-        self._take_inbox()
-        if self._behind and time.monotonic() >= self._retry_at:
-            self._catch_up()
+        now = time.monotonic()
+        self._take_inbox(now)
+        self._fire_timers(now)
+        if self._active and now >= self._retry_at:
+            self._catch_up(now)
         self._flush_dirty()
 
     def _drain_wake(self):
         try:
             while self._wake_r.recv(4096):
                 pass
-        except (BlockingIOError, OSError):
+        except OSError:
             pass
 
-    def _take_inbox(self):
+    def _take_inbox(self, now):
         while True:
             try:
                 kind, item = self._inbox.get_nowait()
@@ -135,114 +131,182 @@ class Shard:
             if kind == "msgs":
                 for record, frame in item:
                     for sub in self._topics.get(record.topic, ()):
-                        self._push(sub, record, frame)
+                        sub.offer_live(record, frame, now)
+                        self._touch(sub)
             elif kind == "watch":
                 self._dirty.add(item)
-            elif kind == "add":
-                self._topics.setdefault(item.topic, []).append(item)
-                self._behind.add(item)
-            elif kind == "remove":
-                self._forget(item)
+            elif kind == "reply":
+                self._reply(*item, now)
+            elif kind == "join":
+                self._join(item)
+            elif kind == "leave":
+                self._leave(item)
+            elif kind == "requeue":
+                self._requeue(*item)
+            elif kind == "positions":
+                self._positions(item)
 
-    def _forget(self, sub):
-        subs = self._topics.get(sub.topic, [])
-        if sub in subs:
-            subs.remove(sub)
-            self.count -= 1
-            if not subs:
-                del self._topics[sub.topic]
-        self._behind.discard(sub)
-        self._dirty.discard(sub)
-        self._unwatch(sub)
-        sub.removed.set()
+    def _touch(self, sub):
+        for member in sub.members:
+            self._dirty.add(member)
+        if sub.has_work:
+            self._active.add(sub)
 
-    def _push(self, sub, record, frame):
-        """Queue one message on one subscriber, if it is the one the subscriber expects now."""
-        if record.offset < sub.next:
-            return True
-        if record.offset > sub.next or sub.behind:
-            self._behind.add(sub)
-            sub.behind = True
-            return False
-        attempts = sub.attempts.pop(record.offset, 0)
-        if attempts > self.retry_count:
-            self._dead_letter(sub, record, attempts)
-            sub.next += 1
-            return True
-        if attempts:
-            frame = message.frame(record, attempts)
-        if not sub.conn.offer(frame, record.offset):
-            if attempts:
-                sub.attempts[record.offset] = attempts
-            if not sub.conn.open:
-                return False        # closing: the route thread will remove it
-            self._behind.add(sub)
-            sub.behind = True
-            return False
-        sub.next += 1
-        self._dirty.add(sub)
-        return True
+    # -- joining and leaving -----------------------------------------------------------------
+    def _join(self, member):
+        try:
+            sub = self._subscription_for(member)
+        except Refused as exc:
+            member.error = exc
+        except StoreError as exc:
+            member.error = Refused(f"the store is unavailable ({exc}); reconnect later",
+                                   CLOSE_TRY_AGAIN)
+        else:
+            sub.join(member)
+            self.members += 1
+            self._active.add(sub)
+        member.joined.set()
 
-    def _dead_letter(self, sub, record, attempts):
-        reason = f"push failed {attempts} times (mq.sendRetryCount is {self.retry_count})"
-        self.engine.dead_letter(sub.topic, sub.sub, record, reason, attempts)
-        self.stats.dead_lettered += 1
-        log.warning("dead letter: message %s of topic %r for %s: %s",
-                    record.code, sub.topic, sub.sub, reason)
-        sub.conn.skip(record.offset)
+    def _subscription_for(self, member):
+        topic, key = member.topic, subscription_key(member)
+        sub = self._subs.get((topic, key))
+        if sub is not None:
+            if member.since is not None:
+                raise Refused(f"since= cannot move group {member.group!r} while it has connected"
+                              " members; connect without since", CLOSE_BAD_INPUT)
+            return sub
+        engine = self.engine
+        cursor = engine.cursor(topic, key)
+        if member.since is not None:
+            cursor = 0 if member.since == "beginning" else engine.find(topic, member.since)
+            if cursor is None:
+                raise Refused(f"since: no retained message {member.since} on topic {topic!r};"
+                              " use since=beginning or a newer MessageCode", CLOSE_BAD_INPUT)
+            engine.set_cursor(topic, key, cursor)
+        elif cursor is None:
+            cursor = self.broker.heads.get(topic, 0)   # a new subscription starts at "now"
+            engine.save_cursors({(topic, key): cursor})
+        sub = Subscription(topic, key, cursor, engine.attempts(topic, key, cursor),
+                           engine.redeliveries(topic, key), engine, self.limits,
+                           self._dead_letter, self._timers)
+        self._subs[(topic, key)] = sub
+        self._topics.setdefault(topic, []).append(sub)
+        return sub
 
-    def _catch_up(self):
-        """Refill behind subscribers from the store, a bounded batch each, up to the pump's head."""
-        for sub in list(self._behind):
-            if not sub.conn.open:
-                self._behind.discard(sub)
-                continue
-            if sub.conn.pending_bytes > self.low_water:
-                continue            # still writing what it has; wait for the socket
-            upto = self.pumped.get(sub.topic, 0)
+    def _leave(self, member):
+        sub = member.subscription
+        if sub is not None and member in sub.members:
             try:
-                records = self.engine.read(sub.topic, sub.next - 1, self.batch, upto=upto)
+                failed = sub.leave(member)
+                if failed:
+                    self.broker.stats.add("failed", failed)
+                if sub.idle:
+                    self._drop(sub)
+                else:
+                    self._active.add(sub)
             except StoreError as exc:
-                log.warning("catch-up read failed, retrying in 1 s: %s", exc)
-                self._retry_at = time.monotonic() + 1.0
+                log.error("could not record what %s left unfinished: %s", member.consumer_id, exc)
+            self.members -= 1
+        self._dirty.discard(member)
+        self._unwatch(member)
+        member.removed.set()
+
+    def _drop(self, sub):
+        """The last member left: save the cursor and forget the subscription until it returns."""
+        del self._subs[(sub.topic, sub.key)]
+        subs = self._topics[sub.topic]
+        subs.remove(sub)
+        if not subs:
+            del self._topics[sub.topic]
+        self._active.discard(sub)
+        self.engine.save_cursors({(sub.topic, sub.key): sub.position()})
+
+    # -- acks, requeues, cursors -------------------------------------------------------------
+    def _reply(self, member, kind, code, now):
+        sub = member.subscription
+        if sub is None or member not in sub.members:
+            return
+        done = sub.ack(member, code) if kind == "ack" else sub.nack(member, code, now)
+        if not done:
+            error = {"error": f"{kind} of {code!r}: this consumer holds no such message (unknown,"
+                              " already acked, or timed out and redelivered)", kind: code}
+            member.conn.send_text(text_frame(json.dumps(error).encode()))
+        self._touch(sub)
+
+    def _requeue(self, key, records):
+        sub = self._subs.get(key)
+        if sub is None:
+            return          # kept in the store; delivered when the subscription comes back
+        sub.requeue(records)
+        self._active.add(sub)
+
+    def _positions(self, reply):
+        """Compute every subscription's cursor for the housekeeping thread to save."""
+        reply.put({key: sub.position() for key, sub in self._subs.items()})
+
+    def _dead_letter(self, sub, record, attempts, reason):
+        self.engine.dead_letter(sub.topic, sub.key, record, reason, attempts)
+        self.broker.stats.add("dead_lettered")
+        log.warning("dead letter: message %s of topic %r for %s: %s",
+                    record.code, sub.topic, sub.key, reason)
+
+    # -- timers, catch-up, writes ------------------------------------------------------------
+    def _fire_timers(self, now):
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            _, _, sub, flight = heapq.heappop(timers)
+            if sub.members or sub.flights:
+                try:
+                    sub.expire(flight, now)
+                except StoreError as exc:
+                    log.warning("ack timeout bookkeeping failed: %s", exc)
+                self._touch(sub)
+
+    def _catch_up(self, now):
+        pumped = self.broker.pumped
+        for sub in list(self._active):
+            try:
+                if sub.catch_up(self.engine.read, pumped.get(sub.topic, 0), self.batch, now):
+                    self._active.discard(sub)
+            except StoreError as exc:
+                log.warning("catch-up from the store failed, retrying in 1 s: %s", exc)
+                self._retry_at = now + 1.0
                 return
-            sub.behind = False
-            complete = True
-            for record in records:
-                if not self._push(sub, record, message.frame(record)):
-                    complete = False
-                    break
-            if complete and len(records) < self.batch:
-                self._behind.discard(sub)
-            else:
-                sub.behind = True
+            self._touch(sub)
 
     def _flush_dirty(self):
         dirty, self._dirty = self._dirty, set()
-        for sub in dirty:
-            if sub.conn.closed:
+        for member in dirty:
+            conn = member.conn
+            if conn.closed:
                 continue
-            if sub.conn.flush():
-                self._unwatch(sub)
+            if conn.flush():
+                self._unwatch(member)
             else:
-                self._watch(sub)
+                self._watch(member)
+            written = conn.take_written()
+            sub = member.subscription
+            if written and sub is not None:
+                sub.written(member, written)
+                if sub.has_work:
+                    self._active.add(sub)
 
-    def _watch(self, sub):
-        raw = sub.conn.raw
+    def _watch(self, member):
+        raw = member.conn.raw
         try:
-            self._selector.register(raw, selectors.EVENT_WRITE, sub)
+            self._selector.register(raw, selectors.EVENT_WRITE, member)
         except KeyError:
             key = self._selector.get_key(raw)
-            if key.data is not sub:     # a stale entry for a reused descriptor
+            if key.data is not member:      # a stale entry for a reused descriptor
                 self._selector.unregister(key.fileobj)
-                self._selector.register(raw, selectors.EVENT_WRITE, sub)
+                self._selector.register(raw, selectors.EVENT_WRITE, member)
         except (ValueError, OSError):
-            pass                        # the socket is closed; the route will remove it
+            pass                            # the socket is closed; the route will remove it
 
-    def _unwatch(self, sub):
+    def _unwatch(self, member):
         try:
-            key = self._selector.get_key(sub.conn.raw)
+            key = self._selector.get_key(member.conn.raw)
         except (KeyError, ValueError):
             return
-        if key.data is sub:
+        if key.data is member:
             self._selector.unregister(key.fileobj)

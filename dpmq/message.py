@@ -10,7 +10,7 @@ import json
 import os
 import struct
 import time
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 
 class Record(NamedTuple):
@@ -20,7 +20,28 @@ class Record(NamedTuple):
     code: str
     topic: str
     data: str
-    created: float  # seconds since the epoch
+    created: float              # seconds since the epoch
+    key: Optional[str] = None   # ordering key: within a group, one key goes to one member
+
+
+class NewMessage(NamedTuple):
+    """A message accepted from a producer, before the store gives it an offset."""
+
+    code: str
+    topic: str
+    data: str
+    created: float
+    key: Optional[str] = None
+    idempotency_key: Optional[str] = None
+    due: float = 0.0            # not pushed before this time (created + delay); 0 = now
+
+
+class Appended(NamedTuple):
+    """What an append did: the MessageCode of each message (the earlier one for a repeated
+    idempotencyKey), and the records it added to the logs now (delayed ones come later)."""
+
+    codes: list
+    records: list
 
 
 def new_code():

@@ -37,6 +37,10 @@ class RunningBroker:
         return self.http.post(self.url + "/ProducerSend",
                               data={"topic": topic, "messageData": data, **extra}).json()
 
+    def publish_many(self, topic, datas, **extra):
+        """Publish straight through the broker object (one commit); returns the MessageCodes."""
+        return self.broker.publish([{"topic": topic, "messageData": d, **extra} for d in datas])
+
     def get(self, path, **params):
         return self.http.get(self.url + path, params=params).json()
 

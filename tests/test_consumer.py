@@ -7,7 +7,7 @@ from helpers import Collector, connect_and_close_code, wait_for
 
 
 def _connected(running, count):
-    wait_for(lambda: len(running.broker.subscribers()) >= count, what=f"{count} consumers")
+    wait_for(lambda: len(running.broker.members()) >= count, what=f"{count} consumers")
 
 
 def test_two_consumers_each_receive_the_exact_five_field_object(broker):
@@ -73,7 +73,7 @@ def test_bad_topic_or_id_is_closed_with_1008_and_a_reason(broker):
         code, reason = connect_and_close_code(broker.ws_url, path)
         assert code == 1008, path
         assert fragment in reason, (path, reason)
-    assert broker.broker.subscribers() == []
+    assert broker.broker.members() == []
 
 
 def test_consumer_beyond_max_consumers_is_refused_with_1013(make_broker, engine_name):
@@ -91,7 +91,7 @@ def test_reconnecting_consumer_resumes_where_it_left_off(broker):
     broker.publish("t", "1")
     consumer.wait_count(1)
     consumer.close()
-    wait_for(lambda: not broker.broker.subscribers(), what="the consumer to leave")
+    wait_for(lambda: not broker.broker.members(), what="the consumer to leave")
     broker.publish("t", "2")
     broker.publish("t", "3")
     again = Collector(broker.ws_url, "t", "durable")

@@ -1,10 +1,12 @@
 """The storage-engine contract, run against every engine."""
 
 import threading
+import time
 
 import pytest
 
 from dpmq import config
+from dpmq.message import NewMessage, new_code
 from dpmq.storage import open_engine
 
 
@@ -23,13 +25,13 @@ def engine(engine_name, tmp_path, committed):
     store.close()
 
 
-def _msgs(topic, *datas):
-    return [(f"{topic}-{d}".ljust(40, "0"), topic, d, 1700000000.0) for d in datas]
+def _msgs(topic, *datas, **fields):
+    return [NewMessage(new_code(), topic, d, time.time(), **fields) for d in datas]
 
 
 def test_append_assigns_offsets_per_topic_and_reports_commits_in_order(engine, committed):
-    first = engine.append(_msgs("a", "1", "2"))
-    second = engine.append(_msgs("b", "x") + _msgs("a", "3"))
+    first = engine.append(_msgs("a", "1", "2")).records
+    second = engine.append(_msgs("b", "x") + _msgs("a", "3")).records
     assert [(r.topic, r.offset) for r in first + second] == [("a", 1), ("a", 2), ("b", 1), ("a", 3)]
     assert committed == first + second
     assert engine.head("a") == 3 and engine.head("b") == 1 and engine.head("none") == 0
@@ -66,9 +68,9 @@ def test_cursors_are_saved_and_only_move_forward(engine):
 
 
 def test_attempts_count_up_and_dead_letters_keep_the_message(engine):
-    (record,) = engine.append(_msgs("t", "poison"))
-    assert engine.add_attempt("t", "c:x", record.offset) == 1
-    assert engine.add_attempt("t", "c:x", record.offset) == 2
+    (record,) = engine.append(_msgs("t", "poison")).records
+    assert engine.add_attempts("t", "c:x", [record.offset]) == {record.offset: 1}
+    assert engine.add_attempts("t", "c:x", [record.offset]) == {record.offset: 2}
     assert engine.attempts("t", "c:x", 0) == {record.offset: 2}
     assert engine.attempts("t", "c:x", record.offset) == {}
     engine.dead_letter("t", "c:x", record, "push failed", 2)
@@ -94,6 +96,6 @@ def test_sqlite_keeps_everything_across_a_reopen(tmp_path):
     again.open(lambda records: None)
     try:
         assert again.head("t") == 2 and again.cursor("t", "c:x") == 1
-        assert again.append(_msgs("t", "3"))[0].offset == 3
+        assert again.append(_msgs("t", "3")).records[0].offset == 3
     finally:
         again.close()

@@ -9,7 +9,7 @@ from helpers import Collector, wait_for
 def test_paced_pump_pushes_one_message_every_push_messages_speed_seconds(make_broker, engine_name):
     running = make_broker(engine_name, mq={"pushMessagesSpeed": 0.2})
     consumer = Collector(running.ws_url, "t", "c")
-    wait_for(lambda: running.broker.subscribers(), what="the consumer")
+    wait_for(lambda: running.broker.members(), what="the consumer")
     started = time.monotonic()
     for i in range(10):
         assert running.publish("t", str(i))["code"] == 0
@@ -28,7 +28,7 @@ def test_full_buffer_answers_503_after_publish_timeout_and_keeps_what_it_accepte
     running = make_broker(engine_name, mq={"messageChanBuffer": 5, "pushMessagesSpeed": 0.5,
                                            "publishTimeout": 0.2})
     consumer = Collector(running.ws_url, "t", "c")
-    wait_for(lambda: running.broker.subscribers(), what="the consumer")
+    wait_for(lambda: running.broker.members(), what="the consumer")
     replies = []
     for i in range(12):
         reply = running.http.post(running.url + "/ProducerSend",

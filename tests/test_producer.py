@@ -105,7 +105,7 @@ def test_bodies_that_are_not_utf8_are_refused_not_altered(broker):
 def test_raw_utf8_in_a_form_body_is_kept_exactly(broker):
     from helpers import Collector, wait_for
     consumer = Collector(broker.ws_url, "t", "c")
-    wait_for(lambda: broker.broker.subscribers(), what="the consumer")
+    wait_for(lambda: broker.broker.members(), what="the consumer")
     reply = broker.http.post(broker.url + "/ProducerSend", data="topic=t&messageData=héllo ✓ 新".encode(),
                              headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert reply.json()["code"] == 0

@@ -15,27 +15,27 @@ LIMITS = {"maxMessageBytes": 16 << 20, "consumerBufferBytes": 32 << 20}
 def _fail_once(running, consumer_id):
     """Connect a consumer that reads nothing, let the big frame stick, then reset the connection."""
     raw = RawConsumer(running.port, f"/ConsumersConn/t/{consumer_id}", recv_buffer=4096)
-    wait_for(lambda: running.broker.subscribers(), what="the consumer")
-    sub = running.broker.subscribers()[0]
+    wait_for(lambda: running.broker.members(), what="the consumer")
+    sub = running.broker.members()[0]
     wait_for(lambda: sub.conn.first_unwritten() is not None and sub.conn.pending_bytes,
              what="the big message stuck in the consumer's buffer")
     stuck = sub.conn.first_unwritten()
     raw.abort()
-    wait_for(lambda: not running.broker.subscribers(), what="the broker to notice the reset")
+    wait_for(lambda: not running.broker.members(), what="the broker to notice the reset")
     return stuck
 
 
 def _subscribe_then_leave(running, consumer_id):
     consumer = Collector(running.ws_url, "t", consumer_id)
-    wait_for(lambda: running.broker.subscribers(), what="the first visit to begin")
+    wait_for(lambda: running.broker.members(), what="the first visit to begin")
     consumer.close()
-    wait_for(lambda: not running.broker.subscribers(), what="the first visit to end")
+    wait_for(lambda: not running.broker.members(), what="the first visit to end")
 
 
 def test_a_failed_push_is_retried_then_dead_lettered_and_counted(make_broker, engine_name):
     running = make_broker(engine_name, mq={"sendRetryCount": 1, **LIMITS})
     _subscribe_then_leave(running, "c")
-    big, after = running.broker.publish([("t", BIG), ("t", "after")])
+    big, after = running.publish_many("t", [BIG, "after"])
     engine = running.broker.engine
 
     assert _fail_once(running, "c") == 1
@@ -56,7 +56,7 @@ def test_a_failed_push_is_retried_then_dead_lettered_and_counted(make_broker, en
 def test_a_retried_push_carries_its_attempt_count_in_status(make_broker, engine_name):
     running = make_broker(engine_name, mq={"sendRetryCount": 3, **LIMITS})
     _subscribe_then_leave(running, "c")
-    big, after = running.broker.publish([("t", BIG), ("t", "after")])
+    big, after = running.publish_many("t", [BIG, "after"])
     _fail_once(running, "c")
     consumer = Collector(running.ws_url, "t", "c")
     consumer.wait_count(2, timeout=30)

@@ -1,12 +1,15 @@
 """The storage-engine interface: the one seam between the broker and its stores.
 
-A store holds, per topic, an append-only log of :class:`~dpmq.message.Record` with offsets 1, 2, 3…,
-and per subscription a cursor (the offset of the last message delivered), the failed-attempt counts
-of messages not yet delivered, and the dead letters. A subscription is named by its topic and a key:
-``c:<consumerId>`` for a lone consumer (later ``g:<group>`` for a group).
+A store holds, per topic, an append-only log of :class:`~dpmq.message.Record` with offsets 1, 2, 3…;
+delayed messages that are not due yet (they enter the log when due, so they never hold up the
+messages behind them); and per subscription a cursor (every offset up to it is done), the failed
+attempts of messages not yet done, the dead letters, and the dead letters requeued for redelivery.
+A subscription is a topic and a key: ``c:<consumerId>`` for a lone consumer, ``g:<group>`` for a
+group.
 
 Every method is thread-safe and may block on I/O; none holds a lock while calling back into the
 broker except :meth:`Engine.open`'s ``on_commit``, which is called in commit order and must not block.
+Failures raise :class:`~dpmq.errors.StoreError` and change nothing.
 """
 
 import abc
@@ -18,24 +21,41 @@ class Engine(abc.ABC):
     name = "?"
     durable = False
 
+    # -- lifecycle ---------------------------------------------------------------------------
     @abc.abstractmethod
     def open(self, on_commit):
-        """Open the store. From then on ``on_commit(records)`` is called once per committed append,
-        in offset order per topic, before :meth:`append` returns to its caller. The broker uses it to
-        feed its buffer in log order however many producers append at once."""
+        """Open the store. From then on ``on_commit(records)`` is called once per commit that adds
+        records to logs, in offset order per topic, before the call that added them returns. The
+        broker feeds its buffer from it, so the buffer follows log order whoever appends."""
 
     @abc.abstractmethod
     def close(self):
         """Finish pending writes and release the store. Idempotent."""
 
     @abc.abstractmethod
-    def append(self, messages):
-        """Append ``messages`` (``(code, topic, data, created)`` tuples) all or nothing.
+    def ping(self):
+        """Raise StoreError if the store cannot be read and written now."""
 
-        Blocks until the messages are committed (durably, for a durable engine) and returns their
-        :class:`Record` list with offsets. Raises :class:`~dpmq.errors.StoreError` if nothing was
-        stored. Concurrent callers share commits (group commit) where the engine can.
+    # -- messages ----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def append(self, messages):
+        """Store :class:`~dpmq.message.NewMessage` items all or nothing; returns
+        :class:`~dpmq.message.Appended`.
+
+        Blocks until committed (durably, for a durable engine). A message whose ``idempotency_key``
+        was seen on its topic before is not stored again: its code is the first message's. One with
+        ``due`` in the future is kept aside until :meth:`promote_due`. Concurrent callers share
+        commits (group commit) where the engine can.
         """
+
+    @abc.abstractmethod
+    def next_due(self):
+        """The earliest ``due`` of the delayed messages, or None if there are none."""
+
+    @abc.abstractmethod
+    def promote_due(self, now, limit):
+        """Move up to ``limit`` delayed messages due by ``now`` into their logs, in order of due time;
+        returns their records (also handed to ``on_commit``)."""
 
     @abc.abstractmethod
     def read(self, topic, after, limit, upto=None):
@@ -50,29 +70,57 @@ class Engine(abc.ABC):
         """``{topic: newest offset}`` for every topic that has messages."""
 
     @abc.abstractmethod
+    def find(self, topic, code):
+        """The offset of the retained message ``code`` of ``topic``, or None."""
+
+    # -- subscriptions -----------------------------------------------------------------------
+    @abc.abstractmethod
     def cursor(self, topic, sub):
         """The saved cursor of subscription ``(topic, sub)``, or None if it was never seen."""
 
     @abc.abstractmethod
     def save_cursors(self, cursors):
-        """Save ``{(topic, sub): offset}`` durably; a cursor only ever moves forward."""
+        """Save ``{(topic, sub): offset}``; a cursor only ever moves forward here."""
+
+    @abc.abstractmethod
+    def set_cursor(self, topic, sub, offset):
+        """Put a cursor anywhere (replay from an earlier message); forgets its failed attempts."""
 
     @abc.abstractmethod
     def attempts(self, topic, sub, after):
         """``{offset: failed attempts}`` of this subscription's messages after offset ``after``."""
 
     @abc.abstractmethod
-    def add_attempt(self, topic, sub, offset):
-        """Count one more failed delivery of message ``offset`` to ``(topic, sub)``; returns the count."""
+    def add_attempts(self, topic, sub, offsets):
+        """Count one more failed delivery of each message in ``offsets`` to ``(topic, sub)``;
+        returns ``{offset: count}``."""
 
+    # -- dead letters ------------------------------------------------------------------------
     @abc.abstractmethod
     def dead_letter(self, topic, sub, record, reason, attempts):
-        """Keep ``record`` as a dead letter of ``(topic, sub)`` with why and after how many attempts."""
+        """Keep ``record`` as a dead letter of ``(topic, sub)``, with why and after how many attempts."""
 
     @abc.abstractmethod
     def dead_letters(self, topic=None, sub=None, limit=100):
-        """Dead letters, newest first, as dicts (topic, sub, offset, code, data, reason, attempts)."""
+        """Dead letters, newest first, as dicts: topic, sub, offset, code, data, key, reason, attempts,
+        created (of the message), dead_at."""
 
     @abc.abstractmethod
-    def ping(self):
-        """Raise :class:`~dpmq.errors.StoreError` if the store cannot be read and written now."""
+    def requeue(self, topic, sub=None, code=None):
+        """Turn dead letters of ``topic`` (of one subscription, or one message) into redeliveries;
+        returns ``{(topic, sub): [Record, …]}`` of what was requeued."""
+
+    @abc.abstractmethod
+    def redeliveries(self, topic, sub):
+        """The requeued records waiting for ``(topic, sub)``, oldest offset first."""
+
+    @abc.abstractmethod
+    def redelivered(self, topic, sub, offset):
+        """A requeued message was delivered: forget it."""
+
+    # -- retention ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    def purge(self, before, keep_messages, limit):
+        """Delete at most ``limit`` messages created before ``before`` or beyond the newest
+        ``keep_messages`` of their topic (0 = no count limit), and the cursors, attempts, dead
+        letters and idempotency keys older than ``before``; returns how many messages went."""

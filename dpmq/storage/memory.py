@@ -1,13 +1,25 @@
 """The ``memory`` engine: the original behaviour, fast, and nothing survives a restart.
 
-It keeps the same contract as the durable engines (offsets, cursors, dead letters) so that the
-broker has one delivery path; only durability is missing.
+It keeps the same contract as the durable engines (offsets, cursors, delays, dead letters) so that
+the broker has one delivery path; only durability is missing.
 """
 
+import heapq
+import itertools
 import threading
+import time
 
-from ..message import Record
+from ..message import Appended, Record
 from .base import Engine
+
+
+class _Log:
+    """One topic: records in offset order; ``first`` is the offset of ``records[0]``."""
+
+    def __init__(self):
+        self.records = []
+        self.first = 1
+        self.head = 0
 
 
 class MemoryEngine(Engine):
@@ -16,10 +28,15 @@ class MemoryEngine(Engine):
 
     def __init__(self, storage_settings=None):
         self._lock = threading.Lock()
-        self._logs = {}        # topic -> list of Record, offsets 1..n at index offset - 1
-        self._cursors = {}     # (topic, sub) -> offset
-        self._attempts = {}    # (topic, sub, offset) -> count
-        self._dead = []        # dicts, oldest first
+        self._logs = {}             # topic -> _Log
+        self._codes = {}            # (topic, code) -> offset
+        self._cursors = {}          # (topic, sub) -> [offset, updated]
+        self._attempts = {}         # (topic, sub, offset) -> count
+        self._dead = {}             # (topic, sub, offset) -> dict
+        self._requeued = {}         # (topic, sub) -> {offset: Record}
+        self._idempotency = {}      # (topic, key) -> (code, created)
+        self._delayed = []          # heap of (due, seq, NewMessage)
+        self._seq = itertools.count()
         self._on_commit = None
 
     def open(self, on_commit):
@@ -28,64 +45,172 @@ class MemoryEngine(Engine):
     def close(self):
         pass
 
+    def ping(self):
+        pass
+
+    # -- messages ----------------------------------------------------------------------------
+    def _add(self, message):
+        log = self._logs.setdefault(message.topic, _Log())
+        log.head += 1
+        record = Record(log.head, message.code, message.topic, message.data, message.created,
+                        message.key)
+        log.records.append(record)
+        self._codes[(message.topic, message.code)] = record.offset
+        return record
+
     def append(self, messages):
         with self._lock:
+            codes, records, seen = [], [], {}
+            for message in messages:
+                ikey = (message.topic, message.idempotency_key)
+                if message.idempotency_key is not None:
+                    earlier = seen.get(ikey) or self._idempotency.get(ikey)
+                    if earlier:
+                        codes.append(earlier[0])
+                        continue
+                    seen[ikey] = (message.code, message.created)
+                codes.append(message.code)
+                if message.due > time.time():
+                    heapq.heappush(self._delayed, (message.due, next(self._seq), message))
+                else:
+                    records.append(self._add(message))
+            self._idempotency.update(seen)
+            if records:
+                self._on_commit(records)
+        return Appended(codes, records)
+
+    def next_due(self):
+        with self._lock:
+            return self._delayed[0][0] if self._delayed else None
+
+    def promote_due(self, now, limit):
+        with self._lock:
             records = []
-            for code, topic, data, created in messages:
-                log = self._logs.setdefault(topic, [])
-                record = Record(len(log) + 1, code, topic, data, created)
-                log.append(record)
-                records.append(record)
-            self._on_commit(records)
-        return records
+            while self._delayed and self._delayed[0][0] <= now and len(records) < limit:
+                records.append(self._add(heapq.heappop(self._delayed)[2]))
+            if records:
+                self._on_commit(records)
+            return records
 
     def read(self, topic, after, limit, upto=None):
         with self._lock:
-            log = self._logs.get(topic, [])
-            end = len(log) if upto is None else min(upto, len(log))
-            return log[max(after, 0):min(end, max(after, 0) + limit)]
+            log = self._logs.get(topic)
+            if log is None:
+                return []
+            end = log.head if upto is None else min(upto, log.head)
+            start = max(after + 1, log.first)
+            return log.records[start - log.first:max(start, min(end + 1, start + limit)) - log.first]
 
     def head(self, topic):
         with self._lock:
-            return len(self._logs.get(topic, ()))
+            log = self._logs.get(topic)
+            return log.head if log else 0
 
     def heads(self):
         with self._lock:
-            return {topic: len(log) for topic, log in self._logs.items() if log}
+            return {topic: log.head for topic, log in self._logs.items() if log.head}
 
+    def find(self, topic, code):
+        with self._lock:
+            return self._codes.get((topic, code))
+
+    # -- subscriptions -----------------------------------------------------------------------
     def cursor(self, topic, sub):
         with self._lock:
-            return self._cursors.get((topic, sub))
+            entry = self._cursors.get((topic, sub))
+            return entry[0] if entry else None
 
     def save_cursors(self, cursors):
+        now = time.time()
         with self._lock:
             for key, offset in cursors.items():
-                if offset > self._cursors.get(key, -1):
-                    self._cursors[key] = offset
+                old = self._cursors.get(key, (-1, 0))[0]
+                self._cursors[key] = [max(old, offset), now]
+
+    def set_cursor(self, topic, sub, offset):
+        with self._lock:
+            self._cursors[(topic, sub)] = [offset, time.time()]
+            for key in [k for k in self._attempts if k[0] == topic and k[1] == sub]:
+                del self._attempts[key]
 
     def attempts(self, topic, sub, after):
         with self._lock:
             return {o: n for (t, s, o), n in self._attempts.items()
                     if t == topic and s == sub and o > after}
 
-    def add_attempt(self, topic, sub, offset):
+    def add_attempts(self, topic, sub, offsets):
         with self._lock:
-            key = (topic, sub, offset)
-            self._attempts[key] = self._attempts.get(key, 0) + 1
-            return self._attempts[key]
+            counts = {}
+            for offset in offsets:
+                key = (topic, sub, offset)
+                counts[offset] = self._attempts[key] = self._attempts.get(key, 0) + 1
+            return counts
 
+    # -- dead letters ------------------------------------------------------------------------
     def dead_letter(self, topic, sub, record, reason, attempts):
         with self._lock:
             self._attempts.pop((topic, sub, record.offset), None)
-            self._dead.append({"topic": topic, "sub": sub, "offset": record.offset,
-                               "code": record.code, "data": record.data, "reason": reason,
-                               "attempts": attempts, "created": record.created})
+            requeued = self._requeued.get((topic, sub))
+            if requeued:
+                requeued.pop(record.offset, None)
+            self._dead[(topic, sub, record.offset)] = {
+                "topic": topic, "sub": sub, "offset": record.offset, "code": record.code,
+                "data": record.data, "key": record.key, "reason": reason, "attempts": attempts,
+                "created": record.created, "dead_at": time.time()}
 
     def dead_letters(self, topic=None, sub=None, limit=100):
         with self._lock:
-            found = [d for d in reversed(self._dead)
+            found = [dict(d) for d in self._dead.values()
                      if (topic is None or d["topic"] == topic) and (sub is None or d["sub"] == sub)]
-            return found[:limit]
+        found.sort(key=lambda d: (d["dead_at"], d["offset"]), reverse=True)
+        return found[:limit]
 
-    def ping(self):
-        pass
+    def requeue(self, topic, sub=None, code=None):
+        with self._lock:
+            chosen = [key for key, d in self._dead.items() if key[0] == topic
+                      and (sub is None or key[1] == sub) and (code is None or d["code"] == code)]
+            out = {}
+            for key in chosen:
+                d = self._dead.pop(key)
+                record = Record(d["offset"], d["code"], d["topic"], d["data"], d["created"], d["key"])
+                self._requeued.setdefault(key[:2], {})[record.offset] = record
+                out.setdefault(key[:2], []).append(record)
+            for records in out.values():
+                records.sort()
+            return out
+
+    def redeliveries(self, topic, sub):
+        with self._lock:
+            return sorted(self._requeued.get((topic, sub), {}).values())
+
+    def redelivered(self, topic, sub, offset):
+        with self._lock:
+            self._requeued.get((topic, sub), {}).pop(offset, None)
+
+    # -- retention ---------------------------------------------------------------------------
+    def purge(self, before, keep_messages, limit):
+        with self._lock:
+            removed = 0
+            for topic, log in self._logs.items():
+                keep_from = log.head - keep_messages + 1 if keep_messages else 0
+                records, count, most = log.records, 0, min(len(log.records), limit - removed)
+                while count < most and (records[count].created < before
+                                        or records[count].offset < keep_from):
+                    count += 1
+                for record in log.records[:count]:
+                    self._codes.pop((topic, record.code), None)
+                del log.records[:count]
+                log.first += count
+                removed += count
+                if removed >= limit:
+                    break
+            for key in [k for k, (_, updated) in self._cursors.items() if updated < before]:
+                del self._cursors[key]
+            for key in [k for k, d in self._dead.items() if d["dead_at"] < before]:
+                del self._dead[key]
+            for key in [k for k, (_, created) in self._idempotency.items() if created < before]:
+                del self._idempotency[key]
+            for key in [k for k in self._attempts
+                        if self._cursors.get(k[:2], (0,))[0] >= k[2] or k[:2] not in self._cursors]:
+                del self._attempts[key]
+            return removed

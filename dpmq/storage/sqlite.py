@@ -11,9 +11,10 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 
 from ..errors import StoreError
-from ..message import Record
+from ..message import Appended, Record
 from .base import Engine
 
 log = logging.getLogger(__name__)
@@ -21,8 +22,12 @@ log = logging.getLogger(__name__)
 SCHEMA = [
     """create table if not exists messages (
         topic text not null, offset integer not null, code text not null, data text not null,
-        created real not null, primary key (topic, offset)) without rowid""",
+        created real not null, key text, primary key (topic, offset)) without rowid""",
     "create index if not exists messages_code on messages (code)",
+    """create table if not exists delayed (
+        code text primary key, topic text not null, data text not null, created real not null,
+        key text, due real not null) without rowid""",
+    "create index if not exists delayed_due on delayed (due)",
     """create table if not exists subscriptions (
         topic text not null, sub text not null, cursor integer not null, updated real not null,
         primary key (topic, sub)) without rowid""",
@@ -31,9 +36,17 @@ SCHEMA = [
         primary key (topic, sub, offset)) without rowid""",
     """create table if not exists dead_letters (
         topic text not null, sub text not null, offset integer not null, code text not null,
-        data text not null, reason text not null, attempts integer not null, created real not null,
-        dead_at real not null, primary key (topic, sub, offset)) without rowid""",
+        data text not null, key text, reason text not null, attempts integer not null,
+        created real not null, dead_at real not null, primary key (topic, sub, offset)) without rowid""",
+    """create table if not exists requeued (
+        topic text not null, sub text not null, offset integer not null, code text not null,
+        data text not null, key text, created real not null,
+        primary key (topic, sub, offset)) without rowid""",
+    """create table if not exists idempotency (
+        topic text not null, key text not null, code text not null, created real not null,
+        primary key (topic, key)) without rowid""",
 ]
+_RECORD = "offset, code, topic, data, created, key"
 
 
 class _Job:
@@ -136,7 +149,7 @@ class SQLiteEngine(Engine):
             for job in batch:
                 job.result = job.run(db, heads)
                 if job.appends:
-                    committed.append(job.result)
+                    committed.append(job.result.records)
             db.execute("commit")
         except sqlite3.Error as exc:
             try:
@@ -168,49 +181,139 @@ class SQLiteEngine(Engine):
         return job.result
 
     # -- writes ------------------------------------------------------------------------------
+    @staticmethod
+    def _insert(db, heads, rows):
+        """Give ``rows`` of (code, topic, data, created, key) offsets and insert them; returns records."""
+        records = []
+        for code, topic, data, created, key in rows:
+            offset = heads.get(topic, 0) + 1
+            heads[topic] = offset
+            records.append(Record(offset, code, topic, data, created, key))
+        db.executemany(f"insert into messages ({_RECORD}) values (?, ?, ?, ?, ?, ?)", records)
+        return records
+
     def append(self, messages):
+        now = time.time()
+
         def run(db, heads):
-            records = []
-            for code, topic, data, created in messages:
-                offset = heads.get(topic, 0) + 1
-                heads[topic] = offset
-                records.append(Record(offset, code, topic, data, created))
-            db.executemany("insert into messages (topic, offset, code, data, created)"
-                           " values (?, ?, ?, ?, ?)",
-                           [(r.topic, r.offset, r.code, r.data, r.created) for r in records])
-            return records
+            codes, fresh, delayed, seen = [], [], [], {}
+            for m in messages:
+                if m.idempotency_key is not None:
+                    ikey = (m.topic, m.idempotency_key)
+                    earlier = seen.get(ikey) or db.execute(
+                        "select code from idempotency where topic = ? and key = ?", ikey).fetchone()
+                    if earlier:
+                        codes.append(earlier[0])
+                        continue
+                    seen[ikey] = (m.code,)
+                    db.execute("insert into idempotency (topic, key, code, created) values (?, ?, ?, ?)",
+                               (m.topic, m.idempotency_key, m.code, m.created))
+                codes.append(m.code)
+                row = (m.code, m.topic, m.data, m.created, m.key)
+                if m.due > now:
+                    delayed.append(row + (m.due,))
+                else:
+                    fresh.append(row)
+            db.executemany("insert into delayed (code, topic, data, created, key, due)"
+                           " values (?, ?, ?, ?, ?, ?)", delayed)
+            return Appended(codes, self._insert(db, heads, fresh))
         return self._write(run, appends=True)
+
+    def next_due(self):
+        return self._query("select min(due) from delayed")[0][0]
+
+    def promote_due(self, now, limit):
+        def run(db, heads):
+            rows = db.execute("select code, topic, data, created, key from delayed where due <= ?"
+                              " order by due, code limit ?", (now, limit)).fetchall()
+            db.executemany("delete from delayed where code = ?", [(row[0],) for row in rows])
+            return Appended([row[0] for row in rows], self._insert(db, heads, rows))
+        return self._write(run, appends=True).records
 
     def save_cursors(self, cursors):
         if not cursors:
             return
+        now = time.time()
 
         def run(db, heads):
             db.executemany(
-                "insert into subscriptions (topic, sub, cursor, updated) values (?, ?, ?, julianday())"
+                "insert into subscriptions (topic, sub, cursor, updated) values (?, ?, ?, ?)"
                 " on conflict (topic, sub) do update set cursor = max(cursor, excluded.cursor),"
                 " updated = excluded.updated",
-                [(topic, sub, offset) for (topic, sub), offset in cursors.items()])
+                [(topic, sub, offset, now) for (topic, sub), offset in cursors.items()])
         self._write(run)
 
-    def add_attempt(self, topic, sub, offset):
+    def set_cursor(self, topic, sub, offset):
         def run(db, heads):
-            db.execute("insert into attempts (topic, sub, offset, count) values (?, ?, ?, 1)"
-                       " on conflict (topic, sub, offset) do update set count = count + 1",
-                       (topic, sub, offset))
-            return db.execute("select count from attempts where topic = ? and sub = ? and offset = ?",
-                              (topic, sub, offset)).fetchone()[0]
+            db.execute("insert or replace into subscriptions (topic, sub, cursor, updated)"
+                       " values (?, ?, ?, ?)", (topic, sub, offset, time.time()))
+            db.execute("delete from attempts where topic = ? and sub = ?", (topic, sub))
+        self._write(run)
+
+    def add_attempts(self, topic, sub, offsets):
+        def run(db, heads):
+            counts = {}
+            for offset in offsets:
+                counts[offset] = db.execute(
+                    "insert into attempts (topic, sub, offset, count) values (?, ?, ?, 1)"
+                    " on conflict (topic, sub, offset) do update set count = count + 1"
+                    " returning count", (topic, sub, offset)).fetchone()[0]
+            return counts
         return self._write(run)
 
     def dead_letter(self, topic, sub, record, reason, attempts):
         def run(db, heads):
-            db.execute("delete from attempts where topic = ? and sub = ? and offset = ?",
-                       (topic, sub, record.offset))
-            db.execute("insert or replace into dead_letters (topic, sub, offset, code, data, reason,"
-                       " attempts, created, dead_at) values (?, ?, ?, ?, ?, ?, ?, ?, julianday())",
-                       (topic, sub, record.offset, record.code, record.data, reason, attempts,
-                        record.created))
+            where = (topic, sub, record.offset)
+            db.execute("delete from attempts where topic = ? and sub = ? and offset = ?", where)
+            db.execute("delete from requeued where topic = ? and sub = ? and offset = ?", where)
+            db.execute("insert or replace into dead_letters (topic, sub, offset, code, data, key,"
+                       " reason, attempts, created, dead_at) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       (topic, sub, record.offset, record.code, record.data, record.key, reason,
+                        attempts, record.created, time.time()))
         self._write(run)
+
+    def requeue(self, topic, sub=None, code=None):
+        def run(db, heads):
+            rows = db.execute(
+                "select sub, offset, code, topic, data, created, key from dead_letters"
+                " where topic = ?1 and (?2 is null or sub = ?2) and (?3 is null or code = ?3)"
+                " order by sub, offset", (topic, sub, code)).fetchall()
+            out = {}
+            for row in rows:
+                record = Record(*row[1:])
+                out.setdefault((topic, row[0]), []).append(record)
+                db.execute("delete from dead_letters where topic = ? and sub = ? and offset = ?",
+                           (topic, row[0], record.offset))
+                db.execute("insert or replace into requeued (topic, sub, offset, code, data, key,"
+                           " created) values (?, ?, ?, ?, ?, ?, ?)",
+                           (topic, row[0], record.offset, record.code, record.data, record.key,
+                            record.created))
+            return out
+        return self._write(run)
+
+    def redelivered(self, topic, sub, offset):
+        self._write(lambda db, heads: db.execute(
+            "delete from requeued where topic = ? and sub = ? and offset = ?", (topic, sub, offset)))
+
+    def purge(self, before, keep_messages, limit):
+        def run(db, heads):
+            removed = 0
+            for topic, head in list(heads.items()):
+                if removed >= limit:
+                    break
+                keep_from = head - keep_messages + 1 if keep_messages else 0
+                removed += db.execute(
+                    "delete from messages where topic = ?1 and offset in (select offset from messages"
+                    " where topic = ?1 and (created < ?2 or offset < ?3) order by offset limit ?4)",
+                    (topic, before, keep_from, limit - removed)).rowcount
+            db.execute("delete from subscriptions where updated < ?", (before,))
+            db.execute("delete from dead_letters where dead_at < ?", (before,))
+            db.execute("delete from idempotency where created < ?", (before,))
+            db.execute("delete from attempts where not exists (select 1 from subscriptions s where"
+                       " s.topic = attempts.topic and s.sub = attempts.sub"
+                       " and s.cursor < attempts.offset)")
+            return removed
+        return self._write(run)
 
     # -- reads -------------------------------------------------------------------------------
     def _query(self, sql, args=()):
@@ -221,8 +324,8 @@ class SQLiteEngine(Engine):
             raise StoreError(f"the SQLite store {self.path!r} could not be read: {exc}") from None
 
     def read(self, topic, after, limit, upto=None):
-        rows = self._query("select offset, code, topic, data, created from messages where topic = ?"
-                           " and offset > ? and offset <= ? order by offset limit ?",
+        rows = self._query(f"select {_RECORD} from messages where topic = ? and offset > ?"
+                           " and offset <= ? order by offset limit ?",
                            (topic, after, (1 << 62) if upto is None else upto, limit))
         return [Record(*row) for row in rows]
 
@@ -232,6 +335,10 @@ class SQLiteEngine(Engine):
 
     def heads(self):
         return dict(self._query("select topic, max(offset) from messages group by topic"))
+
+    def find(self, topic, code):
+        rows = self._query("select offset from messages where code = ? and topic = ?", (code, topic))
+        return rows[0][0] if rows else None
 
     def cursor(self, topic, sub):
         rows = self._query("select cursor from subscriptions where topic = ? and sub = ?", (topic, sub))
@@ -243,11 +350,17 @@ class SQLiteEngine(Engine):
 
     def dead_letters(self, topic=None, sub=None, limit=100):
         rows = self._query(
-            "select topic, sub, offset, code, data, reason, attempts, created from dead_letters"
-            " where (?1 is null or topic = ?1) and (?2 is null or sub = ?2)"
-            " order by dead_at desc limit ?3", (topic, sub, limit))
-        keys = ("topic", "sub", "offset", "code", "data", "reason", "attempts", "created")
+            "select topic, sub, offset, code, data, key, reason, attempts, created, dead_at"
+            " from dead_letters where (?1 is null or topic = ?1) and (?2 is null or sub = ?2)"
+            " order by dead_at desc, offset desc limit ?3", (topic, sub, limit))
+        keys = ("topic", "sub", "offset", "code", "data", "key", "reason", "attempts", "created",
+                "dead_at")
         return [dict(zip(keys, row)) for row in rows]
+
+    def redeliveries(self, topic, sub):
+        rows = self._query(f"select {_RECORD} from requeued where topic = ? and sub = ?"
+                           " order by offset", (topic, sub))
+        return [Record(*row) for row in rows]
 
     def ping(self):
         self._query("select 1")

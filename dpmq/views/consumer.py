@@ -4,9 +4,11 @@ Before flask-sock builds its simple-websocket ``Server``, the request's socket i
 :class:`~dpmq.connection.GuardedSocket`, so that the Connection is the only writer of the socket,
 and the permessage-deflate offer is dropped: every consumer then receives the same prebuilt frame
 bytes (declining an extension is allowed by RFC 6455, and DPMQ's small JSON objects gain little).
-The route thread only holds the connection open and reads what the consumer sends.
+The route thread only holds the connection open and reads what the consumer sends: acks and nacks
+with ``?ack=1``, nothing it needs otherwise.
 """
 
+import json
 import logging
 
 from flask import Blueprint, request
@@ -15,6 +17,7 @@ from simple_websocket import ConnectionClosed
 
 from ..connection import Connection
 from ..errors import CLOSE_BAD_INPUT, BadRequest, Refused
+from ..message import text_frame
 from . import broker
 
 log = logging.getLogger(__name__)
@@ -52,24 +55,65 @@ def _refuse(ws, code, text):
 
 @sock.route("/ConsumersConn/<topic>/<consumer_id>", bp=bp)
 def consumers_conn(ws, topic, consumer_id):
-    unsupported = sorted(set(request.args) & {"group", "ack", "since"})
-    if unsupported:
-        _refuse(ws, CLOSE_BAD_INPUT, f"?{unsupported[0]}= is not supported by this DPMQ version")
-        return
+    b = broker()
     try:
-        subscriber = broker().subscribe(request.environ["dpmq.connection"], ws, topic, consumer_id)
+        options = _options(request.args)
+        member = b.subscribe(request.environ["dpmq.connection"], ws, topic, consumer_id, **options)
     except (BadRequest, Refused) as exc:
         _refuse(ws, getattr(exc, "close_code", CLOSE_BAD_INPUT), str(exc))
         return
     reason = "closed by the consumer"
     try:
         while True:
-            ws.receive()        # broadcast consumers send nothing DPMQ needs; read and drop
+            text = ws.receive()
+            if member.ack:
+                _answer(b, member, text)
     except ConnectionClosed as exc:
         if exc.reason not in (1000, 1005):
             reason = f"closed with code {exc.reason}"
     finally:
-        broker().unsubscribe(subscriber, reason)
+        b.unsubscribe(member, reason)
+
+
+def _options(args):
+    """group, ack and since from the query string, checked."""
+    unknown = sorted(set(args) - {"group", "ack", "since", "token"})
+    if unknown:
+        raise BadRequest(f"unknown query parameter {unknown[0]!r}; DPMQ knows group, ack and since")
+    ack = args.get("ack", "0")
+    if ack not in ("0", "1", "true", "false"):
+        raise BadRequest("ack must be 1 or 0")
+    since = args.get("since")
+    if since is not None and since != "beginning" and not _is_code(since):
+        raise BadRequest("since must be a MessageCode (40 hex characters) or 'beginning'")
+    group = args.get("group")
+    if group == "":
+        raise BadRequest("group must not be empty")
+    return {"group": group, "ack": ack in ("1", "true"), "since": since}
+
+
+def _is_code(text):
+    return len(text) == 40 and all(c in "0123456789abcdef" for c in text)
+
+
+def _answer(b, member, text):
+    """An ack-mode consumer's frame: a MessageCode, {"ack": code} or {"nack": code}."""
+    kind, code = "ack", text.strip() if isinstance(text, str) else None
+    if code is not None and not _is_code(code):
+        try:
+            body = json.loads(code)
+        except ValueError:
+            body = None
+        if isinstance(body, dict) and len(body) == 1 and next(iter(body)) in ("ack", "nack"):
+            kind, code = next(iter(body.items()))
+        else:
+            code = None
+    if not isinstance(code, str):
+        member.conn.send_text(text_frame(json.dumps(
+            {"error": 'expected a MessageCode, {"ack": "<code>"} or {"nack": "<code>"}'}).encode()))
+        member.conn.on_progress(member.conn)
+        return
+    b.reply(member, kind, code)
 
 
 @sock.route("/ConsumersConn/<path:rest>", bp=bp)

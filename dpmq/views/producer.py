@@ -32,11 +32,33 @@ def _fields():
     return request.form
 
 
+_FIELDS = ("topic", "messageData", "delay", "key", "idempotencyKey")
+
+
 @bp.post("/ProducerSend")
 def producer_send():
     fields = _fields()
-    topic, data = fields.get("topic"), fields.get("messageData")
-    if data is None:
+    if fields.get("messageData") is None:
         raise BadRequest("messageData is required (form field or JSON key)")
-    (code,) = broker().publish([(topic, data)])
+    (code,) = broker().publish([{name: fields.get(name) for name in _FIELDS}])
     return reply(code)
+
+
+@bp.post("/ProducerSendBatch")
+def producer_send_batch():
+    """``{"topic": "t", "messages": ["a", …]}`` or ``{"messages": [{"topic": …, "messageData": …}]}``;
+    all or nothing, in one commit."""
+    body = request.get_json(silent=True) if request.mimetype == "application/json" else None
+    if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+        raise BadRequest('send a JSON object {"topic": "t", "messages": ["a", "b"]} or'
+                         ' {"messages": [{"topic": "t", "messageData": "a"}, ...]}')
+    shared = {name: body.get(name) for name in ("topic", "delay", "key")}
+    items = []
+    for position, entry in enumerate(body["messages"]):
+        if isinstance(entry, str):
+            items.append(dict(shared, messageData=entry))
+        elif isinstance(entry, dict):
+            items.append(dict(shared, **{name: entry[name] for name in _FIELDS if name in entry}))
+        else:
+            raise BadRequest(f"messages[{position}] must be a string or an object with messageData")
+    return reply("ok", data=broker().publish(items))

@@ -1,0 +1,116 @@
+"""The broker's background chores: saving cursors, promoting delayed messages, retention.
+
+Two threads, each stopped through an Event, logging and backing off on errors, never dying:
+
+- the scheduler sleeps until the earliest delayed message is due (or a new, earlier one arrives),
+  then moves due messages into their logs, as many at a time as the buffer has room for;
+- the sweeper saves the cursors that moved every ``mq.cursorFlushInterval`` seconds, and every
+  ``mq.sweepInterval`` seconds purges what retention says is expired, at most ``mq.sweepBatch``
+  messages at a time so that a sweep never holds the store for long.
+"""
+
+import logging
+import threading
+import time
+
+from .errors import StoreError
+
+log = logging.getLogger(__name__)
+
+
+class Housekeeping:
+    def __init__(self, broker):
+        self.broker = broker
+        self._stop = threading.Event()
+        self._stop_scheduler = threading.Event()
+        self._wake = threading.Event()
+        self._saved = {}
+        self._threads = []
+
+    def start(self):
+        for name, target in (("dpmq-scheduler", self._schedule), ("dpmq-sweeper", self._sweep)):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop_scheduler(self):
+        self._stop_scheduler.set()
+        self._wake.set()
+
+    def stop(self):
+        """Stop both threads; the sweeper saves the cursors one last time."""
+        self.stop_scheduler()
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(10)
+
+    def wake_scheduler(self):
+        self._wake.set()
+
+    # -- delayed messages --------------------------------------------------------------------
+    def _schedule(self):
+        engine, slots = self.broker.engine, self.broker.slots
+        while not self._stop_scheduler.is_set():
+            try:
+                due = engine.next_due()
+                now = time.time()
+                if due is None or due > now:
+                    self._wake.wait(60 if due is None else min(60, due - now))
+                    self._wake.clear()
+                    continue
+                room = slots.acquire_up_to(500)
+                if not room:
+                    self._stop_scheduler.wait(0.05)     # the buffer is full; the pump will free it
+                    continue
+                promoted = []
+                try:
+                    promoted = engine.promote_due(now, room)
+                finally:
+                    slots.release(room - len(promoted))
+                self.broker.stats.add("published", len(promoted))
+            except StoreError as exc:
+                log.warning("could not promote delayed messages, retrying in 1 s: %s", exc)
+                self._stop_scheduler.wait(1)
+            except Exception:  # noqa: BLE001
+                log.exception("scheduler failed; retrying in 1 s")
+                self._stop_scheduler.wait(1)
+
+    # -- cursors and retention ---------------------------------------------------------------
+    def _sweep(self):
+        mq = self.broker.settings.mq
+        next_sweep = time.monotonic() + mq.sweepInterval
+        while not self._stop.wait(mq.cursorFlushInterval):
+            try:
+                sweeping = time.monotonic() >= next_sweep
+                self.save_cursors(everything=sweeping)
+                if sweeping:
+                    next_sweep = time.monotonic() + mq.sweepInterval
+                    self.purge()
+            except StoreError as exc:
+                log.warning("housekeeping could not reach the store, retrying: %s", exc)
+            except Exception:  # noqa: BLE001
+                log.exception("housekeeping failed; retrying")
+        try:
+            self.save_cursors()
+        except Exception:  # noqa: BLE001
+            log.exception("final cursor save failed")
+
+    def save_cursors(self, everything=False):
+        """Save the cursors that moved (all of them with ``everything``, so that connected but
+        quiet subscriptions are never taken for idle ones by retention)."""
+        positions = self.broker.positions()
+        changed = {key: offset for key, offset in positions.items()
+                   if everything or self._saved.get(key) != offset}
+        if changed:
+            self.broker.engine.save_cursors(changed)
+            self._saved.update(changed)
+        for key in [key for key in self._saved if key not in positions]:
+            del self._saved[key]
+
+    def purge(self):
+        mq = self.broker.settings.mq
+        removed = self.broker.engine.purge(time.time() - mq.retentionSeconds, mq.retentionMessages,
+                                           mq.sweepBatch)
+        if removed:
+            log.info("retention: purged %d messages", removed)
+        return removed

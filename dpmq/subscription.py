@@ -1,0 +1,287 @@
+"""Subscriptions: which member gets which message, and when a message is done.
+
+A subscription reads one topic's log from its cursor. A lone consumer (``c:<id>``) is a subscription
+with one member; a group (``g:<name>``) is one subscription shared by its members, each message
+going to one of them. A message handed to a member is *in flight* until it is done: written whole
+to the socket (without ack) or acked (with ``?ack=1``). A failure (nack, ack timeout, a member that
+leaves) puts it back for redelivery with one more attempt, up to ``mq.sendRetryCount``, after which
+it becomes a dead letter. The cursor saved in the store is the low-water mark: every offset up to it
+is done, so a crash redelivers what was in flight (at least once) and never skips anything.
+
+Not thread-safe: a subscription and its members belong to one delivery shard's thread.
+"""
+
+import collections
+import heapq
+import itertools
+import threading
+import time
+
+from . import message
+
+STICKY_KEYS = 100_000       # ordering keys remembered per group before the oldest are forgotten
+
+
+class Member:
+    """One connected consumer. ``flights`` maps the MessageCodes it holds to their flights."""
+
+    def __init__(self, conn, ws, topic, consumer_id, group=None, ack=False, since=None):
+        self.conn = conn
+        self.ws = ws                # the simple-websocket object, to close it from any thread
+        self.topic = topic
+        self.consumer_id = consumer_id
+        self.group = group
+        self.ack = ack
+        self.since = since
+        self.flights = {}
+        self.subscription = None
+        self.connected_at = time.time()
+        self.acked = 0
+        self.joined = threading.Event()
+        self.error = None           # why joining failed (a Refused), set before ``joined``
+        self.removed = threading.Event()
+
+    def load(self):
+        return len(self.flights), self.conn.pending_bytes
+
+
+class Flight:
+    """A message handed to a member and not done yet."""
+
+    __slots__ = ("record", "member", "attempts", "written", "deadline", "requeued")
+
+    def __init__(self, record, member, attempts, deadline, requeued):
+        self.record = record
+        self.member = member
+        self.attempts = attempts
+        self.written = False
+        self.deadline = deadline
+        self.requeued = requeued
+
+
+class Subscription:
+    """The delivery state of one ``(topic, key)``; ``store`` is the engine, ``limits`` the mq settings."""
+
+    def __init__(self, topic, key, cursor, attempts, requeued, store, limits, on_dead, timers):
+        self.topic = topic
+        self.key = key
+        self.store = store
+        self.retry_count = limits.sendRetryCount
+        self.ack_timeout = limits.ackTimeout
+        self.max_in_flight = limits.maxInFlight
+        self.buffer_limit = limits.consumerBufferBytes
+        self.on_dead = on_dead      # on_dead(subscription, record, attempts, reason)
+        self.timers = timers        # heap shared with the shard: (deadline, seq, subscription, flight)
+        self.members = []
+        self.next = cursor + 1      # the next log offset to hand out
+        self.behind = True          # there may be messages in the store not handed out yet
+        self.flights = {}           # offset -> Flight
+        self.attempts = attempts    # offset -> failed attempts, for messages not in flight
+        self.sticky = collections.OrderedDict()     # ordering key -> Member
+        self.saved = cursor
+        self._retry = []            # heap of (offset, seq, record, attempts, requeued)
+        self._seq = itertools.count()
+        for record in requeued:
+            self._push_retry(record, 0, True)
+
+    # -- members -----------------------------------------------------------------------------
+    def can_take(self, member):
+        if not member.conn.open or member.conn.pending_bytes >= self.buffer_limit:
+            return False
+        return not member.ack or len(member.flights) < self.max_in_flight
+
+    def _choose(self, record):
+        members = self.members
+        if len(members) == 1:
+            return members[0] if self.can_take(members[0]) else None
+        if record.key is not None:
+            member = self.sticky.get(record.key)
+            if member is not None:
+                return member if self.can_take(member) else None
+        best = None
+        for member in members:
+            if self.can_take(member) and (best is None or member.load() < best.load()):
+                best = member
+        if best is not None and record.key is not None:
+            self.sticky[record.key] = best
+            if len(self.sticky) > STICKY_KEYS:
+                self.sticky.popitem(last=False)
+        return best
+
+    def join(self, member):
+        member.subscription = self
+        self.members.append(member)
+
+    def leave(self, member):
+        """A member is gone: what it held goes back for redelivery to the others (or the next one).
+
+        With ack, each message it had received and not acked failed once; without, only the one
+        whose frame was being written did. Returns how many failed.
+        """
+        self.members.remove(member)
+        for key in [k for k, m in self.sticky.items() if m is member]:
+            del self.sticky[key]
+        flights = sorted(member.flights.values(), key=lambda f: f.record.offset)
+        first_unwritten = member.conn.first_unwritten()
+        failed = {f.record.offset for f in flights
+                  if (f.written if member.ack else f.record.offset == first_unwritten)}
+        durable = [offset for offset in sorted(failed) if not self.flights[offset].requeued]
+        counts = self.store.add_attempts(self.topic, self.key, durable) if durable else {}
+        for flight in flights:
+            self._forget(flight)
+            offset = flight.record.offset
+            attempts = counts.get(offset, flight.attempts + (offset in failed))
+            self._push_retry(flight.record, attempts, flight.requeued)
+        return len(failed)
+
+    # -- handing out -------------------------------------------------------------------------
+    def offer_live(self, record, frame, now):
+        """A message the pump just handed out: send it if it is the one this subscription expects."""
+        if self._retry:
+            self.redeliver(now)
+        if record.offset < self.next:
+            return
+        if record.offset > self.next or self.behind or not self._send(
+                record, frame, self.attempts.get(record.offset, 0), False, now):
+            self.behind = True
+
+    def redeliver(self, now):
+        """Send what waits for redelivery, lowest offset first, while members can take it."""
+        while self._retry:
+            _, _, record, attempts, requeued = self._retry[0]
+            if not self._send(record, None, attempts, requeued, now):
+                return False
+            heapq.heappop(self._retry)
+        return True
+
+    def room(self, batch):
+        """How many messages the members can take now, at most ``batch``."""
+        room = 0
+        for member in self.members:
+            if self.can_take(member):
+                room += self.max_in_flight - len(member.flights) if member.ack else batch
+        return min(room, batch)
+
+    def catch_up(self, read, upto, batch, now):
+        """Hand out messages from the store after ``next``, up to ``upto``; True if caught up."""
+        if not self.redeliver(now):
+            return False
+        limit = self.room(batch)
+        if not self.behind or limit == 0:
+            return not self.behind
+        records = read(self.topic, self.next - 1, limit, upto)
+        if records and records[0].offset > self.next:
+            self.next = records[0].offset      # the ones between were purged by retention
+        for record in records:
+            if not self._send(record, None, self.attempts.get(record.offset, 0), False, now):
+                return False
+        if len(records) < limit:
+            self.behind = False
+        return not self.behind
+
+    def _send(self, record, frame, attempts, requeued, now):
+        """Hand one message to a member; False if none can take it now (nothing changes then)."""
+        if attempts > self.retry_count:
+            self.attempts.pop(record.offset, None)
+            reason = f"not delivered after {attempts} attempts (mq.sendRetryCount is {self.retry_count})"
+            self.on_dead(self, record, attempts, reason)
+            self._advance(record, requeued)
+            return True
+        member = self._choose(record)
+        if member is None:
+            return False
+        if attempts or frame is None:
+            frame = message.frame(record, attempts)
+        if not member.conn.offer(frame, record.offset):
+            return False
+        self.attempts.pop(record.offset, None)
+        deadline = now + self.ack_timeout if member.ack else None
+        flight = Flight(record, member, attempts, deadline, requeued)
+        self.flights[record.offset] = flight
+        member.flights[record.code] = flight
+        if deadline is not None:
+            heapq.heappush(self.timers, (deadline, next(self._seq), self, flight))
+        self._advance(record, requeued)
+        return True
+
+    def _advance(self, record, requeued):
+        if not requeued and record.offset >= self.next:
+            self.next = record.offset + 1
+
+    def requeue(self, records):
+        """Dead letters requeued from the console: deliver them again, attempts from zero."""
+        for record in records:
+            self._push_retry(record, 0, True)
+
+    @property
+    def has_work(self):
+        """Messages to catch up from the store or to redeliver."""
+        return self.behind or bool(self._retry)
+
+    def _push_retry(self, record, attempts, requeued):
+        heapq.heappush(self._retry, (record.offset, next(self._seq), record, attempts, requeued))
+
+    # -- outcomes ----------------------------------------------------------------------------
+    def written(self, member, offsets):
+        """Frames written whole to ``member``'s socket; without ack that makes them done."""
+        for offset in offsets:
+            flight = self.flights.get(offset)
+            if flight is not None and flight.member is member:
+                flight.written = True
+                if not member.ack:
+                    self._done(flight)
+
+    def ack(self, member, code):
+        """The member acked ``code``; returns False if it holds no such message."""
+        flight = member.flights.get(code)
+        if flight is None:
+            return False
+        member.acked += 1
+        self._done(flight)
+        return True
+
+    def nack(self, member, code, now):
+        flight = member.flights.get(code)
+        if flight is None:
+            return False
+        self._fail(flight, now)
+        return True
+
+    def expire(self, flight, now):
+        """An ack timer fired; redeliver the message unless it was done meanwhile."""
+        if self.flights.get(flight.record.offset) is flight:
+            self._fail(flight, now)
+
+    def _fail(self, flight, now):
+        self._forget(flight)
+        attempts = flight.attempts + 1
+        if not flight.requeued:
+            attempts = self.store.add_attempts(self.topic, self.key,
+                                               [flight.record.offset])[flight.record.offset]
+        self._push_retry(flight.record, attempts, flight.requeued)
+        self.redeliver(now)
+
+    def _done(self, flight):
+        self._forget(flight)
+        if flight.requeued:
+            self.store.redelivered(self.topic, self.key, flight.record.offset)
+
+    def _forget(self, flight):
+        self.flights.pop(flight.record.offset, None)
+        flight.member.flights.pop(flight.record.code, None)
+
+    # -- the cursor --------------------------------------------------------------------------
+    def position(self):
+        """The cursor to save: the highest offset below which everything is done."""
+        low = self.next
+        for offset, flight in self.flights.items():
+            if offset < low and not flight.requeued:
+                low = offset
+        for offset, _, _, _, requeued in self._retry:
+            if offset < low and not requeued:
+                low = offset
+        return low - 1
+
+    @property
+    def idle(self):
+        return not self.members
