@@ -38,8 +38,12 @@ class RunningBroker:
                               data={"topic": topic, "messageData": data, **extra}).json()
 
     def publish_many(self, topic, datas, **extra):
-        """Publish straight through the broker object (one commit); returns the MessageCodes."""
-        return self.broker.publish([{"topic": topic, "messageData": d, **extra} for d in datas])
+        """Publish straight through the broker object, a buffer's worth per commit; returns the
+        MessageCodes."""
+        items = [{"topic": topic, "messageData": d, **extra} for d in datas]
+        step = self.broker.slots.capacity
+        return [code for start in range(0, len(items), step)
+                for code in self.broker.publish(items[start:start + step])]
 
     def get(self, path, **params):
         return self.http.get(self.url + path, params=params).json()

@@ -30,8 +30,10 @@ def wait_for(predicate, timeout=10.0, interval=0.01, what="condition"):
 class Collector:
     """A consumer on a background thread that keeps every message it receives, parsed."""
 
-    def __init__(self, ws_url, topic, consumer_id, query=""):
+    def __init__(self, ws_url, topic, consumer_id, query="", auto_ack=False):
         self.url = f"{ws_url}/ConsumersConn/{topic}/{consumer_id}{query}"
+        self.auto_ack = auto_ack
+        self.errors = []                # error frames (objects without a MessageCode)
         self.messages = []
         self.arrivals = []              # time.monotonic() of each message
         self.closed = None              # (code, reason) once the server closed it
@@ -45,10 +47,23 @@ class Collector:
                 data = self.ws.receive()
                 if data is None:
                     break
+                body = json.loads(data)
+                if "MessageCode" not in body:
+                    self.errors.append(body)
+                    continue
                 self.arrivals.append(time.monotonic())
-                self.messages.append(json.loads(data))
+                self.messages.append(body)
+                if self.auto_ack:
+                    self.ws.send(body["MessageCode"])
         except ConnectionClosed as exc:
             self.closed = (exc.reason, exc.message)
+
+    def send(self, text):
+        self.ws.send(text)
+
+    @property
+    def codes(self):
+        return [m["MessageCode"] for m in self.messages]
 
     @property
     def datas(self):

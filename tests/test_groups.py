@@ -1,0 +1,102 @@
+"""Consumer groups: each message to exactly one member, load shared, ordering keys kept."""
+
+import collections
+import socket
+import time
+
+from helpers import Collector, connect_and_close_code, wait_for
+
+
+def _members(running, count):
+    wait_for(lambda: len(running.broker.members()) >= count, what=f"{count} consumers")
+
+
+def test_three_members_share_300_messages_each_exactly_once(broker):
+    members = [Collector(broker.ws_url, "jobs", f"w{i}", "?group=workers") for i in range(3)]
+    _members(broker, 3)
+    codes = broker.publish_many("jobs", [str(i) for i in range(300)])
+    wait_for(lambda: sum(len(m.messages) for m in members) >= 300, what="300 messages in all")
+    time.sleep(0.3)
+    received = [code for m in members for code in m.codes]
+    assert sorted(received) == sorted(codes) and len(received) == 300
+    assert all(m.messages for m in members), "every member should get a share"
+    for member in members:     # each member's share is in publish order
+        assert member.codes == sorted(member.codes, key=codes.index)
+
+
+def test_groups_and_broadcast_consumers_each_get_the_whole_stream(broker):
+    group_a = [Collector(broker.ws_url, "t", f"a{i}", "?group=a") for i in range(2)]
+    group_b = [Collector(broker.ws_url, "t", "b0", "?group=b")]
+    lone = Collector(broker.ws_url, "t", "lone")
+    _members(broker, 4)
+    codes = broker.publish_many("t", [str(i) for i in range(100)])
+    lone.wait_count(100)
+    group_b[0].wait_count(100)
+    wait_for(lambda: sum(len(m.messages) for m in group_a) >= 100, what="group a")
+    assert lone.codes == codes and group_b[0].codes == codes
+    assert sorted(c for m in group_a for c in m.codes) == sorted(codes)
+
+
+def test_with_ack_a_member_killed_mid_stream_loses_nothing(broker):
+    steady = Collector(broker.ws_url, "t", "steady", "?group=g&ack=1", auto_ack=True)
+    doomed = Collector(broker.ws_url, "t", "doomed", "?group=g&ack=1")   # receives, never acks
+    _members(broker, 2)
+    codes = broker.publish_many("t", [str(i) for i in range(300)])
+    wait_for(lambda: len(doomed.messages) >= 20, what="the doomed member to hold messages")
+    doomed.ws.sock.shutdown(socket.SHUT_RDWR)      # vanish without acking anything
+    wait_for(lambda: set(codes) <= set(steady.codes), timeout=20, what="every message at steady")
+    stats = broker.get("/Console/Ping")["data"]
+    assert stats["deadLettered"] == 0
+
+
+def test_a_busy_member_gets_less(make_broker, engine_name):
+    running = make_broker(engine_name, mq={"maxInFlight": 5})
+    idle = Collector(running.ws_url, "t", "fast", "?group=g&ack=1", auto_ack=True)
+    slow = Collector(running.ws_url, "t", "slow", "?group=g&ack=1")      # never acks
+    _members(running, 2)
+    running.publish_many("t", [str(i) for i in range(200)])
+    wait_for(lambda: len(idle.messages) + len(slow.messages) >= 200, what="every message")
+    assert len(slow.messages) == 5, "a member holding maxInFlight unacked messages gets no more"
+    assert len(idle.messages) == 195
+
+
+def test_ordering_keys_stay_with_one_member_in_order(broker):
+    members = [Collector(broker.ws_url, "t", f"m{i}", "?group=g") for i in range(3)]
+    _members(broker, 3)
+    items = [{"topic": "t", "messageData": f"{k}:{i}", "key": f"k{k}"}
+             for i in range(40) for k in range(6)]
+    for start in range(0, len(items), 80):
+        broker.broker.publish(items[start:start + 80])
+    wait_for(lambda: sum(len(m.messages) for m in members) >= 240, what="240 messages")
+    owners = collections.defaultdict(set)
+    for index, member in enumerate(members):
+        per_key = collections.defaultdict(list)
+        for data in member.datas:
+            key, seq = data.split(":")
+            owners[key].add(index)
+            per_key[key].append(int(seq))
+        for seqs in per_key.values():
+            assert seqs == sorted(seqs)
+    assert all(len(who) == 1 for who in owners.values()), owners
+    assert len({next(iter(who)) for who in owners.values()}) > 1, "keys should spread over members"
+
+
+def test_a_group_resumes_from_its_shared_cursor(broker):
+    first = Collector(broker.ws_url, "t", "x", "?group=g")
+    _members(broker, 1)
+    broker.publish_many("t", ["1", "2"])
+    first.wait_count(2)
+    first.close()
+    wait_for(lambda: not broker.broker.members(), what="the member to leave")
+    broker.publish_many("t", ["3", "4"])
+    other = Collector(broker.ws_url, "t", "y", "?group=g")     # another member of the same group
+    other.wait_count(2)
+    time.sleep(0.2)
+    assert other.datas == ["3", "4"]
+
+
+def test_bad_group_names_are_refused(broker):
+    code, reason = connect_and_close_code(broker.ws_url, "/ConsumersConn/t/x?group=a%7Cb")
+    assert code == 1008 and "group" in reason
+    code, reason = connect_and_close_code(broker.ws_url, "/ConsumersConn/t/x?group=")
+    assert code == 1008 and "group" in reason
