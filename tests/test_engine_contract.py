@@ -99,3 +99,90 @@ def test_sqlite_keeps_everything_across_a_reopen(tmp_path):
         assert again.append(_msgs("t", "3")).records[0].offset == 3
     finally:
         again.close()
+
+
+def test_idempotency_keys_return_the_first_code_per_topic(engine, committed):
+    first = engine.append(_msgs("t", "a", idempotency_key="k"))
+    again = engine.append(_msgs("t", "a2", idempotency_key="k") + _msgs("t", "b"))
+    other = engine.append(_msgs("u", "a", idempotency_key="k"))
+    assert again.codes[0] == first.codes[0] and len(again.records) == 1
+    assert other.codes[0] != first.codes[0]
+    assert [r.data for r in committed] == ["a", "b", "a"]
+    in_one = engine.append(_msgs("v", "x", "y", idempotency_key="same"))
+    assert in_one.codes[0] == in_one.codes[1] and len(in_one.records) == 1
+
+
+def test_delayed_messages_wait_aside_until_promoted_in_due_order(engine, committed):
+    now = time.time()
+    late = _msgs("t", "late", due=now + 100)
+    early = _msgs("t", "early", due=now + 50)
+    appended = engine.append(late + early + _msgs("t", "now"))
+    assert [r.data for r in appended.records] == ["now"] and len(appended.codes) == 3
+    assert engine.next_due() == pytest.approx(now + 50)
+    assert engine.promote_due(now + 10, 10) == []
+    promoted = engine.promote_due(now + 200, 1)
+    assert [(r.data, r.offset) for r in promoted] == [("early", 2)]
+    assert [r.data for r in engine.promote_due(now + 200, 10)] == ["late"]
+    assert engine.next_due() is None
+    assert [r.data for r in committed] == ["now", "early", "late"]
+    assert promoted[0].code == appended.codes[1]
+
+
+def test_find_and_set_cursor(engine):
+    records = engine.append(_msgs("t", "a", "b", "c")).records
+    assert engine.find("t", records[1].code) == 2
+    assert engine.find("other", records[1].code) is None
+    engine.save_cursors({("t", "c:x"): 3})
+    engine.add_attempts("t", "c:x", [3])
+    engine.set_cursor("t", "c:x", 1)
+    assert engine.cursor("t", "c:x") == 1 and engine.attempts("t", "c:x", 0) == {}
+
+
+def test_requeue_turns_dead_letters_into_redeliveries(engine):
+    records = engine.append(_msgs("t", "a", "b", key="k")).records
+    for record in records:
+        engine.dead_letter("t", "g:workers", record, "timeout", 4)
+    engine.dead_letter("t", "c:other", records[0], "timeout", 4)
+    one = engine.requeue("t", "g:workers", records[1].code)
+    assert one == {("t", "g:workers"): [records[1]]}
+    assert len(engine.dead_letters(topic="t")) == 2
+    rest = engine.requeue("t")
+    assert sorted(rest) == [("t", "c:other"), ("t", "g:workers")]
+    assert engine.dead_letters() == []
+    assert engine.redeliveries("t", "g:workers") == records
+    engine.redelivered("t", "g:workers", records[0].offset)
+    assert engine.redeliveries("t", "g:workers") == [records[1]]
+
+
+def test_purge_by_age_and_count_within_a_limit(engine):
+    old = [NewMessage(new_code(), "t", str(i), 1000.0 + i) for i in range(5)]
+    engine.append(old + _msgs("t", "new1", "new2"))
+    assert engine.purge(before=1003.0, keep_messages=0, limit=10) == 3
+    assert [r.data for r in engine.read("t", 0, 10)] == ["3", "4", "new1", "new2"]
+    assert engine.purge(before=0, keep_messages=1, limit=2) == 2
+    assert engine.purge(before=0, keep_messages=1, limit=10) == 1
+    assert [r.data for r in engine.read("t", 0, 10)] == ["new2"]
+    assert engine.head("t") == 7 and engine.append(_msgs("t", "next")).records[0].offset == 8
+
+
+def test_offsets_never_restart_after_a_whole_topic_is_purged(engine):
+    engine.append(_msgs("t", "a", "b"))
+    assert engine.purge(before=time.time() + 10, keep_messages=0, limit=10) == 2
+    assert engine.head("t") == 2 and engine.heads() == {"t": 2}
+    assert engine.append(_msgs("t", "c")).records[0].offset == 3
+
+
+def test_sqlite_keeps_topic_heads_across_a_reopen_after_a_purge(tmp_path):
+    settings = config.build({"storage": {"path": str(tmp_path / "p.db")}})
+    store = open_engine(settings)
+    store.open(lambda records: None)
+    store.append(_msgs("t", "a", "b"))
+    store.purge(before=time.time() + 10, keep_messages=0, limit=10)
+    store.close()
+    again = open_engine(settings)
+    again.open(lambda records: None)
+    try:
+        assert again.head("t") == 2
+        assert again.append(_msgs("t", "c")).records[0].offset == 3
+    finally:
+        again.close()

@@ -24,6 +24,8 @@ SCHEMA = [
         topic text not null, offset integer not null, code text not null, data text not null,
         created real not null, key text, primary key (topic, offset)) without rowid""",
     "create index if not exists messages_code on messages (code)",
+    """create table if not exists topics (
+        topic text primary key, head integer not null) without rowid""",
     """create table if not exists delayed (
         code text primary key, topic text not null, data text not null, created real not null,
         key text, due real not null) without rowid""",
@@ -101,8 +103,7 @@ class SQLiteEngine(Engine):
             for statement in SCHEMA:
                 self._writer.execute(statement)
             self._writer.execute("pragma quick_check(1)")
-            self._heads = dict(self._writer.execute(
-                "select topic, max(offset) from messages group by topic"))
+            self._heads = dict(self._writer.execute("select topic, head from topics"))
         except sqlite3.DatabaseError as exc:
             self._writer.close()
             raise StoreError(f"the SQLite store {self.path!r} is unusable: {exc}. Restore it from a"
@@ -190,6 +191,11 @@ class SQLiteEngine(Engine):
             heads[topic] = offset
             records.append(Record(offset, code, topic, data, created, key))
         db.executemany(f"insert into messages ({_RECORD}) values (?, ?, ?, ?, ?, ?)", records)
+        # Topic heads are kept apart from the messages, so that purging a whole topic never lets
+        # its offsets start again at 1 under cursors that are already further.
+        db.executemany("insert into topics (topic, head) values (?, ?) on conflict (topic)"
+                       " do update set head = max(head, excluded.head)",
+                       [(topic, heads[topic]) for topic in {r.topic for r in records}])
         return records
 
     def append(self, messages):
@@ -330,11 +336,11 @@ class SQLiteEngine(Engine):
         return [Record(*row) for row in rows]
 
     def head(self, topic):
-        return self._query("select coalesce(max(offset), 0) from messages where topic = ?",
-                           (topic,))[0][0]
+        rows = self._query("select head from topics where topic = ?", (topic,))
+        return rows[0][0] if rows else 0
 
     def heads(self):
-        return dict(self._query("select topic, max(offset) from messages group by topic"))
+        return dict(self._query("select topic, head from topics"))
 
     def find(self, topic, code):
         rows = self._query("select offset from messages where code = ? and topic = ?", (code, topic))

@@ -1,0 +1,163 @@
+"""Replay with since, delayed messages, idempotent and batch publish, retention."""
+
+import time
+
+import pytest
+import requests
+
+from helpers import Collector, ServedBroker, connect_and_close_code, wait_for
+
+
+def _joined(running, count=1):
+    wait_for(lambda: len(running.broker.members()) >= count, what=f"{count} consumers")
+
+
+def test_since_replays_exactly_the_messages_after_that_code(broker):
+    codes = broker.publish_many("t", [str(i) for i in range(10)])
+    replay = Collector(broker.ws_url, "t", "r", f"?since={codes[3]}")
+    replay.wait_count(6)
+    (live,) = broker.publish_many("t", ["live"])
+    replay.wait_count(7)
+    time.sleep(0.2)
+    assert replay.codes == codes[4:] + [live]
+
+
+def test_since_beginning_starts_at_the_oldest_retained_message(broker):
+    codes = broker.publish_many("t", ["a", "b", "c"])
+    replay = Collector(broker.ws_url, "t", "r", "?since=beginning")
+    replay.wait_count(3)
+    assert replay.codes == codes
+
+
+def test_since_moves_a_known_consumer_back(broker):
+    codes = broker.publish_many("t", ["a", "b"])
+    first = Collector(broker.ws_url, "t", "back", "?since=beginning")
+    first.wait_count(2)
+    first.close()
+    wait_for(lambda: not broker.broker.members(), what="the consumer to leave")
+    again = Collector(broker.ws_url, "t", "back", f"?since={codes[0]}")
+    again.wait_count(1)
+    assert again.codes == codes[1:]
+
+
+def test_since_an_unknown_code_or_a_bad_value_is_closed_with_1008(broker):
+    code, reason = connect_and_close_code(broker.ws_url, "/ConsumersConn/t/x?since=" + "a" * 40)
+    assert code == 1008 and "no retained message" in reason
+    code, reason = connect_and_close_code(broker.ws_url, "/ConsumersConn/t/x?since=yesterday")
+    assert code == 1008 and "since" in reason
+    code, reason = connect_and_close_code(broker.ws_url, "/ConsumersConn/t/x?colour=red")
+    assert code == 1008 and "colour" in reason
+
+
+def test_delayed_message_arrives_after_its_delay_and_does_not_hold_up_others(broker):
+    consumer = Collector(broker.ws_url, "t", "c")
+    _joined(broker)
+    started = time.monotonic()
+    late = broker.publish("t", "late", delay="1.5")
+    assert late["code"] == 0
+    broker.publish("t", "now")
+    consumer.wait_count(1)
+    assert consumer.datas == ["now"]
+    consumer.wait_count(2, timeout=10)
+    assert consumer.datas == ["now", "late"]
+    assert consumer.messages[1]["MessageCode"] == late["msg"]
+    assert consumer.arrivals[1] - started >= 1.4
+
+
+def test_bad_delays_are_refused(make_broker, engine_name):
+    running = make_broker(engine_name, mq={"maxDelaySeconds": 10})
+    for delay in ("-1", "11", "soon"):
+        reply = running.http.post(running.url + "/ProducerSend",
+                                  data={"topic": "t", "messageData": "x", "delay": delay})
+        assert reply.status_code == 400 and "delay" in reply.json()["msg"], delay
+
+
+def test_a_delayed_message_survives_a_restart(tmp_path):
+    broker = ServedBroker(tmp_path).start()
+    try:
+        consumer = Collector(broker.ws_url, "t", "d")
+        wait_for(lambda: requests.get(broker.url + "/Console/GetConsumers").json()["data"],
+                 what="the consumer")
+        reply = requests.post(broker.url + "/ProducerSend",
+                              data={"topic": "t", "messageData": "later", "delay": "2"}).json()
+        assert reply["code"] == 0
+        broker.kill()
+        consumer.close()
+        broker.start()
+        again = Collector(broker.ws_url, "t", "d")
+        again.wait_count(1, timeout=15)
+        assert again.codes == [reply["msg"]]
+    finally:
+        broker.stop()
+
+
+def test_idempotency_key_returns_the_first_code_and_stores_nothing_new(broker):
+    consumer = Collector(broker.ws_url, "t", "c")
+    _joined(broker)
+    first = broker.publish("t", "pay 10", idempotencyKey="order-1")["msg"]
+    again = broker.publish("t", "pay 10", idempotencyKey="order-1")["msg"]
+    other_topic = broker.publish("u", "pay 10", idempotencyKey="order-1")["msg"]
+    assert first == again and other_topic != first
+    consumer.wait_count(1)
+    time.sleep(0.3)
+    assert consumer.codes == [first]
+    assert broker.broker.engine.head("t") == 1
+
+
+def test_batch_publish_is_all_or_nothing_in_order(broker):
+    consumer = Collector(broker.ws_url, "t", "c")
+    _joined(broker)
+    reply = broker.http.post(broker.url + "/ProducerSendBatch",
+                             json={"topic": "t", "messages": ["a", "b", "c"]}).json()
+    assert reply["code"] == 0 and len(reply["data"]) == 3
+    mixed = broker.http.post(broker.url + "/ProducerSendBatch", json={"messages": [
+        {"topic": "t", "messageData": "d"}, {"topic": "u", "messageData": "e"}]}).json()
+    assert mixed["code"] == 0
+    bad = broker.http.post(broker.url + "/ProducerSendBatch", json={"messages": [
+        {"topic": "t", "messageData": "never"}, {"topic": "t|x", "messageData": "f"}]})
+    assert bad.status_code == 400 and "messages[1]" in bad.json()["msg"]
+    consumer.wait_count(4)
+    time.sleep(0.2)
+    assert consumer.datas == ["a", "b", "c", "d"]
+    assert consumer.codes[:3] == reply["data"]
+
+
+@pytest.mark.parametrize("body", [{}, {"messages": "a"}, {"topic": "t", "messages": [5]},
+                                  {"topic": "t", "messages": []}])
+def test_malformed_batches_are_refused(broker, body):
+    reply = broker.http.post(broker.url + "/ProducerSendBatch", json=body)
+    assert reply.status_code == 400 and reply.json()["code"] == -1
+
+
+def test_retention_purges_old_messages(make_broker, engine_name):
+    running = make_broker(engine_name, mq={"retentionSeconds": 2, "maxDelaySeconds": 1,
+                                           "sweepInterval": 0.2})
+    old = running.publish_many("t", ["old1", "old2"])
+    wait_for(lambda: running.broker.engine.read("t", 0, 10) == [], timeout=10,
+             what="the old messages to be purged")
+    fresh = running.publish_many("t", ["fresh"])
+    replay = Collector(running.ws_url, "t", "r", "?since=beginning")
+    replay.wait_count(1)
+    assert replay.codes == fresh
+    code, reason = connect_and_close_code(running.ws_url, f"/ConsumersConn/t/x?since={old[0]}")
+    assert code == 1008
+
+
+def test_retention_by_count_keeps_the_newest(make_broker, engine_name):
+    running = make_broker(engine_name, mq={"retentionMessages": 3, "sweepInterval": 0.1})
+    codes = running.publish_many("t", [str(i) for i in range(10)])
+    wait_for(lambda: len(running.broker.engine.read("t", 0, 100)) == 3, what="the purge")
+    assert [r.code for r in running.broker.engine.read("t", 0, 100)] == codes[-3:]
+
+
+def test_a_consumer_behind_retention_skips_the_purged_gap(make_broker, engine_name):
+    running = make_broker(engine_name, mq={"retentionMessages": 2, "sweepInterval": 0.1})
+    first = Collector(running.ws_url, "t", "away")
+    _joined(running)
+    first.close()
+    wait_for(lambda: not running.broker.members(), what="the consumer to leave")
+    codes = running.publish_many("t", [str(i) for i in range(6)])
+    wait_for(lambda: len(running.broker.engine.read("t", 0, 100)) == 2, what="the purge")
+    again = Collector(running.ws_url, "t", "away")
+    again.wait_count(2)
+    assert again.codes == codes[-2:]
