@@ -57,6 +57,8 @@ class Collector:
                     self.ws.send(body["MessageCode"])
         except ConnectionClosed as exc:
             self.closed = (exc.reason, exc.message)
+        except OSError as exc:          # the test cut the connection itself
+            self.closed = (None, str(exc))
 
     def send(self, text):
         self.ws.send(text)

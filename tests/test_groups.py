@@ -100,3 +100,21 @@ def test_bad_group_names_are_refused(broker):
     assert code == 1008 and "group" in reason
     code, reason = connect_and_close_code(broker.ws_url, "/ConsumersConn/t/x?group=")
     assert code == 1008 and "group" in reason
+
+
+def test_three_acking_members_one_killed_mid_stream_every_message_is_acked(broker):
+    members = [Collector(broker.ws_url, "t", f"w{i}", "?group=g&ack=1", auto_ack=True)
+               for i in range(3)]
+    _members(broker, 3)
+    codes = broker.publish_many("t", [str(i) for i in range(300)])
+    wait_for(lambda: len(members[2].messages) >= 10, what="the doomed member to work")
+    members[2].ws.sock.shutdown(socket.SHUT_RDWR)
+    wait_for(lambda: set(codes) <= set(members[0].codes + members[1].codes + members[2].codes),
+             timeout=20, what="every message received")
+
+    def settled():
+        consumers = broker.get("/Console/GetConsumers")["data"]
+        return len(consumers) == 2 and all(c["pending"] == 0 and c["inFlight"] == 0
+                                           for c in consumers)
+    wait_for(settled, timeout=20, what="every message acked (nothing pending or in flight)")
+    assert broker.get("/Console/GetDeadLetters", topic="t")["data"] == []
