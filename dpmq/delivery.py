@@ -53,7 +53,8 @@ class Shard:
         self._active = set()            # subscriptions with messages to catch up or redeliver
         self._dirty = set()             # members whose sockets need a flush
         self._timers = []               # ack deadlines: (deadline, seq, subscription, flight)
-        self._retry_at = 0.0
+        self._retry_at = 0.0            # after a store error, no catch-up before this time
+        self._stalled = False           # the last catch-up pass sent nothing: wait for an event
 
     # -- the thread-safe side ----------------------------------------------------------------
     def post(self, kind, item=None):
@@ -96,13 +97,15 @@ class Shard:
         timeout = 1.0
         if self._timers:
             timeout = min(timeout, max(0.0, self._timers[0][0] - now))
-        if now >= self._retry_at and any(s.room(1) for s in self._active):
+        if not self._stalled and now >= self._retry_at and any(s.room(1) for s in self._active):
             timeout = 0
         self._asleep = True
         if not self._inbox.empty():
             timeout = 0
         events = self._selector.select(timeout)
         self._asleep = False
+        if events or timeout or not self._inbox.empty():
+            self._stalled = False       # something happened (or time passed): look again
         for key, _ in events:
             if key.data is None:
                 self._drain_wake()
@@ -264,7 +267,9 @@ class Shard:
 
     def _catch_up(self, now):
         pumped = self.broker.pumped
-        for sub in list(self._active):
+        subs = list(self._active)
+        before = sum(sub.sent for sub in subs)
+        for sub in subs:
             try:
                 if sub.catch_up(self.engine.read, pumped.get(sub.topic, 0), self.batch, now):
                     self._active.discard(sub)
@@ -273,6 +278,9 @@ class Shard:
                 self._retry_at = now + 1.0
                 return
             self._touch(sub)
+        # Members with room but nothing they may take (an ordering key's member is full): sleep
+        # until an ack, a write or a timer changes that, instead of spinning.
+        self._stalled = bool(self._active) and sum(sub.sent for sub in subs) == before
 
     def _flush_dirty(self):
         dirty, self._dirty = self._dirty, set()

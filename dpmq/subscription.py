@@ -65,6 +65,7 @@ class Subscription:
     def __init__(self, topic, key, cursor, attempts, requeued, store, limits, on_dead, timers):
         self.topic = topic
         self.key = key
+        self.is_group = key.startswith("g:")
         self.store = store
         self.retry_count = limits.sendRetryCount
         self.ack_timeout = limits.ackTimeout
@@ -78,7 +79,7 @@ class Subscription:
         self.flights = {}           # offset -> Flight
         self.attempts = attempts    # offset -> failed attempts, for messages not in flight
         self.sticky = collections.OrderedDict()     # ordering key -> Member
-        self.saved = cursor
+        self.sent = 0               # messages handed out or dead-lettered, to tell progress from a stall
         self._retry = []            # heap of (offset, seq, record, attempts, requeued)
         self._seq = itertools.count()
         for record in requeued:
@@ -92,7 +93,7 @@ class Subscription:
 
     def _choose(self, record):
         members = self.members
-        if len(members) == 1:
+        if len(members) == 1 and (record.key is None or not self.is_group):
             return members[0] if self.can_take(members[0]) else None
         if record.key is not None:
             member = self.sticky.get(record.key)
@@ -186,6 +187,7 @@ class Subscription:
             reason = f"not delivered after {attempts} attempts (mq.sendRetryCount is {self.retry_count})"
             self.on_dead(self, record, attempts, reason)
             self._advance(record, requeued)
+            self.sent += 1
             return True
         member = self._choose(record)
         if member is None:
@@ -202,6 +204,7 @@ class Subscription:
         if deadline is not None:
             heapq.heappush(self.timers, (deadline, next(self._seq), self, flight))
         self._advance(record, requeued)
+        self.sent += 1
         return True
 
     def _advance(self, record, requeued):

@@ -118,3 +118,20 @@ def test_three_acking_members_one_killed_mid_stream_every_message_is_acked(broke
                                            for c in consumers)
     wait_for(settled, timeout=20, what="every message acked (nothing pending or in flight)")
     assert broker.get("/Console/GetDeadLetters", topic="t")["data"] == []
+
+
+def test_a_key_stays_with_its_member_when_others_join_later(make_broker, engine_name):
+    running = make_broker(engine_name, mq={"maxInFlight": 2, "ackTimeout": 60})
+    first = Collector(running.ws_url, "t", "first", "?group=g&ack=1")
+    _members(running, 1)
+    codes = running.broker.publish([{"topic": "t", "messageData": str(i), "key": "k"}
+                                    for i in range(6)])
+    first.wait_count(2)
+    later = Collector(running.ws_url, "t", "later", "?group=g&ack=1", auto_ack=True)
+    _members(running, 2)
+    time.sleep(0.3)
+    assert later.messages == [], "key k belongs to the first member while it is connected"
+    for code in codes:
+        wait_for(lambda code=code: code in first.codes, what=f"{code} at the first member")
+        first.send(code)
+    assert first.codes == codes
