@@ -1,68 +1,221 @@
-"""The ``dpmq`` command line: ``dpmq serve`` runs the broker under gunicorn."""
+"""The ``dpmq`` command line: serve the broker, publish, subscribe, watch, check a configuration.
+
+Exit codes scripts can rely on: 0 success, 1 the broker refused (``code -1``, a refused consumer),
+2 bad usage or configuration, 3 the broker could not be reached.
+"""
 
 import argparse
+import json
 import logging
+import os
 import sys
+import time
+import urllib.request
 
 from . import __version__, config
-from .errors import DPMQError
+from .errors import ConfigError, DPMQError
 
-EXAMPLES = """examples:
-  dpmq serve                          serve ./application.yaml (or the defaults) on 127.0.0.1:8080
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+EXAMPLES = {
+    None: """examples:
+  dpmq serve                                   run the broker (./application.yaml)
+  dpmq publish orders 'hello'                  publish one message
+  printf 'a\\nb\\n' | dpmq publish orders -       one message per line of stdin
+  dpmq subscribe orders --id me                print messages as JSON lines
+  dpmq stats                                   topics and consumers, live
+  dpmq check-config application.yaml           validate a configuration file
+
+environment: DPMQ_URL (default http://127.0.0.1:8080), DPMQ_TOKEN
+exit codes: 0 ok, 1 refused by the broker, 2 bad usage or config, 3 broker unreachable""",
+    "serve": """examples:
+  dpmq serve                                   serve ./application.yaml on 127.0.0.1:8080
   dpmq serve --config prod.yaml --host 0.0.0.0 --port 80
-  DPMQ_MQ_PUSHMESSAGESSPEED=0.5 dpmq serve   push one message every half second
-"""
+  DPMQ_MQ_PUSHMESSAGESSPEED=0.5 dpmq serve     push one message every half second""",
+    "publish": """examples:
+  dpmq publish orders 'hello'
+  dpmq publish orders '{"id": 7}' --key customer-42 --delay 10
+  seq 1000 | dpmq publish orders -             one message per line, sent in batches""",
+    "subscribe": """examples:
+  dpmq subscribe orders                        a new consumer id, live messages only
+  dpmq subscribe orders --id audit             a durable subscription: resumes where it left off
+  dpmq subscribe orders --group workers --ack  share the work with the group, ack each message
+  dpmq subscribe orders --since beginning --count 10 | jq .MessageData""",
+    "stats": """examples:
+  dpmq stats                                   refresh every 2 seconds until Ctrl-C
+  dpmq stats --once                            print once (for scripts)""",
+    "check-config": """examples:
+  dpmq check-config application.yaml && echo valid""",
+}
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="dpmq", description="DPMQ, a small durable message queue.",
+                                     epilog=EXAMPLES[None],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"dpmq {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(name, help_text):
+        sub = commands.add_parser(name, help=help_text, description=help_text, epilog=EXAMPLES[name],
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+        if name not in ("serve", "check-config"):
+            sub.add_argument("--url", default=os.environ.get("DPMQ_URL", DEFAULT_URL),
+                             help="the broker (default: $DPMQ_URL or %(default)s)")
+            sub.add_argument("--token", default=os.environ.get("DPMQ_TOKEN"),
+                             help="auth token (default: $DPMQ_TOKEN)")
+        return sub
+
+    serve = command("serve", "run the broker under gunicorn")
+    serve.add_argument("--config", "-c", help="application.yaml to use (default: $DPMQ_CONFIG,"
+                       " then ./application.yaml)")
+    serve.add_argument("--host", help="address to bind (server.host)")
+    serve.add_argument("--port", type=int, help="port to bind (server.port)")
+    serve.add_argument("--workers", type=int, help="gunicorn workers (server.workers)")
+
+    publish = command("publish", "publish a message, or one per line of stdin with -")
+    publish.add_argument("topic")
+    publish.add_argument("data", help="the message, or - to read one message per line from stdin")
+    publish.add_argument("--delay", type=float, help="seconds before it is pushed")
+    publish.add_argument("--key", help="ordering key (one member of a group gets a key's messages)")
+
+    subscribe = command("subscribe", "print messages as JSON, one per line")
+    subscribe.add_argument("topic")
+    subscribe.add_argument("--id", help="consumerId (default: a new one each run); reuse it to"
+                           " resume where you left off")
+    subscribe.add_argument("--group", help="consumer group to share the messages with")
+    subscribe.add_argument("--ack", action="store_true", help="ack each message once printed")
+    subscribe.add_argument("--since", help="a MessageCode, or 'beginning', to replay from")
+    subscribe.add_argument("--count", type=int, help="exit after this many messages")
+
+    stats = command("stats", "a compact live view of the broker, its topics and consumers")
+    stats.add_argument("--once", action="store_true", help="print once and exit")
+    stats.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
+
+    check = command("check-config", "validate a configuration file and print the result")
+    check.add_argument("file")
+    return parser
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    if args.command is None:
+        _parser().print_help()
+        return EXIT_USAGE
+    from .client import ClientError, ConnectionFailed
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as exc:
+        print(f"dpmq: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ClientError as exc:
+        print(f"dpmq: refused: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    except (ConnectionFailed, OSError) as exc:
+        print(f"dpmq: cannot reach the broker at {getattr(args, 'url', '?')}: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except DPMQError as exc:
+        print(f"dpmq: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_OK
 
 
 def _serve(args):
-    overrides = {}
-    for name in ("host", "port", "workers"):
-        if getattr(args, name) is not None:
-            overrides[name] = getattr(args, name)
+    overrides = {name: getattr(args, name) for name in ("host", "port", "workers")
+                 if getattr(args, name) is not None}
     settings = config.load(args.config)
     if overrides:
         settings = settings.replace(server=overrides)
     logging.basicConfig(level=settings.log.level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    _preflight(settings)
+    from .storage import open_engine
+    engine = open_engine(settings)      # fail before forking if the store is unusable
+    engine.open(lambda records: None)
+    engine.close()
     logging.getLogger("dpmq").info(
         "DPMQ %s on http://%s:%d, engine %s (%s), config %s", __version__, settings.server.host,
         settings.server.port, settings.storage.engine, settings.storage.path, settings.source)
     from .server import serve
     serve(settings)
-    return 0
+    return EXIT_OK
 
 
-def _preflight(settings):
-    """Open the store once before forking, so a broken store stops start-up with a clear message."""
-    from .storage import open_engine
-    engine = open_engine(settings)
-    engine.open(lambda records: None)
-    engine.close()
+def _publish(args):
+    from .client import Producer
+    with Producer(args.url, token=args.token) as producer:
+        if args.data != "-":
+            print(producer.send(args.topic, args.data, delay=args.delay, key=args.key))
+            return EXIT_OK
+        batch = []
+        for line in sys.stdin:
+            batch.append({"messageData": line.rstrip("\n"), "key": args.key} if args.key
+                         else line.rstrip("\n"))
+            if len(batch) == 100:
+                print("\n".join(producer.send_batch(args.topic, batch, delay=args.delay)), flush=True)
+                batch = []
+        if batch:
+            print("\n".join(producer.send_batch(args.topic, batch, delay=args.delay)), flush=True)
+    return EXIT_OK
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="dpmq", description="DPMQ, a small durable message queue.",
-                                     epilog=EXAMPLES, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--version", action="version", version=f"dpmq {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    serve = commands.add_parser("serve", help="run the broker under gunicorn",
-                                epilog=EXAMPLES, formatter_class=argparse.RawTextHelpFormatter)
-    serve.add_argument("--config", "-c", help="application.yaml to use (default: $DPMQ_CONFIG,"
-                       " then ./application.yaml)")
-    serve.add_argument("--host", help="address to bind (server.host)")
-    serve.add_argument("--port", type=int, help="port to bind (server.port)")
-    serve.add_argument("--workers", type=int, help="gunicorn workers (server.workers; 1 unless the"
-                       " engine is shared)")
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 2
-    try:
-        return _serve(args)
-    except DPMQError as exc:
-        print(f"dpmq: {exc}", file=sys.stderr)
-        return 2
+def _subscribe(args):
+    from .client import Consumer
+    consumer_id = args.id or f"cli-{os.getpid()}-{int(time.time())}"
+    received = 0
+    with Consumer(args.url, args.topic, consumer_id, group=args.group, ack=args.ack,
+                  since=args.since, token=args.token) as consumer:
+        for message in consumer:
+            print(json.dumps(message.raw, ensure_ascii=False), flush=True)
+            received += 1
+            if args.count and received >= args.count:
+                if args.ack:
+                    consumer.ack(message)       # the loop ends before the automatic ack would
+                break
+    return EXIT_OK
+
+
+def _get(url, path, token):
+    request = urllib.request.Request(url.rstrip("/") + path)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return json.loads(response.read())["data"]
+
+
+def _stats(args):
+    while True:
+        ping = _get(args.url, "/Console/Ping", args.token)
+        consumers = _get(args.url, "/Console/GetConsumers", args.token)
+        lines = [f"DPMQ {args.url}  engine {ping['engine']}  up {ping['uptime']:.0f}s  "
+                 f"buffered {ping['buffered']}  published {ping['published']}  pushed "
+                 f"{ping['pushed']}  failed {ping['failed']}  dead {ping['deadLettered']}",
+                 f"{'TOPIC':24} {'CONSUMER':20} {'GROUP':12} {'DELIVERED':>9} {'PENDING':>8}  FROM"]
+        for c in sorted(consumers, key=lambda c: (c["topic"], c["consumerId"])):
+            lines.append(f"{c['topic'][:24]:24} {c['consumerId'][:20]:20} {(c['group'] or '-')[:12]:12}"
+                         f" {c['delivered']:>9} {c['pending']:>8}  {c['remoteAddr']}")
+        if not consumers:
+            lines.append("(no consumers connected)")
+        if args.once:
+            print("\n".join(lines))
+            return EXIT_OK
+        sys.stdout.write("\x1b[H\x1b[2J" + "\n".join(lines) + "\n")
+        sys.stdout.flush()
+        time.sleep(args.interval)
+
+
+def _check_config(args):
+    if not os.path.exists(args.file):
+        raise ConfigError(f"no such file: {args.file}")
+    settings = config.load(args.file, environ={})
+    print(json.dumps(settings.as_dict(redact=True), indent=2))
+    print(f"{args.file}: valid", file=sys.stderr)
+    return EXIT_OK
+
+
+COMMANDS = {"serve": _serve, "publish": _publish, "subscribe": _subscribe, "stats": _stats,
+            "check-config": _check_config}
 
 
 if __name__ == "__main__":

@@ -1,0 +1,332 @@
+"""A small Python client for DPMQ: :class:`Producer` over HTTP, :class:`Consumer` over WebSocket.
+
+It needs nothing beyond DPMQ's own dependencies: the standard library's ``http.client`` (one
+keep-alive connection) and simple-websocket's client.
+
+    from dpmq.client import Producer, Consumer
+
+    Producer("http://127.0.0.1:8080").send("orders", "hello")
+    for message in Consumer("http://127.0.0.1:8080", "orders", "worker-1", group="workers", ack=True):
+        print(message.data)                 # acked when the loop body is done
+
+``Producer`` is thread-safe (calls share one connection, one at a time). ``Consumer`` is not: use it
+from one thread, except :meth:`Consumer.close`, which any thread may call.
+"""
+
+import dataclasses
+import http.client
+import json
+import logging
+import random
+import threading
+import time
+import urllib.parse
+import uuid
+
+from simple_websocket import Client, ConnectionClosed
+
+from .errors import DPMQError
+
+log = logging.getLogger(__name__)
+
+#: Close codes after which reconnecting cannot help.
+PERMANENT_CLOSE_CODES = {1008: "refused", 4401: "not authorised", 4403: "forbidden",
+                         4409: "consumerId already connected"}
+
+
+class ClientError(DPMQError):
+    """Raised when the broker refuses a request (``code: -1``) or a consumer connection for good.
+
+    ``status`` is the HTTP status or WebSocket close code; the message is the broker's reason.
+    """
+
+    def __init__(self, message, status=None):
+        super().__init__(message)
+        self.status = status
+
+
+class ConnectionFailed(DPMQError):
+    """Raised when the broker cannot be reached (after the retries, for a Producer)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Message:
+    """One pushed message. ``status`` counts earlier delivery attempts (0 the first time)."""
+
+    code: str
+    data: str
+    topic: str
+    create_time: str
+    status: int
+    raw: dict
+
+
+def _split_url(url):
+    parts = urllib.parse.urlsplit(url if "://" in url else "http://" + url)
+    if parts.scheme not in ("http", "https", "ws", "wss"):
+        raise ValueError(f"DPMQ URL must start with http:// or https://, got {url!r}")
+    secure = parts.scheme in ("https", "wss")
+    return secure, parts.hostname or "127.0.0.1", parts.port or (443 if secure else 80), \
+        parts.path.rstrip("/")
+
+
+class Producer:
+    """Publishes messages; raises :class:`ClientError` carrying the broker's ``msg`` on ``code -1``.
+
+    Network errors and 503 (buffer full, shutting down) are retried up to ``retries`` times with
+    backoff; each message carries an ``idempotencyKey`` across its retries, so a retry never stores
+    a message twice.
+    """
+
+    def __init__(self, url, token=None, timeout=10.0, retries=3):
+        self.secure, self.host, self.port, self.prefix = _split_url(url)
+        self.token = token
+        self.timeout = timeout
+        self.retries = retries
+        self._conn = None
+        self._lock = threading.Lock()
+
+    def send(self, topic, data, delay=None, key=None, idempotency_key=None):
+        """Publish one message; returns its MessageCode."""
+        body = {"topic": topic, "messageData": data,
+                "idempotencyKey": idempotency_key or uuid.uuid4().hex}
+        if delay is not None:
+            body["delay"] = delay
+        if key is not None:
+            body["key"] = key
+        return self._post("/ProducerSend", body)["msg"]
+
+    def send_batch(self, topic, messages, delay=None):
+        """Publish many messages to ``topic`` all or nothing, in one commit; returns their codes.
+
+        ``messages`` are strings, or dicts with ``messageData`` and optionally ``topic``, ``delay``,
+        ``key`` and ``idempotencyKey``.
+        """
+        entries = []
+        for entry in messages:
+            entry = {"messageData": entry} if isinstance(entry, str) else dict(entry)
+            entry.setdefault("idempotencyKey", uuid.uuid4().hex)
+            entries.append(entry)
+        body = {"topic": topic, "messages": entries}
+        if delay is not None:
+            body["delay"] = delay
+        return self._post("/ProducerSendBatch", body)["data"]
+
+    def _post(self, path, body):
+        payload = json.dumps(body).encode("utf-8")
+        headers = {"Content-Type": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        delay = 0.2
+        for attempt in range(self.retries + 1):
+            try:
+                status, reply = self._request(path, payload, headers)
+            except (OSError, http.client.HTTPException) as exc:
+                if attempt == self.retries:
+                    raise ConnectionFailed(f"cannot reach DPMQ at {self.host}:{self.port}: {exc}") \
+                        from None
+            else:
+                if reply.get("code") == 0:
+                    return reply
+                if status != 503 or attempt == self.retries:
+                    raise ClientError(reply.get("msg") or f"HTTP {status}", status)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+        raise AssertionError("unreachable")
+
+    def _request(self, path, payload, headers):
+        with self._lock:
+            if self._conn is None:
+                cls = http.client.HTTPSConnection if self.secure else http.client.HTTPConnection
+                self._conn = cls(self.host, self.port, timeout=self.timeout)
+            try:
+                self._conn.request("POST", self.prefix + path, payload, headers)
+                response = self._conn.getresponse()
+                text = response.read()
+            except BaseException:
+                self._conn.close()
+                self._conn = None
+                raise
+        try:
+            return response.status, json.loads(text)
+        except ValueError:
+            return response.status, {"code": -1, "msg": f"HTTP {response.status}: {text[:200]!r}"}
+
+    def close(self):
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Consumer:
+    """Receives messages of one topic as a durable subscription; iterate it, or :meth:`run` it.
+
+    It reconnects by itself with backoff when the connection drops or the broker restarts, and
+    resumes where it left off (the broker keeps the subscription's cursor). ``since`` applies to the
+    first connection only. With ``ack=True`` each message is acked when the loop body (or the
+    handler) returns, unless ``auto_ack=False``: then call :meth:`ack` or :meth:`nack` yourself.
+    The broker pings the connection; ``ping_interval`` makes the client ping too (a second thread
+    then writes to the socket, so keep it off unless a proxy needs client traffic).
+    """
+
+    def __init__(self, url, topic, consumer_id, group=None, ack=False, since=None, token=None,
+                 auto_ack=True, reconnect=True, max_backoff=30.0, ping_interval=None):
+        secure, host, port, prefix = _split_url(url)
+        query = {k: v for k, v in (("group", group), ("ack", "1" if ack else None)) if v}
+        self._base = (f"{'wss' if secure else 'ws'}://{host}:{port}{prefix}/ConsumersConn/"
+                      f"{urllib.parse.quote(topic, safe='')}/{urllib.parse.quote(consumer_id, safe='')}")
+        self._query = query
+        self._since = since
+        self.topic, self.consumer_id, self.group, self.ack_mode = topic, consumer_id, group, ack
+        self.auto_ack = auto_ack
+        self.reconnect = reconnect
+        self.max_backoff = max_backoff
+        self.ping_interval = ping_interval
+        self._headers = {"Authorization": f"Bearer {token}"} if token else None
+        self._ws = None
+        self._closed = threading.Event()
+        self._unacked = None
+
+    # -- connection --------------------------------------------------------------------------
+    def _url(self):
+        query = dict(self._query)
+        if self._since:
+            query["since"] = self._since
+        return self._base + ("?" + urllib.parse.urlencode(query) if query else "")
+
+    def _connect(self):
+        backoff = 0.2
+        while not self._closed.is_set():
+            try:
+                self._ws = Client.connect(self._url(), headers=self._headers,
+                                          ping_interval=self.ping_interval)
+                self._since = None          # later connections resume from the saved cursor
+                return
+            except (OSError, ConnectionError, ConnectionClosed) as exc:
+                if not self.reconnect:
+                    raise ConnectionFailed(f"cannot connect to {self._base}: {exc}") from None
+                log.info("DPMQ consumer %s: connect failed (%s); retrying in %.1fs",
+                         self.consumer_id, exc, backoff)
+            self._closed.wait(backoff * (0.5 + random.random()))
+            backoff = min(backoff * 2, self.max_backoff)
+
+    def _receive(self, deadline=None):
+        """The next pushed object, reconnecting as needed; None once closed or past ``deadline``."""
+        while not self._closed.is_set():
+            wait = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
+            if wait <= 0:
+                return None
+            if self._ws is None:
+                self._connect()
+                continue
+            try:
+                text = self._ws.receive(timeout=wait)
+            except ConnectionClosed as exc:
+                self._drop()
+                code = exc.reason
+                if self._closed.is_set():
+                    return None
+                if code in PERMANENT_CLOSE_CODES:
+                    raise ClientError(f"{PERMANENT_CLOSE_CODES[code]}: {exc.message}", code) from None
+                if not self.reconnect:
+                    raise ConnectionFailed(f"connection closed ({code} {exc.message})") from None
+                log.info("DPMQ consumer %s: connection closed (%s); reconnecting",
+                         self.consumer_id, code)
+                continue
+            if text is None:
+                continue
+            body = json.loads(text)
+            if "MessageCode" in body:
+                return body
+            log.warning("DPMQ consumer %s: broker says %s", self.consumer_id, body)
+        return None
+
+    def _drop(self):
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            try:
+                ws.close()
+            except Exception:  # noqa: BLE001 - already closed
+                pass
+
+    # -- receiving ---------------------------------------------------------------------------
+    def receive(self, timeout=None):
+        """The next message, or None after ``timeout`` seconds (or once closed). With ack and
+        ``auto_ack``, the message returned by the previous call is acked first."""
+        self._ack_pending()
+        body = self._receive(None if timeout is None else time.monotonic() + timeout)
+        if body is None:
+            return None
+        message = _message(body)
+        if self.ack_mode and self.auto_ack:
+            self._unacked = message
+        return message
+
+    def __iter__(self):
+        while True:
+            message = self.receive()
+            if message is None:
+                return
+            yield message
+
+    def run(self, handler):
+        """Call ``handler(message)`` for each message until :meth:`close`. With ack, a message is
+        acked as soon as its handler returns; a handler that raises gets it redelivered (nack)."""
+        auto, self.auto_ack = self.auto_ack, False
+        try:
+            for message in self:
+                try:
+                    handler(message)
+                except Exception:  # noqa: BLE001 - one bad message must not stop the consumer
+                    log.exception("DPMQ consumer %s: handler failed on %s", self.consumer_id,
+                                  message.code)
+                    if self.ack_mode:
+                        self.nack(message)
+                    continue
+                if self.ack_mode and auto:
+                    self.ack(message)
+        finally:
+            self.auto_ack = auto
+
+    def _ack_pending(self):
+        message, self._unacked = self._unacked, None
+        if message is not None:
+            self.ack(message)
+
+    def ack(self, message):
+        """Tell the broker ``message`` is done (ack mode)."""
+        self._send(message.code)
+
+    def nack(self, message):
+        """Ask the broker to deliver ``message`` again now (ack mode)."""
+        self._send(json.dumps({"nack": message.code}))
+
+    def _send(self, text):
+        if self._ws is not None:
+            try:
+                self._ws.send(text)
+            except (ConnectionClosed, OSError):
+                self._drop()        # unacked: the broker redelivers it after reconnecting
+
+    def close(self):
+        """Stop iterating and disconnect; safe from any thread."""
+        self._closed.set()
+        self._drop()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _message(body):
+    return Message(body["MessageCode"], body["MessageData"], body["Topic"], body["CreateTime"],
+                   body["Status"], body)
