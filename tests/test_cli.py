@@ -4,8 +4,11 @@ import json
 import os
 import subprocess
 import sys
+import threading
 
-from helpers import free_port, wait_for
+import requests
+
+from helpers import ServedBroker, free_port, wait_for
 
 
 def dpmq(*args, stdin=None, url=None, timeout=30):
@@ -74,3 +77,29 @@ def test_help_shows_examples():
     for args in ([], ["publish"], ["subscribe"], ["serve"], ["stats"], ["check-config"]):
         result = dpmq(*args, "--help")
         assert result.returncode == 0 and "examples:" in result.stdout, args
+
+
+def test_subscribe_loses_nothing_when_the_broker_is_killed_and_restarted(tmp_path):
+    served = ServedBroker(tmp_path).start()
+    subscriber = subprocess.Popen([sys.executable, "-m", "dpmq.cli", "subscribe", "t", "--id", "x"],
+                                  env=dict(os.environ, DPMQ_URL=served.url), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+    lines = []
+    reader = threading.Thread(target=lambda: lines.extend(subscriber.stdout), daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: requests.get(served.url + "/Console/GetConsumers").json()["data"],
+                 what="the subscriber")
+        for i in range(10):
+            assert dpmq("publish", "t", f"m{i}", url=served.url).returncode == 0
+        served.kill()
+        served.start()
+        for i in range(10, 20):
+            assert dpmq("publish", "t", f"m{i}", url=served.url).returncode == 0
+        wanted = {f"m{i}" for i in range(20)}
+        wait_for(lambda: wanted <= {json.loads(line)["MessageData"] for line in list(lines)},
+                 timeout=30, what="all 20 messages from dpmq subscribe")
+    finally:
+        subscriber.terminate()
+        subscriber.wait(10)
+        served.stop()
