@@ -2,13 +2,14 @@
 
 import logging
 
-from flask import Flask
+from flask import Flask, request
 from werkzeug.exceptions import HTTPException
 
 from . import config
+from .auth import Auth
 from .broker import Broker
 from .errors import DPMQError, Unavailable
-from .views import console, consumer, producer, reply
+from .views import console, consumer, health, producer, reply
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +30,22 @@ def create_app(settings=None, start=True):
     }
     broker = Broker(settings)
     app.extensions["dpmq"] = broker
-    app.register_blueprint(producer.bp)
-    app.register_blueprint(consumer.bp)
-    app.register_blueprint(console.bp)
+    app.extensions["dpmq_auth"] = Auth(settings.auth)
+    for blueprint in (producer.bp, consumer.bp, console.bp, health.bp):
+        app.register_blueprint(blueprint)
+    cors = frozenset(settings.server.corsOrigins)
+
+    @app.after_request
+    def allow_browser_producers(response):
+        """CORS for the origins in server.corsOrigins ("*" for any), so pages can publish."""
+        origin = request.headers.get("Origin")
+        if origin and (origin in cors or "*" in cors):
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+            response.headers["Access-Control-Max-Age"] = "600"
+            response.vary.add("Origin")
+        return response
 
     @app.errorhandler(DPMQError)
     def dpmq_error(exc):
@@ -48,6 +62,10 @@ def create_app(settings=None, start=True):
                     " bytes)")
         return reply(text, code=-1, status=exc.code)
 
+    if not settings.auth.enabled:
+        log.warning("auth is off: anyone who can reach %s:%d may publish, consume and use the"
+                    " console; set auth.enabled and tokens to lock it down",
+                    settings.server.host, settings.server.port)
     if start:
         broker.start()
     return app

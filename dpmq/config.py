@@ -24,6 +24,7 @@ SCHEMA = {
         "httpThreads": (32, int, 1, 1000),
         "pingInterval": (25.0, float, 0, 3600),
         "shutdownTimeout": (10.0, float, 0, 600),
+        "corsOrigins": ((), list, None, None),
     },
     "mq": {
         "messageChanBuffer": (100, int, 1, 10_000_000),
@@ -55,17 +56,32 @@ SCHEMA = {
     "log": {
         "level": ("INFO", str, None, None),
     },
+    "auth": {
+        "enabled": (False, bool, None, None),
+        "tokens": ((), "tokens", None, None),
+    },
 }
 
 ENGINES = ("sqlite", "memory")
+ROLES = ("producer", "consumer", "admin")
 SYNCHRONOUS = ("FULL", "NORMAL", "EXTRA")
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 #: Keys whose values GetConfig and the logs show as "***".
 SECRET_KEYS = frozenset({"redisUrl", "tokens", "password"})
 
 
+@dataclasses.dataclass(frozen=True)
+class Token:
+    """One auth token: its secret, its role, and for a producer or consumer the topic patterns
+    (globs) it may use; no patterns means every topic."""
+
+    token: str
+    role: str
+    topics: tuple = ()
+
+
 def _section_class(name, keys):
-    fields = [(key, spec[1]) for key, spec in keys.items()]
+    fields = [(key, spec[1] if isinstance(spec[1], type) else tuple) for key, spec in keys.items()]
     return dataclasses.make_dataclass(name, fields, frozen=True)
 
 
@@ -73,8 +89,9 @@ ServerSettings = _section_class("ServerSettings", SCHEMA["server"])
 MQSettings = _section_class("MQSettings", SCHEMA["mq"])
 StorageSettings = _section_class("StorageSettings", SCHEMA["storage"])
 LogSettings = _section_class("LogSettings", SCHEMA["log"])
+AuthSettings = _section_class("AuthSettings", SCHEMA["auth"])
 _SECTION_CLASSES = {"server": ServerSettings, "mq": MQSettings, "storage": StorageSettings,
-                    "log": LogSettings}
+                    "log": LogSettings, "auth": AuthSettings}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +102,7 @@ class Settings:
     mq: MQSettings
     storage: StorageSettings
     log: LogSettings
+    auth: AuthSettings
     source: str = "(defaults)"
 
     def as_dict(self, redact=True):
@@ -92,8 +110,12 @@ class Settings:
         out = {}
         for section in _SECTION_CLASSES:
             values = dataclasses.asdict(getattr(self, section))
+            values = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
             if redact:
-                values = {k: ("***" if k in SECRET_KEYS and v else v) for k, v in values.items()}
+                values = {k: ("***" if k in SECRET_KEYS and v and k != "tokens" else v)
+                          for k, v in values.items()}
+                if "tokens" in values:
+                    values["tokens"] = [dict(t, token="***") for t in values["tokens"]]
             out[section] = values
         return out
 
@@ -105,9 +127,69 @@ class Settings:
         return build(data, source=self.source)
 
 
+def _coerce_bool(name, value):
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "on", "1"):
+        return True
+    if text in ("false", "no", "off", "0"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {value!r}")
+
+
+def _coerce_list(name, value):
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{name} must be a list of strings, got {value!r}")
+    return tuple(value)
+
+
+def _coerce_tokens(name, value):
+    if isinstance(value, str):
+        value = parse_token_list(value, name)
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{name} must be a list of {{token, role, topics}} entries")
+    tokens = []
+    for index, entry in enumerate(value):
+        if isinstance(entry, Token):
+            entry = dataclasses.asdict(entry)
+        where = f"{name}[{index}]"
+        if not isinstance(entry, dict) or set(entry) - {"token", "role", "topics"}:
+            raise ConfigError(f"{where} must be a mapping with token, role and optional topics")
+        token, role = entry.get("token"), entry.get("role")
+        if not isinstance(token, str) or len(token) < 8:
+            raise ConfigError(f"{where}.token must be a string of at least 8 characters")
+        if role not in ROLES:
+            raise ConfigError(f"{where}.role must be one of {', '.join(ROLES)}, got {role!r}")
+        tokens.append(Token(token, role, _coerce_list(f"{where}.topics", entry.get("topics") or [])))
+    return tuple(tokens)
+
+
+def parse_token_list(text, name="DPMQ_AUTH_TOKENS"):
+    """``role:token[:pattern,pattern] …`` (space separated), the environment's form of auth.tokens."""
+    entries = []
+    for item in text.split():
+        parts = item.split(":", 2)
+        if len(parts) < 2:
+            raise ConfigError(f"{name}: {item.split(':')[0]!r}… must be role:token[:patterns]")
+        entry = {"role": parts[0], "token": parts[1]}
+        if len(parts) == 3:
+            entry["topics"] = [p for p in parts[2].split(",") if p]
+        entries.append(entry)
+    return entries
+
+
 def _coerce(section, key, value):
     default, kind, low, high = SCHEMA[section][key]
     name = f"{section}.{key}"
+    if kind is bool:
+        return _coerce_bool(name, value)
+    if kind is list:
+        return _coerce_list(name, value)
+    if kind == "tokens":
+        return _coerce_tokens(name, value)
     if kind is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ConfigError(f"{name} must be a string, got {value!r}")
@@ -182,10 +264,12 @@ def apply_environment(data, environ):
             value = yaml.safe_load(raw) if raw.strip() else raw
         except yaml.YAMLError:
             value = raw
-        if SCHEMA[section][key][1] is str and value is not None:
+        if SCHEMA[section][key][1] in (str, "tokens", list) and value is not None:
             value = raw
         if data.get(section) is None:
             data[section] = {}
+        if key == "tokens":     # tokens from the environment join those of the file
+            value = list(data[section].get("tokens") or []) + parse_token_list(raw, name)
         data[section][key] = value
     return data
 

@@ -60,3 +60,17 @@ CLOSE_BAD_INPUT = 1008
 CLOSE_GOING_AWAY = 1001
 CLOSE_TRY_AGAIN = 1013
 CLOSE_DUPLICATE = 4409
+
+
+class Unauthorized(DPMQError):
+    """Raised when a request carries no token, or one DPMQ does not know (auth on)."""
+
+    status = 401
+    close_code = 4401
+
+
+class Forbidden(DPMQError):
+    """Raised when a known token lacks the role, or the topic, the request needs."""
+
+    status = 403
+    close_code = 4403

@@ -1,6 +1,8 @@
 """HTTP and WebSocket endpoints, one module per audience: producers, consumers, the console."""
 
-from flask import current_app, jsonify
+from flask import current_app, jsonify, request
+
+from ..auth import bearer
 
 
 def broker():
@@ -14,3 +16,8 @@ def reply(msg="ok", data=None, code=0, status=200):
     if data is not None:
         body["data"] = data
     return jsonify(body), status
+
+
+def authorize(role, topic=None, allow_query=False):
+    """Raise Unauthorized or Forbidden unless this request's token may act as ``role``."""
+    current_app.extensions["dpmq_auth"].require(bearer(request, allow_query), role, topic)

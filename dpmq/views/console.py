@@ -7,9 +7,14 @@ from flask import Blueprint, request
 from ..broker import check_name
 from ..errors import BadRequest
 from ..message import format_time
-from . import broker, reply
+from . import authorize, broker, reply
 
 bp = Blueprint("console", __name__, url_prefix="/Console")
+
+
+@bp.before_request
+def admins_only():
+    authorize("admin")
 
 
 @bp.get("/GetConsumers")

@@ -16,9 +16,9 @@ from flask_sock import Sock
 from simple_websocket import ConnectionClosed
 
 from ..connection import Connection
-from ..errors import CLOSE_BAD_INPUT, BadRequest, Refused
+from ..errors import CLOSE_BAD_INPUT, BadRequest, Forbidden, Refused, Unauthorized
 from ..message import text_frame
-from . import broker
+from . import authorize, broker
 
 log = logging.getLogger(__name__)
 bp = Blueprint("consumer", __name__)
@@ -57,9 +57,10 @@ def _refuse(ws, code, text):
 def consumers_conn(ws, topic, consumer_id):
     b = broker()
     try:
+        authorize("consumer", topic, allow_query=True)
         options = _options(request.args)
         member = b.subscribe(request.environ["dpmq.connection"], ws, topic, consumer_id, **options)
-    except (BadRequest, Refused) as exc:
+    except (BadRequest, Refused, Unauthorized, Forbidden) as exc:
         _refuse(ws, getattr(exc, "close_code", CLOSE_BAD_INPUT), str(exc))
         return
     reason = "closed by the consumer"

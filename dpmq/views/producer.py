@@ -5,7 +5,7 @@ from urllib.parse import parse_qsl
 from flask import Blueprint, request
 
 from ..errors import BadRequest
-from . import broker, reply
+from . import authorize, broker, reply
 
 bp = Blueprint("producer", __name__)
 
@@ -35,11 +35,17 @@ def _fields():
 _FIELDS = ("topic", "messageData", "delay", "key", "idempotencyKey")
 
 
+@bp.before_request
+def producers_only():
+    authorize("producer")
+
+
 @bp.post("/ProducerSend")
 def producer_send():
     fields = _fields()
     if fields.get("messageData") is None:
         raise BadRequest("messageData is required (form field or JSON key)")
+    authorize("producer", fields.get("topic"))
     (code,) = broker().publish([{name: fields.get(name) for name in _FIELDS}])
     return reply(code)
 
@@ -61,4 +67,6 @@ def producer_send_batch():
             items.append(dict(shared, **{name: entry[name] for name in _FIELDS if name in entry}))
         else:
             raise BadRequest(f"messages[{position}] must be a string or an object with messageData")
+    for topic in {item.get("topic") for item in items if isinstance(item.get("topic"), str)}:
+        authorize("producer", topic)
     return reply("ok", data=broker().publish(items))
