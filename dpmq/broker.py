@@ -28,6 +28,7 @@ from .errors import (
     Unavailable,
 )
 from .housekeeping import Housekeeping
+from .metrics import PUBLISHED, History, Metrics, TopicCounts, merge
 from .storage import open_engine
 from .subscription import Member
 
@@ -76,29 +77,17 @@ class Slots:
                 self._cond.notify_all()
 
 
-class Stats:
-    """Counters since start; ``add`` is thread-safe."""
-
-    def __init__(self):
-        self.started = time.time()
-        self.published = 0
-        self.pushed = 0
-        self.failed = 0
-        self.dead_lettered = 0
-        self._lock = threading.Lock()
-
-    def add(self, name, count=1):
-        with self._lock:
-            setattr(self, name, getattr(self, name) + count)
-
-
 class Broker:
     """One broker: a store, a buffer, a pump, delivery shards and the consumers connected to it."""
 
     def __init__(self, settings, engine=None):
         self.settings = settings
         self.engine = engine or open_engine(settings)
-        self.stats = Stats()
+        self.started = time.time()
+        self.pushed = 0             # written by the pump thread only
+        self.counts = TopicCounts()     # published, written in commit order
+        self.metrics = Metrics(self)
+        self.history = History()
         self.pumped = {}            # topic -> newest offset handed to the shards
         self.heads = {}             # topic -> newest committed offset
         mq = settings.mq
@@ -204,20 +193,22 @@ class Broker:
         if immediate and not self.slots.acquire(immediate, timeout):
             raise Unavailable(f"the buffer is full ({self.slots.capacity} messages waiting to be"
                               " pushed); retry in a moment", retry_after=max(1, int(timeout)))
+        started = time.perf_counter()
         try:
             appended = self.engine.append(messages)
         except BaseException:
             self.slots.release(immediate)
             raise
+        self.metrics.commit_seconds.observe(time.perf_counter() - started)
         self.slots.release(immediate - len(appended.records))
         if len(appended.records) < len(messages):
             self.housekeeping.wake_scheduler()
-        self.stats.add("published", len(appended.records))
         return appended.codes
 
     def _on_commit(self, records):
         for record in records:
             self.heads[record.topic] = record.offset
+            self.counts.of(record.topic)[PUBLISHED] += 1
             self.buffer.put_nowait(record)
 
     def _pump(self):
@@ -252,12 +243,19 @@ class Broker:
                 self.slots.release(len(batch))
 
     def _hand_out(self, batch):
+        now = time.time()
+        observe = self.metrics.push_seconds.observe
         for record in batch:
             self.pumped[record.topic] = record.offset
+            observe(max(0.0, now - max(record.created, record.due)))
         items = [(record, message.frame(record)) for record in batch]
         for shard in self.shards:
             shard.post("msgs", items)
-        self.stats.add("pushed", len(batch))
+        self.pushed += len(batch)
+
+    def topic_counts(self):
+        """``{topic: [published, delivered, acked, redelivered, failed, dead_lettered]}``."""
+        return merge([self.counts] + [shard.counts for shard in self.shards])
 
     # -- consumers ---------------------------------------------------------------------------
     def shard_for(self, topic, key):

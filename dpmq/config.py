@@ -47,6 +47,7 @@ SCHEMA = {
         "retentionMessages": (0, int, 0, 1 << 62),
         "sweepInterval": (30.0, float, 0.01, 86400),
         "sweepBatch": (10000, int, 1, 10_000_000),
+        "metricsTopics": (100, int, 1, 100_000),
     },
     "storage": {
         "engine": ("sqlite", str, None, None),

@@ -22,6 +22,7 @@ import time
 
 from .errors import CLOSE_BAD_INPUT, CLOSE_TRY_AGAIN, Refused, StoreError
 from .message import text_frame
+from .metrics import ACKED, DEAD_LETTERED, DELIVERED, TopicCounts
 from .subscription import Subscription
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ class Shard:
         self.batch = self.limits.catchUpBatch
         self.low_water = self.limits.consumerBufferBytes // 2
         self.members = 0                # read by the broker to report load
+        self.counts = TopicCounts()     # what this shard delivered, acked, failed…
         self._inbox = queue.SimpleQueue()
         self._asleep = False
         self._wake_r, self._wake_w = socket.socketpair()
@@ -191,28 +193,27 @@ class Shard:
             engine.save_cursors({(topic, key): cursor})
         sub = Subscription(topic, key, cursor, engine.attempts(topic, key, cursor),
                            engine.redeliveries(topic, key), engine, self.limits,
-                           self._dead_letter, self._timers)
+                           self._dead_letter, self._timers, self.counts.of(topic))
         self._subs[(topic, key)] = sub
         self._topics.setdefault(topic, []).append(sub)
         return sub
 
     def _leave(self, member):
         sub = member.subscription
-        if sub is not None and member in sub.members:
-            try:
-                failed = sub.leave(member)
-                if failed:
-                    self.broker.stats.add("failed", failed)
+        try:
+            if sub is not None and member in sub.members:
+                self.members -= 1
+                sub.leave(member)
                 if sub.idle:
                     self._drop(sub)
                 else:
                     self._active.add(sub)
-            except StoreError as exc:
-                log.error("could not record what %s left unfinished: %s", member.consumer_id, exc)
-            self.members -= 1
-        self._dirty.discard(member)
-        self._unwatch(member)
-        member.removed.set()
+        except StoreError as exc:
+            log.error("could not record what %s left unfinished: %s", member.consumer_id, exc)
+        finally:
+            self._dirty.discard(member)
+            self._unwatch(member)
+            member.removed.set()
 
     def _drop(self, sub):
         """The last member left: save the cursor and forget the subscription until it returns."""
@@ -230,6 +231,8 @@ class Shard:
         if sub is None or member not in sub.members:
             return
         done = sub.ack(member, code) if kind == "ack" else sub.nack(member, code, now)
+        if done and kind == "ack":
+            self.counts.of(sub.topic)[ACKED] += 1
         if not done:
             error = {"error": f"{kind} of {code!r}: this consumer holds no such message (unknown,"
                               " already acked, or timed out and redelivered)", kind: code}
@@ -249,7 +252,7 @@ class Shard:
 
     def _dead_letter(self, sub, record, attempts, reason):
         self.engine.dead_letter(sub.topic, sub.key, record, reason, attempts)
-        self.broker.stats.add("dead_lettered")
+        self.counts.of(sub.topic)[DEAD_LETTERED] += 1
         log.warning("dead letter: message %s of topic %r for %s: %s",
                     record.code, sub.topic, sub.key, reason)
 
@@ -295,6 +298,7 @@ class Shard:
             written = conn.take_written()
             sub = member.subscription
             if written and sub is not None:
+                self.counts.of(sub.topic)[DELIVERED] += len(written)
                 sub.written(member, written)
                 if sub.has_work:
                     self._active.add(sub)

@@ -67,7 +67,6 @@ class Housekeeping:
                     promoted = engine.promote_due(now, room)
                 finally:
                     slots.release(room - len(promoted))
-                self.broker.stats.add("published", len(promoted))
             except StoreError as exc:
                 log.warning("could not promote delayed messages, retrying in 1 s: %s", exc)
                 self._stop_scheduler.wait(1)
@@ -79,8 +78,12 @@ class Housekeeping:
     def _sweep(self):
         mq = self.broker.settings.mq
         next_sweep = time.monotonic() + mq.sweepInterval
-        while not self._stop.wait(mq.cursorFlushInterval):
+        next_sample = 0.0
+        while not self._stop.wait(min(mq.cursorFlushInterval, 1.0)):
             try:
+                if time.monotonic() >= next_sample:
+                    next_sample = time.monotonic() + 1.0
+                    self.broker.history.sample(self.broker.topic_counts(), self.broker.buffer.qsize())
                 sweeping = time.monotonic() >= next_sweep
                 self.save_cursors(everything=sweeping)
                 if sweeping:

@@ -22,6 +22,7 @@ class Record(NamedTuple):
     data: str
     created: float              # seconds since the epoch
     key: Optional[str] = None   # ordering key: within a group, one key goes to one member
+    due: float = 0.0            # for a delayed message just promoted: when it became due
 
 
 class NewMessage(NamedTuple):

@@ -18,6 +18,7 @@ import threading
 import time
 
 from . import message
+from .metrics import FAILED, REDELIVERED
 
 STICKY_KEYS = 100_000       # ordering keys remembered per group before the oldest are forgotten
 
@@ -62,7 +63,8 @@ class Flight:
 class Subscription:
     """The delivery state of one ``(topic, key)``; ``store`` is the engine, ``limits`` the mq settings."""
 
-    def __init__(self, topic, key, cursor, attempts, requeued, store, limits, on_dead, timers):
+    def __init__(self, topic, key, cursor, attempts, requeued, store, limits, on_dead, timers,
+                 counts):
         self.topic = topic
         self.key = key
         self.is_group = key.startswith("g:")
@@ -73,6 +75,7 @@ class Subscription:
         self.buffer_limit = limits.consumerBufferBytes
         self.on_dead = on_dead      # on_dead(subscription, record, attempts, reason)
         self.timers = timers        # heap shared with the shard: (deadline, seq, subscription, flight)
+        self.counts = counts        # this topic's event counts in the shard's table
         self.members = []
         self.next = cursor + 1      # the next log offset to hand out
         self.behind = True          # there may be messages in the store not handed out yet
@@ -126,6 +129,7 @@ class Subscription:
         first_unwritten = member.conn.first_unwritten()
         failed = {f.record.offset for f in flights
                   if (f.written if member.ack else f.record.offset == first_unwritten)}
+        self.counts[FAILED] += len(failed)
         durable = [offset for offset in sorted(failed) if not self.flights[offset].requeued]
         counts = self.store.add_attempts(self.topic, self.key, durable) if durable else {}
         for flight in flights:
@@ -197,6 +201,8 @@ class Subscription:
         if not member.conn.offer(frame, record.offset):
             return False
         self.attempts.pop(record.offset, None)
+        if attempts or requeued:
+            self.counts[REDELIVERED] += 1
         deadline = now + self.ack_timeout if member.ack else None
         flight = Flight(record, member, attempts, deadline, requeued)
         self.flights[record.offset] = flight
@@ -257,6 +263,7 @@ class Subscription:
 
     def _fail(self, flight, now):
         self._forget(flight)
+        self.counts[FAILED] += 1
         attempts = flight.attempts + 1
         if not flight.requeued:
             attempts = self.store.add_attempts(self.topic, self.key,

@@ -55,6 +55,8 @@ class MemoryEngine(Engine):
         record = Record(log.head, message.code, message.topic, message.data, message.created,
                         message.key)
         log.records.append(record)
+        if message.due:
+            record = record._replace(due=message.due)
         self._codes[(message.topic, message.code)] = record.offset
         return record
 

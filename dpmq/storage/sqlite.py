@@ -184,13 +184,15 @@ class SQLiteEngine(Engine):
     # -- writes ------------------------------------------------------------------------------
     @staticmethod
     def _insert(db, heads, rows):
-        """Give ``rows`` of (code, topic, data, created, key) offsets and insert them; returns records."""
+        """Give ``rows`` of (code, topic, data, created, key[, due]) offsets and insert them;
+        returns records."""
         records = []
-        for code, topic, data, created, key in rows:
+        for code, topic, data, created, key, *due in rows:
             offset = heads.get(topic, 0) + 1
             heads[topic] = offset
-            records.append(Record(offset, code, topic, data, created, key))
-        db.executemany(f"insert into messages ({_RECORD}) values (?, ?, ?, ?, ?, ?)", records)
+            records.append(Record(offset, code, topic, data, created, key, *due))
+        db.executemany(f"insert into messages ({_RECORD}) values (?, ?, ?, ?, ?, ?)",
+                       [record[:6] for record in records])
         # Topic heads are kept apart from the messages, so that purging a whole topic never lets
         # its offsets start again at 1 under cursors that are already further.
         db.executemany("insert into topics (topic, head) values (?, ?) on conflict (topic)"
@@ -230,8 +232,8 @@ class SQLiteEngine(Engine):
 
     def promote_due(self, now, limit):
         def run(db, heads):
-            rows = db.execute("select code, topic, data, created, key from delayed where due <= ?"
-                              " order by due, code limit ?", (now, limit)).fetchall()
+            rows = db.execute("select code, topic, data, created, key, due from delayed"
+                              " where due <= ? order by due, code limit ?", (now, limit)).fetchall()
             db.executemany("delete from delayed where code = ?", [(row[0],) for row in rows])
             return Appended([row[0] for row in rows], self._insert(db, heads, rows))
         return self._write(run, appends=True).records

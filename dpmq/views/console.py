@@ -7,6 +7,7 @@ from flask import Blueprint, request
 from ..broker import check_name
 from ..errors import BadRequest
 from ..message import format_time
+from ..metrics import EVENTS
 from . import authorize, broker, reply
 
 bp = Blueprint("console", __name__, url_prefix="/Console")
@@ -46,13 +47,21 @@ def get_config():
 
 @bp.get("/Ping")
 def ping():
-    b = broker()
-    stats = b.stats
-    return reply("pong", data={
-        "engine": b.engine.name, "accepting": b.accepting,
-        "uptime": round(time.time() - stats.started, 3), "buffered": b.buffer.qsize(),
-        "consumers": len(b.members()), "published": stats.published, "pushed": stats.pushed,
-        "failed": stats.failed, "deadLettered": stats.dead_lettered})
+    return reply("pong", data=overview(broker()))
+
+
+def overview(b):
+    """The broker's vital signs: what Ping answers and the console's overview shows."""
+    totals = [sum(column) for column in zip(*b.topic_counts().values())] or [0] * len(EVENTS)
+    return {"engine": b.engine.name, "accepting": b.accepting,
+            "uptime": round(time.time() - b.started, 3), "buffered": b.buffer.qsize(),
+            "bufferCapacity": b.slots.capacity, "consumers": len(b.members()), "pushed": b.pushed,
+            **{_camel(event): totals[index] for index, event in enumerate(EVENTS)}}
+
+
+def _camel(name):
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
 
 
 def _subscription(fields, required_topic=True):

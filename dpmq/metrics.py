@@ -1,0 +1,136 @@
+"""Counters and metrics: what the console shows and ``GET /metrics`` exports.
+
+Hot paths count with plain integers in per-thread tables (:class:`TopicCounts`: the committer
+counts published messages, each delivery shard what it delivers, acks, redelivers, fails and
+dead-letters), so counting costs no lock. A scrape sums the tables. Each broker has its own
+prometheus-client registry; nothing here is global, so one process can run several brokers.
+
+Per-topic labels are bounded: the ``mq.metricsTopics`` busiest topics get their own label, the rest
+are summed under ``topic="_other"``.
+"""
+
+import collections
+import time
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+EVENTS = ("published", "delivered", "acked", "redelivered", "failed", "dead_lettered")
+PUBLISHED, DELIVERED, ACKED, REDELIVERED, FAILED, DEAD_LETTERED = range(len(EVENTS))
+OTHER = "_other"
+
+
+class TopicCounts:
+    """Per-topic event counts, written by one thread only and read by anyone."""
+
+    def __init__(self):
+        self._counts = {}
+
+    def of(self, topic):
+        """The list of counts of ``topic``, indexed by the event constants; the writer adds to it."""
+        counts = self._counts.get(topic)
+        if counts is None:
+            counts = self._counts[topic] = [0] * len(EVENTS)
+        return counts
+
+    def snapshot(self):
+        return {topic: list(counts) for topic, counts in list(self._counts.items())}
+
+
+def merge(tables):
+    """Sum several TopicCounts into ``{topic: [counts]}``."""
+    total = collections.defaultdict(lambda: [0] * len(EVENTS))
+    for table in tables:
+        for topic, counts in table.snapshot().items():
+            row = total[topic]
+            for index, value in enumerate(counts):
+                row[index] += value
+    return dict(total)
+
+
+class History:
+    """Totals sampled about once a second over the last minutes, for the console's charts, and
+    per-topic published counts every ten seconds over the last minute, for recent rates."""
+
+    def __init__(self, seconds=600):
+        self.samples = collections.deque(maxlen=seconds)
+        self.topic_samples = collections.deque(maxlen=7)
+
+    def sample(self, counts, buffered, now=None):
+        now = now or time.time()
+        totals = [sum(row[i] for row in counts.values()) for i in range(len(EVENTS))]
+        self.samples.append((now, totals[PUBLISHED], totals[DELIVERED], buffered))
+        if not self.topic_samples or now - self.topic_samples[-1][0] >= 10:
+            self.topic_samples.append((now, {t: row[PUBLISHED] for t, row in counts.items()}))
+
+    def topic_rates(self):
+        """``{topic: messages published per second}`` over about the last minute."""
+        if len(self.topic_samples) < 2:
+            return {}
+        (t0, then), (t1, now) = self.topic_samples[0], self.topic_samples[-1]
+        return {topic: round((count - then.get(topic, 0)) / (t1 - t0), 2)
+                for topic, count in now.items()}
+
+    def rates(self):
+        """``[{time, published, delivered, buffered}]``: per-second rates between samples."""
+        out = []
+        samples = list(self.samples)
+        for (t0, p0, d0, _), (t1, p1, d1, b1) in zip(samples, samples[1:]):
+            span = max(t1 - t0, 1e-6)
+            out.append({"time": round(t1, 3), "published": round((p1 - p0) / span, 2),
+                        "delivered": round((d1 - d0) / span, 2), "buffered": b1})
+        return out
+
+
+class Metrics:
+    """The Prometheus side of one broker."""
+
+    def __init__(self, broker):
+        self.broker = broker
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.commit_seconds = Histogram(
+            "dpmq_store_commit_seconds", "Time to commit a publish to the store",
+            buckets=(.0005, .001, .002, .005, .01, .02, .05, .1, .25, .5, 1, 2.5), registry=self.registry)
+        self.push_seconds = Histogram(
+            "dpmq_publish_to_push_seconds", "Time from publish (or from due time) to the pump's push",
+            buckets=(.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60),
+            registry=self.registry)
+        self.registry.register(_Collector(broker))
+
+    def export(self):
+        return generate_latest(self.registry)
+
+
+class _Collector:
+    """Reads the broker's counters at scrape time."""
+
+    def __init__(self, broker):
+        self.broker = broker
+
+    def collect(self):
+        broker = self.broker
+        limit = broker.settings.mq.metricsTopics
+        counts = broker.topic_counts()
+        ranked = sorted(counts, key=lambda topic: -sum(counts[topic]))
+        labelled = collections.defaultdict(lambda: [0] * len(EVENTS))
+        for rank, topic in enumerate(ranked):
+            row = labelled[topic if rank < limit else OTHER]
+            for index, value in enumerate(counts[topic]):
+                row[index] += value
+        for index, event in enumerate(EVENTS):
+            family = CounterMetricFamily(f"dpmq_messages_{event}", f"Messages {event.replace('_', ' ')}",
+                                         labels=["topic"])
+            for topic, row in sorted(labelled.items()):
+                family.add_metric([topic], row[index])
+            yield family
+        members = broker.members()
+        gauges = (
+            ("dpmq_buffer_depth", "Accepted messages waiting in the buffer", broker.buffer.qsize()),
+            ("dpmq_buffer_capacity", "Capacity of the buffer (mq.messageChanBuffer)",
+             broker.slots.capacity),
+            ("dpmq_consumers_connected", "Connected consumers", len(members)),
+            ("dpmq_messages_in_flight", "Messages handed to consumers and not done yet",
+             sum(len(member.flights) for member in members)),
+        )
+        for name, text, value in gauges:
+            yield GaugeMetricFamily(name, text, value=value)

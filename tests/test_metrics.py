@@ -1,0 +1,54 @@
+"""GET /metrics, scraped and parsed as Prometheus would."""
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from helpers import Collector, wait_for
+
+
+def _scrape(running, **headers):
+    reply = running.http.get(running.url + "/metrics", headers=headers)
+    assert reply.status_code == 200 and reply.headers["Content-Type"].startswith("text/plain")
+    return {sample.name + repr(sorted(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(reply.text) for sample in family.samples}
+
+
+def test_metrics_count_what_happened(make_broker, engine_name):
+    running = make_broker(engine_name, mq={"ackTimeout": 0.2, "sendRetryCount": 1})
+    fine = Collector(running.ws_url, "orders", "fine")
+    lazy = Collector(running.ws_url, "orders", "lazy", "?ack=1")
+    wait_for(lambda: len(running.broker.members()) == 2, what="two consumers")
+    running.publish_many("orders", ["a", "b"])
+    fine.wait_count(2)
+    wait_for(lambda: running.get("/Console/Ping")["data"]["deadLettered"] == 2, what="dead letters")
+    lazy.wait_count(4)
+    metrics = _scrape(running)
+    topic = "[('topic', 'orders')]"
+    assert metrics["dpmq_messages_published_total" + topic] == 2
+    assert metrics["dpmq_messages_delivered_total" + topic] == 6     # 2 + 2 + 2 redelivered
+    assert metrics["dpmq_messages_redelivered_total" + topic] == 2
+    assert metrics["dpmq_messages_failed_total" + topic] == 4
+    assert metrics["dpmq_messages_dead_lettered_total" + topic] == 2
+    assert metrics["dpmq_messages_acked_total" + topic] == 0
+    assert metrics["dpmq_consumers_connected[]"] == 2
+    assert metrics["dpmq_buffer_capacity[]"] == 100
+    assert metrics["dpmq_store_commit_seconds_count[]"] == 1
+    assert metrics["dpmq_publish_to_push_seconds_count[]"] == 2
+
+
+def test_topic_labels_are_bounded(make_broker):
+    running = make_broker("memory", mq={"metricsTopics": 3})
+    for n in range(6):
+        running.publish_many(f"topic{n}", ["x"] * (n + 1))
+    metrics = _scrape(running)
+    labels = {key for key in metrics if key.startswith("dpmq_messages_published_total")}
+    assert len(labels) == 4
+    assert metrics["dpmq_messages_published_total[('topic', '_other')]"] == 1 + 2 + 3
+
+
+def test_metrics_need_admin_when_auth_is_on(make_broker):
+    running = make_broker("memory", auth={"enabled": True, "tokens": [
+        {"token": "admin-token", "role": "admin"}, {"token": "producer-token", "role": "producer"}]})
+    assert running.http.get(running.url + "/metrics").status_code == 401
+    assert running.http.get(running.url + "/metrics",
+                            headers={"Authorization": "Bearer producer-token"}).status_code == 403
+    _scrape(running, Authorization="Bearer admin-token")
