@@ -73,6 +73,25 @@ class Engine(abc.ABC):
     def find(self, topic, code):
         """The offset of the retained message ``code`` of ``topic``, or None."""
 
+    # -- browsing, for the console ----------------------------------------------------------
+    @abc.abstractmethod
+    def topics(self):
+        """``{topic: {"head", "retained", "subscriptions", "deadLetters", "delayed"}}``."""
+
+    @abc.abstractmethod
+    def messages(self, topic=None, status=None, limit=50, before=None, code=None):
+        """Messages newest first, as dicts (offset, code, topic, data, created, key, status).
+
+        ``status`` is ``delayed`` (not due yet), ``pending`` (after the cursor of some subscription
+        of its topic), ``delivered`` (done by every subscription, or nobody subscribes) or ``dead``
+        (a dead letter of some subscription); None means any but dead. ``before`` pages by offset;
+        ``code`` finds one message in any topic.
+        """
+
+    @abc.abstractmethod
+    def count_messages(self, topic=None):
+        """``{"delayed": n, "pending": n, "delivered": n, "dead": n}``."""
+
     # -- subscriptions -----------------------------------------------------------------------
     @abc.abstractmethod
     def cursor(self, topic, sub):

@@ -116,6 +116,71 @@ class MemoryEngine(Engine):
         with self._lock:
             return self._codes.get((topic, code))
 
+    # -- browsing, for the console ----------------------------------------------------------
+    def _floor(self, topic):
+        cursors = [c[0] for (t, _), c in self._cursors.items() if t == topic]
+        return min(cursors) if cursors else 1 << 62
+
+    def topics(self):
+        with self._lock:
+            out = {}
+            for topic, log in self._logs.items():
+                out[topic] = {"head": log.head, "retained": len(log.records), "subscriptions": 0,
+                              "deadLetters": 0, "delayed": 0}
+            empty = {"head": 0, "retained": 0, "subscriptions": 0, "deadLetters": 0, "delayed": 0}
+            for topic, _ in self._cursors:
+                out.setdefault(topic, dict(empty))["subscriptions"] += 1
+            for topic, _, _ in self._dead:
+                out.setdefault(topic, dict(empty))["deadLetters"] += 1
+            for _, _, message in self._delayed:
+                out.setdefault(message.topic, dict(empty))["delayed"] += 1
+            return out
+
+    def messages(self, topic=None, status=None, limit=50, before=None, code=None):
+        with self._lock:
+            if status == "delayed":
+                found = [dict(offset=0, code=m.code, topic=m.topic, data=m.data, created=m.created,
+                              key=m.key, status="delayed") for _, _, m in sorted(self._delayed)
+                         if (topic is None or m.topic == topic) and (code is None or m.code == code)]
+                return found[:limit]
+            if status == "dead":
+                found = [dict(offset=d["offset"], code=d["code"], topic=d["topic"], data=d["data"],
+                              created=d["created"], key=d["key"], status="dead")
+                         for d in self._dead.values()
+                         if (topic is None or d["topic"] == topic) and (code is None or d["code"] == code)
+                         and (before is None or d["offset"] < before)]
+                return sorted(found, key=lambda d: -d["offset"])[:limit]
+            found = []
+            for name, log in self._logs.items():
+                if topic is not None and name != topic:
+                    continue
+                floor = self._floor(name)
+                for record in reversed(log.records):
+                    if (before is not None and record.offset >= before) or \
+                            (code is not None and record.code != code):
+                        continue
+                    state = "pending" if record.offset > floor else "delivered"
+                    if status is None or status == state:
+                        found.append(dict(offset=record.offset, code=record.code, topic=name,
+                                          data=record.data, created=record.created, key=record.key,
+                                          status=state))
+                        if len(found) >= limit and topic is not None:
+                            break
+            found.sort(key=lambda m: (-m["created"], -m["offset"]))
+            return found[:limit]
+
+    def count_messages(self, topic=None):
+        with self._lock:
+            pending = retained = 0
+            for name, log in self._logs.items():
+                if topic is None or name == topic:
+                    floor = self._floor(name)
+                    retained += len(log.records)
+                    pending += sum(1 for r in log.records if r.offset > floor)
+            return {"delayed": sum(1 for _, _, m in self._delayed if topic in (None, m.topic)),
+                    "pending": pending, "delivered": retained - pending,
+                    "dead": sum(1 for t, _, _ in self._dead if topic in (None, t))}
+
     # -- subscriptions -----------------------------------------------------------------------
     def cursor(self, topic, sub):
         with self._lock:

@@ -93,12 +93,7 @@ def _dead_letter_view(dead):
 @bp.get("/GetDeadLetters")
 def get_dead_letters():
     topic, sub = _subscription(request.args, required_topic=False)
-    try:
-        limit = int(request.args.get("limit", 100))
-    except ValueError:
-        raise BadRequest("limit must be a whole number") from None
-    if not 1 <= limit <= 10000:
-        raise BadRequest("limit must be between 1 and 10000")
+    limit = _int(request.args, "limit", 100, 1, 10000)
     dead = broker().engine.dead_letters(topic=topic, sub=sub, limit=limit)
     return reply(data=[_dead_letter_view(d) for d in dead])
 
@@ -116,3 +111,76 @@ def requeue():
     if code is not None and count == 0:
         return reply(f"no dead letter {code} for that subscription", code=-1, status=404)
     return reply("ok", data={"requeued": count})
+
+
+@bp.get("/GetTopics")
+def get_topics():
+    b = broker()
+    stats = b.engine.topics()
+    counts = b.topic_counts()
+    rates = b.history.topic_rates()
+    consumers = {}
+    for member in b.members():
+        consumers[member.topic] = consumers.get(member.topic, 0) + 1
+    pending = b.engine.count_messages
+    data = []
+    for topic in sorted(set(stats) | set(consumers)):
+        entry = stats.get(topic, {"head": 0, "retained": 0, "subscriptions": 0, "deadLetters": 0,
+                                  "delayed": 0})
+        row = counts.get(topic, [0] * len(EVENTS))
+        data.append({"topic": topic, "published": entry["head"], "retained": entry["retained"],
+                     "pending": pending(topic)["pending"], "delayed": entry["delayed"],
+                     "subscriptions": entry["subscriptions"], "consumers": consumers.get(topic, 0),
+                     "deadLetters": entry["deadLetters"], "delivered": row[EVENTS.index("delivered")],
+                     "rate": rates.get(topic, 0.0)})
+    return reply(data=data)
+
+
+STATUSES = ("pending", "delivered", "delayed", "dead")
+
+
+@bp.get("/GetMessageList")
+def get_message_list():
+    args = request.args
+    topic, code, status = args.get("topic") or None, args.get("code") or None, args.get("status") or None
+    if status is not None and status not in STATUSES:
+        raise BadRequest(f"status must be one of {', '.join(STATUSES)}")
+    if topic is None and code is None and status not in ("delayed", "dead"):
+        raise BadRequest("name a topic, or search by code")
+    if topic is not None:
+        check_name("topic", topic, broker().settings.mq.maxTopicLength)
+    limit, before = _int(args, "limit", 50, 1, 1000), _int(args, "before", None, 1, 1 << 62)
+    found = broker().engine.messages(topic=topic, status=status, limit=limit, before=before, code=code)
+    return reply(data=[{"MessageCode": m["code"], "MessageData": m["data"], "Topic": m["topic"],
+                        "CreateTime": format_time(m["created"]), "offset": m["offset"],
+                        "key": m["key"], "status": m["status"]} for m in found])
+
+
+@bp.get("/CountMessage")
+def count_message():
+    topic = request.args.get("topic") or None
+    if topic is not None:
+        check_name("topic", topic, broker().settings.mq.maxTopicLength)
+    counts = broker().engine.count_messages(topic)
+    counts["total"] = counts["pending"] + counts["delivered"] + counts["delayed"]
+    return reply(data=counts)
+
+
+@bp.get("/GetOverview")
+def get_overview():
+    """Ping's vital signs plus the rate history behind the console's charts."""
+    b = broker()
+    return reply(data=dict(overview(b), history=b.history.rates()[-300:]))
+
+
+def _int(args, name, default, low, high):
+    raw = args.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be a whole number") from None
+    if not low <= value <= high:
+        raise BadRequest(f"{name} must be between {low} and {high}")
+    return value

@@ -1,0 +1,71 @@
+"""The console API: topics, message browser, counts, overview."""
+
+import time
+
+from helpers import Collector, wait_for
+
+
+def test_get_topics_summarises_each_topic(make_broker, engine_name):
+    running = make_broker(engine_name, mq={"sendRetryCount": 0, "ackTimeout": 0.2})
+    reader = Collector(running.ws_url, "orders", "reader")
+    lazy = Collector(running.ws_url, "orders", "lazy", "?ack=1")
+    wait_for(lambda: len(running.broker.members()) == 2, what="two consumers")
+    running.publish_many("orders", ["a", "b", "c"])
+    running.publish_many("other", ["x"])
+    running.publish("orders", "later", delay="60")
+    reader.wait_count(3)
+    lazy.wait_count(3)
+    wait_for(lambda: running.get("/Console/Ping")["data"]["deadLettered"] == 3, what="dead letters")
+    running.broker.housekeeping.save_cursors()
+    topics = {t["topic"]: t for t in running.get("/Console/GetTopics")["data"]}
+    orders = topics["orders"]
+    assert orders["published"] == 3 and orders["retained"] == 3 and orders["delayed"] == 1
+    assert orders["subscriptions"] == 2 and orders["consumers"] == 2 and orders["deadLetters"] == 3
+    assert orders["delivered"] >= 6 and orders["pending"] == 0
+    assert topics["other"]["published"] == 1 and topics["other"]["consumers"] == 0
+
+
+def test_message_list_pages_newest_first_and_filters(make_broker, engine_name):
+    running = make_broker(engine_name)
+    codes = running.publish_many("t", [str(i) for i in range(10)])
+    first = running.get("/Console/GetMessageList", topic="t", limit=4)["data"]
+    assert [m["MessageData"] for m in first] == ["9", "8", "7", "6"]
+    assert set(first[0]) >= {"MessageCode", "MessageData", "Topic", "CreateTime", "status"}
+    second = running.get("/Console/GetMessageList", topic="t", limit=4, before=first[-1]["offset"])
+    assert [m["MessageData"] for m in second["data"]] == ["5", "4", "3", "2"]
+    (found,) = running.get("/Console/GetMessageList", code=codes[3])["data"]
+    assert found["MessageData"] == "3" and found["Topic"] == "t"
+    assert running.get("/Console/GetMessageList", topic="t", status="pending")["data"] == []
+    assert len(running.get("/Console/GetMessageList", topic="t", status="delivered")["data"]) == 10
+
+
+def test_messages_behind_a_subscription_are_pending(make_broker, engine_name):
+    running = make_broker(engine_name)
+    consumer = Collector(running.ws_url, "t", "c")
+    wait_for(lambda: running.broker.members(), what="the consumer")
+    consumer.close()
+    wait_for(lambda: not running.broker.members(), what="the consumer to leave")
+    running.publish_many("t", ["1", "2"])
+    running.publish("t", "3", delay="30")
+    assert [m["MessageData"] for m in
+            running.get("/Console/GetMessageList", topic="t", status="pending")["data"]] == ["2", "1"]
+    (delayed,) = running.get("/Console/GetMessageList", topic="t", status="delayed")["data"]
+    assert delayed["MessageData"] == "3" and delayed["status"] == "delayed"
+    counts = running.get("/Console/CountMessage", topic="t")["data"]
+    assert counts == {"delayed": 1, "pending": 2, "delivered": 0, "dead": 0, "total": 3}
+
+
+def test_message_list_refuses_bad_parameters(broker):
+    for params in ({}, {"topic": "t", "status": "lost"}, {"topic": "t", "limit": "0"},
+                   {"topic": "t", "before": "x"}, {"topic": "a|b"}):
+        reply = broker.http.get(broker.url + "/Console/GetMessageList", params=params)
+        assert reply.status_code == 400 and reply.json()["code"] == -1, params
+
+
+def test_overview_has_counters_and_a_rate_history(make_broker):
+    running = make_broker("memory")
+    running.publish_many("t", ["a"] * 20)
+    time.sleep(2.2)
+    data = running.get("/Console/GetOverview")["data"]
+    assert data["published"] == 20 and data["bufferCapacity"] == 100
+    assert data["history"] and set(data["history"][0]) == {"time", "published", "delivered", "buffered"}
