@@ -9,7 +9,7 @@ from . import config
 from .auth import Auth
 from .broker import Broker
 from .errors import DPMQError, Unavailable
-from .views import console, consumer, health, metrics, producer, reply
+from .views import console, consumer, health, metrics, producer, reply, web
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def create_app(settings=None, start=True):
     broker = Broker(settings)
     app.extensions["dpmq"] = broker
     app.extensions["dpmq_auth"] = Auth(settings.auth)
-    for blueprint in (producer.bp, consumer.bp, console.bp, health.bp, metrics.bp):
+    for blueprint in (producer.bp, consumer.bp, console.bp, health.bp, metrics.bp, web.bp):
         app.register_blueprint(blueprint)
     cors = frozenset(settings.server.corsOrigins)
 

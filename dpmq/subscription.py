@@ -188,7 +188,8 @@ class Subscription:
         """Hand one message to a member; False if none can take it now (nothing changes then)."""
         if attempts > self.retry_count:
             self.attempts.pop(record.offset, None)
-            reason = f"not delivered after {attempts} attempts (mq.sendRetryCount is {self.retry_count})"
+            reason = (f"not delivered after {attempts} attempt{'s' if attempts != 1 else ''}"
+                      f" (mq.sendRetryCount is {self.retry_count})")
             self.on_dead(self, record, attempts, reason)
             self._advance(record, requeued)
             self.sent += 1

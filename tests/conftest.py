@@ -5,6 +5,7 @@ once); ``served`` (see helpers) starts ``dpmq serve`` under gunicorn in a subpro
 that kill or signal the process.
 """
 
+import os
 import threading
 
 import pytest
@@ -15,6 +16,7 @@ from dpmq import config
 from dpmq.app import create_app
 
 ENGINES = ["sqlite", "memory"]
+CHROMIUM = "/usr/bin/chromium"
 
 
 class RunningBroker:
@@ -88,3 +90,19 @@ def make_broker(tmp_path):
 def broker(make_broker, engine_name):
     """A running broker on each engine, default settings."""
     return make_broker(engine_name)
+
+
+@pytest.fixture
+def browser():
+    """Debian's Chromium driven by Playwright. CI installs it (.ci/run) and must not skip."""
+    if not os.path.exists(CHROMIUM):
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing: .ci/run should have installed Debian's chromium")
+        pytest.skip("Debian's chromium is not installed here (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"])
+        yield browser
+        browser.close()

@@ -1,35 +1,15 @@
 """The examples run as written: the browser consumer in headless Chromium, the Python ones as is."""
 
 import importlib.util
-import os
 import pathlib
 import subprocess
 import sys
-
-import pytest
 
 from dpmq.client import Consumer
 
 from helpers import wait_for
 
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
-CHROMIUM = "/usr/bin/chromium"
-
-
-@pytest.fixture
-def browser():
-    """Debian's Chromium driven by Playwright. CI installs it (.ci/run) and must not skip."""
-    if not os.path.exists(CHROMIUM):
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} is missing: .ci/run should have installed Debian's chromium")
-        pytest.skip("Debian's chromium is not installed here (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run"])
-        yield browser
-        browser.close()
 
 
 def test_browser_example_receives_messages_and_resumes_after_a_drop(make_broker, browser):

@@ -1,0 +1,47 @@
+"""The web console in a real browser: it loads, shows what was published, requeues dead letters,
+and asks for the admin token when auth is on."""
+
+from helpers import Collector, wait_for
+
+
+def test_console_shows_a_new_message_and_requeues_a_dead_letter(make_broker, browser):
+    running = make_broker("sqlite", mq={"ackTimeout": 0.2, "sendRetryCount": 0})
+    lazy = Collector(running.ws_url, "orders", "lazy", "?ack=1")
+    wait_for(lambda: running.broker.members(), what="the consumer")
+    page = browser.new_page()
+    page.goto(running.url + "/")
+    assert page.url.endswith("/Console/")
+    page.wait_for_selector("#consumers-body td:has-text('lazy')")
+
+    (code,) = running.publish_many("orders", ["<i>an order</i>"])
+    lazy.wait_count(1)
+    page.fill("#search-topic", "orders")
+    page.click("#search button[type=submit]")
+    row = page.wait_for_selector(f"#messages-body tr:has-text('{code}')")
+    assert "<i>an order</i>" in row.inner_text()          # shown as text, never as markup
+
+    wait_for(lambda: running.get("/Console/GetDeadLetters")["data"], what="the dead letter")
+    button = page.wait_for_selector(f"#dead-body tr:has-text('{code}') button", timeout=10000)
+    page.wait_for_function("document.querySelector('.tile[data-label=\"Dead letters\"] .value')"
+                           ".textContent === '1'", timeout=10000)
+    button.click()
+    wait_for(lambda: running.get("/Console/GetDeadLetters")["data"] == [], what="the requeue")
+    lazy.wait_count(2)
+    assert lazy.messages[1]["MessageCode"] == code
+    page.wait_for_selector("#topics-body td:has-text('orders')")
+
+
+def test_console_asks_for_the_admin_token(make_broker, browser):
+    running = make_broker("memory", auth={"enabled": True, "tokens": [
+        {"token": "admin-secret", "role": "admin"}, {"token": "consumer-secret", "role": "consumer"}]})
+    page = browser.new_page()
+    page.goto(running.url + "/Console/")
+    page.wait_for_selector("#login:not([hidden])")
+    page.fill("#token", "consumer-secret")
+    page.click("#login-form button")
+    page.wait_for_function("document.getElementById('login-error').textContent.includes('not an admin')")
+    page.fill("#token", "admin-secret")
+    page.click("#login-form button")
+    page.wait_for_selector("#app:not([hidden])")
+    page.wait_for_selector("#config-body:has-text('\"tokens\"')")
+    assert "admin-secret" not in page.inner_text("#config-body")
