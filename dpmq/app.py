@@ -1,5 +1,6 @@
 """The application factory: ``create_app(settings)`` builds a Flask app with its own broker."""
 
+import json
 import logging
 
 from flask import Flask, request
@@ -62,6 +63,8 @@ def create_app(settings=None, start=True):
                     " bytes)")
         return reply(text, code=-1, status=exc.code)
 
+    log.info("config source=%s settings=%s", settings.source,
+             json.dumps(settings.as_dict(redact=True), separators=(",", ":")))
     if not settings.auth.enabled:
         log.warning("auth is off: anyone who can reach %s:%d may publish, consume and use the"
                     " console; set auth.enabled and tokens to lock it down",

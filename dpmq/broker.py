@@ -116,9 +116,9 @@ class Broker:
         self._pump_thread.start()
         self.housekeeping.start()
         self.accepting = True
-        log.info("broker started: engine=%s buffer=%d pace=%ss retries=%d",
+        log.info("broker started engine=%s buffer=%d pace=%s retries=%d auth=%s",
                  self.engine.name, self.slots.capacity, self.settings.mq.pushMessagesSpeed,
-                 self.settings.mq.sendRetryCount)
+                 self.settings.mq.sendRetryCount, "on" if self.settings.auth.enabled else "off")
         return self
 
     def stop(self, timeout=None):
@@ -128,7 +128,7 @@ class Broker:
         timeout = self.settings.server.shutdownTimeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         self.accepting = False
-        log.info("broker stopping: %d buffered, %d consumers", self.buffer.qsize(), len(self.members()))
+        log.info("broker stopping buffered=%d consumers=%d", self.buffer.qsize(), len(self.members()))
         self._draining.set()
         self._stop_pump.set()
         self.housekeeping.stop_scheduler()
@@ -289,7 +289,7 @@ class Broker:
             raise
         with self._lock:
             self._members[key] = member
-        log.info("consumer connected: topic=%r id=%r group=%r ack=%s from %s",
+        log.info("consumer connected topic=%r id=%r group=%r ack=%s from=%s",
                  topic, consumer_id, group, ack, conn.remote_addr)
         return member
 
@@ -299,7 +299,7 @@ class Broker:
         self.shard_for(member.topic, subscription_key(member)).leave(member)
         with self._lock:
             self._members.pop((member.topic, member.consumer_id), None)
-        log.info("consumer disconnected: topic=%r id=%r (%s), delivered %d, acked %d",
+        log.info("consumer disconnected topic=%r id=%r reason=%r delivered=%d acked=%d",
                  member.topic, member.consumer_id, reason, member.conn.delivered, member.acked)
 
     def reply(self, member, kind, code):

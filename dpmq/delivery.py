@@ -253,7 +253,7 @@ class Shard:
     def _dead_letter(self, sub, record, attempts, reason):
         self.engine.dead_letter(sub.topic, sub.key, record, reason, attempts)
         self.counts.of(sub.topic)[DEAD_LETTERED] += 1
-        log.warning("dead letter: message %s of topic %r for %s: %s",
+        log.warning("dead letter code=%s topic=%r subscription=%r reason=%r",
                     record.code, sub.topic, sub.key, reason)
 
     # -- timers, catch-up, writes ------------------------------------------------------------

@@ -115,5 +115,5 @@ class Housekeeping:
         removed = self.broker.engine.purge(time.time() - mq.retentionSeconds, mq.retentionMessages,
                                            mq.sweepBatch)
         if removed:
-            log.info("retention: purged %d messages", removed)
+            log.info("retention purged=%d", removed)
         return removed
