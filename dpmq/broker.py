@@ -297,10 +297,10 @@ class Broker:
         """Forget a consumer whose connection ended; what it held goes back for redelivery."""
         member.conn.detach()
         self.shard_for(member.topic, subscription_key(member)).leave(member)
-        with self._lock:
-            self._members.pop((member.topic, member.consumer_id), None)
         log.info("consumer disconnected topic=%r id=%r reason=%r delivered=%d acked=%d",
                  member.topic, member.consumer_id, reason, member.conn.delivered, member.acked)
+        with self._lock:
+            self._members.pop((member.topic, member.consumer_id), None)
 
     def reply(self, member, kind, code):
         """An ack or nack from a consumer; the shard answers a bad one with an error frame."""
