@@ -49,6 +49,19 @@ class ConnectionFailed(DPMQError):
     """Raised when the broker cannot be reached (after the retries, for a Producer)."""
 
 
+class WebSocketClient(Client):
+    """simple-websocket's client, without losing the frames that arrive with the handshake.
+
+    Its handshake reads the server's response and keeps only the first event; frames the same
+    ``recv`` brought in (a broker that pushes right after accepting) would wait in the parser until
+    more data arrived. They are handled here, before the reader thread starts.
+    """
+
+    def handshake(self):
+        super().handshake()
+        self._handle_events()
+
+
 @dataclasses.dataclass(frozen=True)
 class Message:
     """One pushed message. ``status`` counts earlier delivery attempts (0 the first time)."""
@@ -205,8 +218,8 @@ class Consumer:
         backoff = 0.2
         while not self._closed.is_set():
             try:
-                self._ws = Client.connect(self._url(), headers=self._headers,
-                                          ping_interval=self.ping_interval)
+                self._ws = WebSocketClient.connect(self._url(), headers=self._headers,
+                                                   ping_interval=self.ping_interval)
                 self._since = None          # later connections resume from the saved cursor
                 return
             except (OSError, ConnectionError, ConnectionClosed) as exc:

@@ -11,9 +11,11 @@ import time
 
 import requests
 import yaml
-from simple_websocket import Client, ConnectionClosed
+from simple_websocket import ConnectionClosed
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Ping, Pong, Request, TextMessage
+
+from dpmq.client import WebSocketClient as Client
 
 
 def wait_for(predicate, timeout=10.0, interval=0.01, what="condition"):

@@ -1,7 +1,8 @@
 """Auth: tokens, roles, topic patterns, on HTTP and WebSocket; health probes stay open."""
 
 import pytest
-from simple_websocket import Client
+
+from dpmq.client import WebSocketClient as Client
 
 from helpers import Collector, connect_and_close_code, wait_for
 
