@@ -45,6 +45,11 @@ exit codes: 0 ok, 1 refused by the broker, 2 bad usage or config, 3 broker unrea
     "stats": """examples:
   dpmq stats                                   refresh every 2 seconds until Ctrl-C
   dpmq stats --once                            print once (for scripts)""",
+    "bench": """examples:
+  dpmq bench                                   every scenario, on a broker it starts (sqlite)
+  dpmq bench --scenario fanout,latency --engine memory
+  dpmq bench --url http://10.0.0.5:8080 --scenario publish --json result.json
+  dpmq bench --scenario idle --idle 10000      RSS per idle connection, CPU while idle""",
     "check-config": """examples:
   dpmq check-config application.yaml && echo valid""",
 }
@@ -92,6 +97,17 @@ def _parser():
     stats = command("stats", "a compact live view of the broker, its topics and consumers")
     stats.add_argument("--once", action="store_true", help="print once and exit")
     stats.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
+
+    bench = command("bench", "measure a broker: fan-out, publish, batch, latency, idle consumers")
+    bench.set_defaults(url=None)
+    bench.add_argument("--scenario", default="all", help="all, or a comma-separated list of: fanout,"
+                       " topics, publish, batch, latency, idle")
+    bench.add_argument("--engine", default="sqlite", choices=("sqlite", "memory"),
+                       help="engine of the broker bench starts when no --url is given")
+    bench.add_argument("--pid", type=int, help="the broker's process id, for RSS and CPU with --url")
+    bench.add_argument("--idle", type=int, default=2000, help="idle consumers to connect")
+    bench.add_argument("--messages", type=int, help="messages per scenario instead of its default")
+    bench.add_argument("--json", help="also write the results to this JSON file")
 
     check = command("check-config", "validate a configuration file and print the result")
     check.add_argument("file")
@@ -214,8 +230,13 @@ def _check_config(args):
     return EXIT_OK
 
 
+def _bench(args):
+    from .bench import main as bench
+    return bench(args)
+
+
 COMMANDS = {"serve": _serve, "publish": _publish, "subscribe": _subscribe, "stats": _stats,
-            "check-config": _check_config}
+            "bench": _bench, "check-config": _check_config}
 
 
 if __name__ == "__main__":

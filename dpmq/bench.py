@@ -1,0 +1,258 @@
+"""``dpmq bench``: how fast a DPMQ broker moves messages, measured from outside it.
+
+Scenarios (``--scenario``, default all):
+
+- ``fanout``: 1 topic, 50 consumers, 10,000 messages of ~100 bytes;
+- ``topics``: 100 topics, one consumer each, 10,000 messages spread over them;
+- ``publish``: publishing only, no consumers;
+- ``batch``: publishing 100 messages per request;
+- ``latency``: 200 messages/s for 10 s to 50 consumers, end-to-end percentiles;
+- ``idle``: many idle consumers: the broker's RSS per connection and CPU while idle.
+
+Against ``--url`` (any running broker; for RSS and CPU also give ``--pid``), or, by default, a
+broker it starts itself with ``dpmq serve`` on a temporary store (``--engine``). Results print as
+a table and, with ``--json FILE``, as JSON. Lost, duplicated and out-of-order counts must be 0.
+"""
+
+import json
+import multiprocessing
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+from . import benchkit
+
+SCENARIOS = {
+    "fanout": dict(topics=1, consumers=50, messages=10_000, producers=2),
+    "topics": dict(topics=100, consumers=100, messages=10_000, producers=2),
+    "publish": dict(topics=1, consumers=0, messages=10_000, producers=2),
+    "batch": dict(topics=1, consumers=0, messages=50_000, producers=2, batch=100),
+    "latency": dict(topics=1, consumers=50, messages=2_000, producers=1, rate=200),
+    "idle": dict(consumers=2_000),
+}
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class LocalBroker:
+    """``dpmq serve`` on a free port and a temporary store, for the length of the run."""
+
+    def __init__(self, engine, consumers):
+        self.folder = tempfile.mkdtemp(prefix="dpmq-bench-")
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = dict(os.environ, DPMQ_SERVER_PORT=str(self.port), DPMQ_STORAGE_ENGINE=engine,
+                   DPMQ_STORAGE_PATH=os.path.join(self.folder, "bench.db"),
+                   DPMQ_SERVER_MAXCONSUMERS=str(max(2000, consumers + 100)),
+                   DPMQ_MQ_MESSAGECHANBUFFER="10000", DPMQ_LOG_LEVEL="WARNING",
+                   DPMQ_CONFIG=os.path.join(self.folder, "none.yaml"))
+        open(env["DPMQ_CONFIG"], "w").close()
+        self.proc = subprocess.Popen([sys.executable, "-m", "dpmq.cli", "serve"], env=env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(self.url + "/healthz", timeout=1).read()
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            raise RuntimeError("the benchmark broker did not start")
+        self.pid = self._worker_pid()
+
+    def _worker_pid(self):
+        try:
+            with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as handle:
+                children = handle.read().split()
+            return int(children[0]) if children else self.proc.pid
+        except OSError:
+            return self.proc.pid
+
+    def stop(self):
+        try:
+            os.killpg(self.proc.pid, 15)
+            self.proc.wait(20)
+        except (OSError, subprocess.TimeoutExpired):
+            os.killpg(self.proc.pid, 9)
+
+
+def _rss_kb(pid):
+    with open(f"/proc/{pid}/status") as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def _cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _percentile(values, fraction):
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(fraction * len(ordered)))], 2)
+
+
+def _start_consumers(ctx, url, paths, producers, per_producer, keep_latency, per_process=2000):
+    groups = [paths[i:i + per_process] for i in range(0, len(paths), per_process)] if paths else []
+    workers = []
+    for group in groups:
+        parent, child = ctx.Pipe()
+        process = ctx.Process(target=benchkit.consumer_process,
+                              args=(url, group, producers, per_producer, keep_latency, child))
+        process.start()
+        workers.append((process, parent))
+    for _, pipe in workers:
+        kind, value = pipe.recv()
+        if kind == "error":
+            raise RuntimeError(f"a consumer could not connect: {value}")
+    return workers
+
+
+def run_scenario(name, url, token=None, pid=None, size=100, progress=print, idle_seconds=5,
+                 **overrides):
+    """Run one scenario against ``url``; returns a dict of results."""
+    spec = dict(SCENARIOS[name], **overrides)
+    if name == "idle":
+        return _idle(url, spec["consumers"], pid, progress, idle_seconds)
+    ctx = multiprocessing.get_context("spawn")
+    run = f"{name}-{os.getpid()}-{int(time.time())}"
+    topics = [f"{run}-t{i}" for i in range(spec["topics"])]
+    producers, messages = spec["producers"], spec["messages"]
+    per_producer = messages // producers
+    paths = [f"/ConsumersConn/{topics[i % len(topics)]}/c{i}" for i in range(spec["consumers"])]
+    consumers = _start_consumers(ctx, url, paths, producers, per_producer, name == "latency")
+    feeders = []
+    for index in range(producers):
+        parent, child = ctx.Pipe()
+        process = ctx.Process(target=benchkit.producer_process, args=(
+            url, index, topics, per_producer, size, spec.get("batch", 1),
+            (spec.get("rate") or 0) / producers, token, child))
+        process.start()
+        feeders.append((process, parent))
+    for _, pipe in feeders:
+        pipe.recv()
+    started = time.perf_counter()
+    for _, pipe in feeders:
+        pipe.send("go")
+    # Messages go round-robin over the topics; each consumer reads one topic.
+    expected = per_producer * producers * spec["consumers"] // len(topics)
+    published = [pipe.recv()[1] for _, pipe in feeders]
+    publish_seconds = time.perf_counter() - started
+    accepted = sum(p["accepted"] for p in published)
+    received, last_change, last_count = 0, time.monotonic(), -1
+    while consumers:
+        for _, pipe in consumers:
+            pipe.send("report")
+        received = sum(pipe.recv()[1] for _, pipe in consumers)
+        if received != last_count:
+            last_count, last_change = received, time.monotonic()
+            progress(f"  {name}: {received}/{expected} delivered")
+        if received >= expected or time.monotonic() - last_change > 10:
+            break
+        time.sleep(0.2)
+    delivered_seconds = time.perf_counter() - started
+    reports = []
+    for process, pipe in consumers:
+        pipe.send("finish")
+        reports.extend(pipe.recv()[1])
+        process.join(10)
+    for process, _ in feeders:
+        process.join(10)
+    unique = sum(r["unique"] for r in reports)
+    latencies = [ms for r in reports for ms in (r["latencies"] or [])]
+    result = {
+        "scenario": name, "messages": per_producer * producers, "consumers": spec["consumers"],
+        "topics": len(topics), "accepted": accepted,
+        "refused": sum(p["refused"] for p in published),
+        "publishPerSecond": round(accepted / publish_seconds, 1),
+        "delivered": received,
+        "deliveredPerSecond": round(received / delivered_seconds, 1) if consumers else None,
+        "lost": max(0, expected - unique) if consumers else 0,
+        "duplicated": sum(r["duplicated"] for r in reports),
+        "outOfOrder": sum(r["outOfOrder"] for r in reports),
+    }
+    if latencies:
+        result.update({f"latencyP{p}Ms": _percentile(latencies, p / 100) for p in (50, 90, 99)})
+        result["latencyMaxMs"] = round(max(latencies), 2)
+    return result
+
+
+def _idle(url, count, pid, progress, seconds):
+    ctx = multiprocessing.get_context("spawn")
+    before = _rss_kb(pid) if pid else None
+    paths = [f"/ConsumersConn/idle-{os.getpid()}/c{i}" for i in range(count)]
+    progress(f"  idle: connecting {count} consumers")
+    consumers = _start_consumers(ctx, url, paths, 1, 1, False, per_process=max(1, count // 2 + 1))
+    time.sleep(min(2, seconds))
+    result = {"scenario": "idle", "consumers": count}
+    if pid:
+        after = _rss_kb(pid)
+        cpu_before = _cpu_seconds(pid)
+        time.sleep(seconds)
+        result.update({"rssBeforeKb": before, "rssAfterKb": after,
+                       "rssPerConnectionKb": round((after - before) / count, 1),
+                       "idleCpuPercent": round((_cpu_seconds(pid) - cpu_before) / seconds * 100, 2)})
+    for process, pipe in consumers:
+        pipe.send("finish")
+        pipe.recv()
+        process.join(10)
+    return result
+
+
+def _table(results):
+    columns = ["scenario", "consumers", "accepted", "publishPerSecond", "deliveredPerSecond", "lost",
+               "duplicated", "outOfOrder", "latencyP50Ms", "latencyP99Ms", "rssPerConnectionKb",
+               "idleCpuPercent"]
+    shown = [c for c in columns if any(r.get(c) is not None for r in results)]
+    rows = [[str(r.get(c, "")) if r.get(c) is not None else "-" for c in shown] for r in results]
+    widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(shown)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(shown, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in rows]
+    return "\n".join(lines)
+
+
+def main(args):
+    names = list(SCENARIOS) if args.scenario == "all" else args.scenario.split(",")
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        print(f"dpmq bench: unknown scenario {unknown[0]}; known: {', '.join(SCENARIOS)}",
+              file=sys.stderr)
+        return 2
+    local = None
+    url, pid = args.url, args.pid
+    if url is None:
+        local = LocalBroker(args.engine, args.idle if "idle" in names else 0)
+        url, pid = local.url, local.pid
+        print(f"dpmq bench: broker on {url} (engine {args.engine}, pid {pid})", file=sys.stderr)
+    results = []
+    try:
+        for name in names:
+            overrides = {"consumers": args.idle} if name == "idle" else {}
+            if args.messages and name != "idle":
+                overrides["messages"] = args.messages
+            results.append(run_scenario(name, url, token=args.token, pid=pid,
+                                        progress=lambda text: print(text, file=sys.stderr),
+                                        **overrides))
+    finally:
+        if local:
+            local.stop()
+    print(_table(results))
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"url": args.url or f"local {args.engine}", "results": results}, handle, indent=2)
+    bad = [r for r in results if r.get("lost") or r.get("duplicated") or r.get("outOfOrder")]
+    return 1 if bad else 0

@@ -1,0 +1,183 @@
+"""The load generators behind ``dpmq bench``: producer and consumer processes.
+
+Consumers are asyncio WebSocket clients (many connections per process, a buffered frame parser,
+no per-message JSON decoding), producers are keep-alive HTTP clients; both run in processes of
+their own, so that the broker is what is measured. Each message carries
+``<producer>:<sequence>:<send time in ns>:<padding>``; consumers check it for loss, duplicates and
+order (per producer) and collect end-to-end latencies.
+"""
+
+import asyncio
+import base64
+import http.client
+import json
+import os
+import struct
+import time
+import urllib.parse
+
+
+def payload(producer, seq, size):
+    head = f"{producer}:{seq}:{time.time_ns()}:"
+    return head + "x" * max(0, size - len(head))
+
+
+class Tracker:
+    """What one consumer saw: per producer a bitmap of sequences, order and latencies."""
+
+    def __init__(self, producers, per_producer, keep_latency):
+        self.seen = [bytearray(per_producer) for _ in range(producers)]
+        self.last = [-1] * producers
+        self.received = self.duplicated = self.out_of_order = 0
+        self.latencies = [] if keep_latency else None
+
+    def frame(self, data, now_ns):
+        start = data.find(b'"MessageData":"') + 15
+        end = data.find(b":", data.find(b":", start) + 1)
+        producer, seq = data[start:end].split(b":")
+        producer, seq = int(producer), int(seq)
+        self.received += 1
+        seen = self.seen[producer]
+        if seen[seq]:
+            self.duplicated += 1
+            return
+        seen[seq] = 1
+        if seq < self.last[producer]:
+            self.out_of_order += 1
+        self.last[producer] = seq
+        if self.latencies is not None:
+            sent = int(data[end + 1:data.find(b":", end + 1)])
+            self.latencies.append((now_ns - sent) / 1e6)
+
+    def unique(self):
+        return sum(sum(bitmap) for bitmap in self.seen)
+
+
+def _frames(buffer):
+    """Complete server frames at the start of ``buffer``: ([(opcode, payload)], bytes used)."""
+    frames, pos, size = [], 0, len(buffer)
+    while size - pos >= 2:
+        length, header = buffer[pos + 1] & 0x7F, 2
+        if length == 126:
+            if size - pos < 4:
+                break
+            length, header = struct.unpack_from("!H", buffer, pos + 2)[0], 4
+        elif length == 127:
+            if size - pos < 10:
+                break
+            length, header = struct.unpack_from("!Q", buffer, pos + 2)[0], 10
+        if size - pos < header + length:
+            break
+        frames.append((buffer[pos] & 0x0F, bytes(buffer[pos + header:pos + header + length])))
+        pos += header + length
+    return frames, pos
+
+
+async def _consume(host, port, path, tracker, connected):
+    reader, writer = await asyncio.open_connection(host, port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write((f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                  "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    head = await reader.readuntil(b"\r\n\r\n")
+    if b" 101 " not in head.split(b"\r\n", 1)[0]:
+        raise ConnectionError(f"handshake refused: {head[:80]!r}")
+    connected()
+    buffer = bytearray()
+    while True:
+        chunk = await reader.read(262144)
+        if not chunk:
+            return
+        buffer += chunk
+        now = time.time_ns()
+        frames, used = _frames(buffer)
+        del buffer[:used]
+        for opcode, body in frames:
+            if opcode == 1:
+                tracker.frame(body, now)
+            elif opcode == 9:           # answer pings, masked as a client must
+                mask = os.urandom(4)
+                masked = bytes(b ^ mask[i % 4] for i, b in enumerate(body))
+                writer.write(bytes([0x8A, 0x80 | len(body)]) + mask + masked)
+            elif opcode == 8:
+                return
+
+
+def consumer_process(url, paths, producers, per_producer, keep_latency, conn):
+    """Run in a child process: hold ``paths`` connections; report through ``conn``."""
+    parts = urllib.parse.urlsplit(url)
+    trackers = [Tracker(producers, per_producer, keep_latency) for _ in paths]
+
+    async def main():
+        connected = [0]
+
+        def one_more():
+            connected[0] += 1
+
+        tasks = [asyncio.ensure_future(_consume(parts.hostname, parts.port, path, tracker, one_more))
+                 for path, tracker in zip(paths, trackers)]
+        while connected[0] < len(paths):
+            if any(t.done() and t.exception() for t in tasks):
+                conn.send(("error", str(next(t.exception() for t in tasks if t.done()))))
+                return
+            await asyncio.sleep(0.01)
+        conn.send(("connected", len(paths)))
+        while True:
+            await asyncio.sleep(0.1)
+            if conn.poll():
+                command = conn.recv()
+                if command == "report":
+                    conn.send(("report", sum(t.received for t in trackers)))
+                elif command == "finish":
+                    break
+        conn.send(("done", [{"received": t.received, "unique": t.unique(),
+                             "duplicated": t.duplicated, "outOfOrder": t.out_of_order,
+                             "latencies": t.latencies} for t in trackers]))
+        for task in tasks:
+            task.cancel()
+
+    asyncio.run(main())
+
+
+def producer_process(url, index, topics, count, size, batch, rate, token, conn):
+    """Run in a child process: publish ``count`` messages (``batch`` per request), round-robin
+    over ``topics``, at most ``rate`` per second if given; report accepted and refused."""
+    parts = urllib.parse.urlsplit(url)
+    client = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    conn.send(("ready", index))
+    conn.recv()                         # wait for "go"
+    accepted = refused = 0
+    started = time.perf_counter()
+    seq = 0
+    while seq < count:
+        if rate:
+            delay = started + seq / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+        topic = topics[seq % len(topics)]
+        if batch > 1:
+            n = min(batch, count - seq)
+            body = json.dumps({"topic": topic, "messages": [payload(index, seq + i, size)
+                                                            for i in range(n)]})
+            status, reply = _post(client, "/ProducerSendBatch", body,
+                                  dict(headers, **{"Content-Type": "application/json"}))
+        else:
+            n = 1
+            body = urllib.parse.urlencode({"topic": topic, "messageData": payload(index, seq, size)})
+            status, reply = _post(client, "/ProducerSend", body, headers)
+        if status == 200 and reply.startswith(b'{"code":0'):
+            accepted += n
+        else:
+            refused += n
+        seq += n
+    conn.send(("done", {"accepted": accepted, "refused": refused,
+                        "seconds": time.perf_counter() - started}))
+
+
+def _post(client, path, body, headers):
+    client.request("POST", path, body, headers)
+    response = client.getresponse()
+    return response.status, response.read()

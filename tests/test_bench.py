@@ -1,0 +1,43 @@
+"""dpmq bench, scaled down: its load generators count truly (nothing lost, duplicated, reordered)."""
+
+import json
+import os
+import subprocess
+import sys
+
+from dpmq.bench import run_scenario
+
+
+def test_fanout_and_latency_scenarios_account_for_every_message(make_broker):
+    running = make_broker("memory", mq={"messageChanBuffer": 1000})
+    result = run_scenario("fanout", running.url, progress=lambda text: None, consumers=5,
+                          messages=400)
+    assert result["delivered"] == 2000 and result["accepted"] == 400
+    assert (result["lost"], result["duplicated"], result["outOfOrder"]) == (0, 0, 0)
+    assert result["deliveredPerSecond"] > 0 and result["publishPerSecond"] > 0
+    latency = run_scenario("latency", running.url, progress=lambda text: None, consumers=3,
+                           messages=100, rate=200)
+    assert latency["lost"] == 0 and 0 < latency["latencyP50Ms"] <= latency["latencyMaxMs"]
+
+
+def test_batch_topics_and_idle_scenarios(make_broker):
+    running = make_broker("memory", mq={"messageChanBuffer": 1000})
+    batch = run_scenario("batch", running.url, progress=lambda text: None, messages=1000)
+    assert batch["accepted"] == 1000 and batch["refused"] == 0
+    topics = run_scenario("topics", running.url, progress=lambda text: None, topics=10,
+                          consumers=10, messages=200)
+    assert topics["delivered"] == 200 and topics["lost"] == 0
+    idle = run_scenario("idle", running.url, pid=os.getpid(), progress=lambda text: None,
+                        consumers=50, idle_seconds=0.5)
+    assert idle["consumers"] == 50 and idle["rssPerConnectionKb"] is not None
+
+
+def test_bench_command_starts_its_own_broker_and_writes_json(tmp_path):
+    out = tmp_path / "bench.json"
+    command = [sys.executable, "-m", "dpmq.cli", "bench", "--scenario", "publish", "--engine",
+               "memory", "--messages", "500", "--json", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "publishPerSecond" in result.stdout
+    (publish,) = json.loads(out.read_text())["results"]
+    assert publish["accepted"] == 500 and publish["refused"] == 0
