@@ -1,7 +1,8 @@
-"""Probes for load balancers and orchestrators; open even when auth is on."""
+"""Probes for load balancers and orchestrators, and the API document; open even when auth is on."""
 
-from flask import Blueprint
+from flask import Blueprint, jsonify
 
+from .. import openapi
 from ..errors import StoreError
 from . import broker, reply
 
@@ -25,3 +26,9 @@ def readyz():
     except StoreError as exc:
         return reply(f"store unavailable: {exc}", code=-1, status=503)
     return reply("ok", data={"engine": b.engine.name})
+
+
+@bp.get("/openapi.json")
+def openapi_document():
+    """The OpenAPI 3 document of this broker's HTTP API, with its limits."""
+    return jsonify(openapi.document(broker().settings))
