@@ -1,0 +1,12 @@
+"""The short version of the crash harness (tests/crash_harness.py runs the long one)."""
+
+from crash_harness import run
+
+
+def test_repeated_sigkill_loses_nothing_accepted_and_delivers_nothing_refused(tmp_path):
+    result = run(tmp_path, kills=3, seed=7, log=lambda text: None)
+    assert result["accepted"] > 50
+    assert result["lostBroadcast"] == 0, result
+    assert result["lostGroup"] == 0, result
+    assert result["refusedDelivered"] == 0, result
+    assert result["outOfOrder"] == 0, result
