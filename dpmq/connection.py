@@ -19,6 +19,7 @@ import threading
 
 _DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 _COMPACT_AT = 1 << 16
+_CONTROL_SLACK = 1 << 16        # Pongs and Closes may exceed the buffer limit by this much
 
 
 def _has_close_frame(data):
@@ -160,10 +161,17 @@ class Connection:
             return self._marks[0][1] if self._marks else None
 
     def write_control(self, data):
-        """simple-websocket's writes (handshake, Ping, Pong, Close): queued whole, in order."""
+        """simple-websocket's writes (handshake, Ping, Pong, Close): queued whole, in order.
+
+        A peer that pings without reading would grow the buffer with Pongs for ever: past the
+        buffer limit (plus slack) the connection is dropped instead.
+        """
         with self._lock:
             if self.closed:
                 raise BrokenPipeError("DPMQ connection is closed")
+            if len(self._out) - self._head > self.limit + _CONTROL_SLACK:
+                self.broken = self.closed = True
+                raise BrokenPipeError("the consumer does not read what it asks for; dropped")
             if not data.startswith(b"HTTP/") and _has_close_frame(data):
                 self.closing = True
             self._out += data

@@ -98,9 +98,9 @@ def _is_code(text):
 
 
 def _answer(b, member, text):
-    """An ack-mode consumer's frame: a MessageCode, {"ack": code} or {"nack": code}."""
+    """An ack-mode consumer's frame: a MessageCode, {"ack": code} or {"nack": code}, as text."""
     kind, code = "ack", text.strip() if isinstance(text, str) else None
-    if code is not None and not _is_code(code):
+    if code and not _is_code(code):
         try:
             body = json.loads(code)
         except ValueError:

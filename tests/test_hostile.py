@@ -1,0 +1,98 @@
+"""Hostile and broken consumers: each gets a clear error or close, and everyone else is served."""
+
+import socket
+import threading
+import time
+
+from wsproto.events import Message, Ping
+
+from helpers import Collector, RawConsumer, connect_and_close_code, wait_for
+
+
+def _joined(running, count=1):
+    wait_for(lambda: len(running.broker.members()) >= count, what=f"{count} consumers")
+
+
+def test_binary_and_empty_acks_get_error_frames_and_the_consumer_stays(broker):
+    consumer = Collector(broker.ws_url, "t", "odd", "?ack=1")
+    _joined(broker)
+    consumer.ws.send(b"\x00\x01binary")
+    consumer.send("")
+    wait_for(lambda: len(consumer.errors) == 2, what="two error frames")
+    (code,) = broker.publish_many("t", ["fine"])
+    assert consumer.wait_count(1)[0]["MessageCode"] == code
+
+
+def test_a_fragmented_ack_is_understood(make_broker):
+    running = make_broker("memory", mq={"ackTimeout": 0.5})
+    raw = RawConsumer(running.port, "/ConsumersConn/t/frag?ack=1")
+    _joined(running)
+    (code,) = running.publish_many("t", ["x"])
+    raw.read_slowly(1, ping_every=60)
+    raw.sock.sendall(raw.ws.send(Message(data=code[:20], message_finished=False)))
+    raw.sock.sendall(raw.ws.send(Message(data=code[20:], message_finished=True)))
+    time.sleep(1.0)
+    raw.sock.settimeout(0.5)
+    try:
+        raw._read(65536)
+    except (socket.timeout, BlockingIOError):
+        pass
+    assert len(raw.messages) == 1, "an acked message must not come back"
+    raw.close()
+
+
+def test_an_oversized_frame_from_a_consumer_closes_it_with_1009(broker):
+    victim = Collector(broker.ws_url, "t", "big")
+    bystander = Collector(broker.ws_url, "t", "calm")
+    _joined(broker, 2)
+    victim.ws.send("x" * 100_000)
+    wait_for(lambda: victim.closed, what="the oversized sender to be closed")
+    assert victim.closed[0] == 1009
+    broker.publish_many("t", ["still served"])
+    assert bystander.wait_count(1)[0]["MessageData"] == "still served"
+
+
+def test_a_ping_flood_from_a_consumer_that_never_reads_is_cut_off(make_broker):
+    running = make_broker("memory", mq={"consumerBufferBytes": 16384})
+    raw = RawConsumer(running.port, "/ConsumersConn/t/flood", recv_buffer=4096)
+    bystander = Collector(running.ws_url, "t", "calm")
+    _joined(running, 2)
+    ping = raw.ws.send(Ping(b"p" * 120))
+    raw.sock.settimeout(5)
+    try:
+        for _ in range(200_000):
+            raw.sock.sendall(ping)
+    except OSError:
+        pass            # the broker dropped us
+    wait_for(lambda: len(running.broker.members()) == 1, timeout=20, what="the flooder to be dropped")
+    raw.close()
+    running.publish_many("t", ["after the flood"])
+    assert bystander.wait_count(1)[0]["MessageData"] == "after the flood"
+
+
+def test_threads_return_to_their_baseline_after_consumers_come_and_go(make_broker):
+    running = make_broker("memory")
+    steady = Collector(running.ws_url, "t", "steady")
+    _joined(running)
+    time.sleep(0.3)
+    baseline = threading.active_count()
+    for round_ in range(3):
+        churn = [Collector(running.ws_url, "t", f"c{round_}-{i}") for i in range(10)]
+        _joined(running, 11)
+        running.publish_many("t", [f"r{round_}"])
+        for consumer in churn:
+            consumer.wait_count(1)
+            consumer.close()
+        wait_for(lambda: len(running.broker.members()) == 1, what="the churned consumers to leave")
+    wait_for(lambda: threading.active_count() <= baseline + 1, timeout=10,
+             what=f"threads back to {baseline} (now {threading.active_count()})")
+    assert steady.wait_count(3)
+
+
+def test_bad_ids_and_topics_never_reach_the_store(broker):
+    for path in ("/ConsumersConn/%00/x", "/ConsumersConn/t/%7F", "/ConsumersConn/a%0Ab/x"):
+        code, _ = connect_and_close_code(broker.ws_url, path)
+        assert code == 1008, path
+    assert broker.broker.engine.topics() == {}
+
+
