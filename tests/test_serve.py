@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 import requests
@@ -129,3 +130,49 @@ def test_a_corrupt_store_stops_start_up_with_a_clear_message(tmp_path):
                             text=True, timeout=30, cwd=tmp_path)
     assert result.returncode == 2
     assert "dpmq.db" in result.stderr and "storage.path" in result.stderr
+
+
+def test_sigterm_under_load_answers_code_zero_or_503_and_keeps_every_accepted_message(served):
+    broker = served(server={"shutdownTimeout": 5})
+    consumer = Collector(broker.ws_url, "busy", "c")
+    wait_for(lambda: requests.get(broker.url + "/Console/GetConsumers").json()["data"],
+             what="the consumer")
+    accepted, refused, stop = [], [], threading.Event()
+    odd = []
+
+    def hammer(name):
+        session = requests.Session()
+        n = 0
+        while not stop.is_set():
+            data = f"{name}-{n}"
+            n += 1
+            try:
+                reply = session.post(broker.url + "/ProducerSend",
+                                     data={"topic": "busy", "messageData": data}, timeout=10)
+            except requests.ConnectionError:
+                time.sleep(0.01)         # the broker is gone or going: the request never got in
+                continue
+            if reply.status_code == 200 and reply.json()["code"] == 0:
+                accepted.append(data)
+            elif reply.status_code == 503 and reply.json()["code"] == -1:
+                refused.append(data)
+            else:
+                odd.append((reply.status_code, reply.text[:200]))
+
+    producers = [threading.Thread(target=hammer, args=(f"p{i}",)) for i in range(3)]
+    for thread in producers:
+        thread.start()
+    wait_for(lambda: len(accepted) > 100, what="traffic")
+    broker.proc.send_signal(signal.SIGTERM)
+    assert broker.proc.wait(30) == 0
+    stop.set()
+    for thread in producers:
+        thread.join(15)
+    assert odd == [], "every reply must be code 0 or a 503"
+    wait_for(lambda: consumer.closed, what="the close frame")
+    assert consumer.closed[0] == 1001
+    broker.start()
+    again = Collector(broker.ws_url, "busy", "c")
+    wait_for(lambda: set(accepted) <= set(consumer.datas) | set(again.datas), timeout=20,
+             what="every accepted message after the restart")
+    assert not set(refused) & (set(consumer.datas) | set(again.datas))
