@@ -36,6 +36,7 @@ def test_dpmq_config_names_the_file(tmp_path):
 def test_the_shipped_application_yaml_is_valid():
     settings = config.load("application.yaml", environ={})
     assert settings.server.port == 8080 and settings.storage.engine == "sqlite"
+    assert settings.server.host == "127.0.0.1" and not settings.auth.enabled
 
 
 @pytest.mark.parametrize("data, key", [

@@ -1,6 +1,7 @@
 """``dpmq serve`` for real: gunicorn gthread, SIGKILL mid-stream, SIGTERM, bad configuration."""
 
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -176,3 +177,25 @@ def test_sigterm_under_load_answers_code_zero_or_503_and_keeps_every_accepted_me
     wait_for(lambda: set(accepted) <= set(consumer.datas) | set(again.datas), timeout=20,
              what="every accepted message after the restart")
     assert not set(refused) & (set(consumer.datas) | set(again.datas))
+
+
+def test_ambiguous_request_framing_is_refused_not_smuggled(served):
+    broker = served()
+
+    def raw(request):
+        with socket.create_connection(("127.0.0.1", broker.port), timeout=5) as sock:
+            sock.sendall(request)
+            sock.shutdown(socket.SHUT_WR)
+            reply = b""
+            while chunk := sock.recv(65536):
+                reply += chunk
+            return reply
+
+    body = b"topic=t&messageData=x"
+    both = raw(b"POST /ProducerSend HTTP/1.1\r\nHost: x\r\nContent-Type: application/"
+               b"x-www-form-urlencoded\r\nContent-Length: %d\r\nTransfer-Encoding: chunked\r\n\r\n"
+               % len(body) + b"0\r\n\r\nPOST /ProducerSend HTTP/1.1\r\nHost: x\r\n\r\n")
+    twice = raw(b"POST /ProducerSend HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                b"Content-Length: 6\r\n\r\nabcdef")
+    assert both.startswith(b"HTTP/1.1 400") and twice.startswith(b"HTTP/1.1 400")
+    assert requests.get(broker.url + "/Console/GetTopics").json()["data"] == []
