@@ -96,3 +96,12 @@ def test_bad_ids_and_topics_never_reach_the_store(broker):
     assert broker.broker.engine.topics() == {}
 
 
+
+
+def test_a_half_open_consumer_is_dropped_by_the_ping_timeout(make_broker):
+    running = make_broker("memory", server={"pingInterval": 0.3})
+    silent = RawConsumer(running.port, "/ConsumersConn/t/gone")   # never reads, never pongs
+    _joined(running)
+    wait_for(lambda: not running.broker.members(), timeout=5,
+             what="the silent consumer to be dropped after a missed pong")
+    silent.close()
