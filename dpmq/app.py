@@ -28,6 +28,8 @@ def create_app(settings=None, start=True):
     app.config["SOCK_SERVER_OPTIONS"] = {
         "ping_interval": settings.server.pingInterval or None,
         "max_message_size": 65536,
+        "thread_class": consumer.InlineReader,
+        "event_class": consumer.InputSignal,
     }
     broker = Broker(settings)
     app.extensions["dpmq"] = broker

@@ -307,12 +307,16 @@ class Broker:
         self.shard_for(member.topic, subscription_key(member)).post("reply", (member, kind, code))
 
     def close_member(self, member, code, reason):
-        """Close a consumer's WebSocket from any thread; its route thread then unsubscribes it."""
+        """Close a consumer's WebSocket from any thread; its route thread then unsubscribes it.
+
+        The close frame is queued first; then the socket's reading side is shut, so that the
+        route thread, waiting in the reader loop for the consumer's answer, wakes up now.
+        """
         try:
             member.ws.close(code, reason)
         except Exception:  # noqa: BLE001 - already closed by the peer
             pass
-        member.ws.event.set()
+        member.conn.stop_reading()
 
     def members(self):
         with self._lock:

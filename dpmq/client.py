@@ -59,7 +59,10 @@ class WebSocketClient(Client):
 
     def handshake(self):
         super().handshake()
-        self._handle_events()
+        if not self._handle_events():
+            # Accepted and closed at once (a refusal with its close code): stay "connected" until
+            # the reader thread sees the end of the stream, so that receive() reports the code.
+            self.connected = True
 
 
 @dataclasses.dataclass(frozen=True)

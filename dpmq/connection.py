@@ -57,7 +57,7 @@ class GuardedSocket:
         return self._raw.recv(size)
 
     def close(self):
-        self._owner.release()
+        self._owner.detach()        # the HTTP server that owns the socket closes it
 
     def __getattr__(self, name):
         return getattr(self._raw, name)
@@ -196,14 +196,12 @@ class Connection:
                     self.broken = self.closed = True
                 return
 
-    def release(self):
-        """No more writes; close the socket. Called when the connection is over."""
-        with self._lock:
-            self.closed = True
-            try:
-                self.raw.close()
-            except OSError:
-                pass
+    def stop_reading(self):
+        """Wake whoever reads the socket (it sees end of file); writes are not affected."""
+        try:
+            self.raw.shutdown(socket.SHUT_RD)
+        except OSError:
+            pass
 
     def detach(self):
         """No more writes, but leave the socket to the HTTP server that owns it."""

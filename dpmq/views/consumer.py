@@ -4,12 +4,14 @@ Before flask-sock builds its simple-websocket ``Server``, the request's socket i
 :class:`~dpmq.connection.GuardedSocket`, so that the Connection is the only writer of the socket,
 and the permessage-deflate offer is dropped: every consumer then receives the same prebuilt frame
 bytes (declining an extension is allowed by RFC 6455, and DPMQ's small JSON objects gain little).
-The route thread only holds the connection open and reads what the consumer sends: acks and nacks
-with ``?ack=1``, nothing it needs otherwise.
+The route thread also runs simple-websocket's reader loop itself (:class:`InlineReader` stands in
+for the reader thread it would start), so a consumer costs one thread, not two; what the consumer
+sends (acks and nacks with ``?ack=1``) is handled as it arrives, through :class:`InputSignal`.
 """
 
 import json
 import logging
+import threading
 
 from flask import Blueprint, request
 from flask_sock import Sock
@@ -24,6 +26,33 @@ log = logging.getLogger(__name__)
 bp = Blueprint("consumer", __name__)
 sock = Sock()
 _SOCKET_KEYS = ("gunicorn.socket", "werkzeug.socket")
+
+
+class InlineReader:
+    """Given to simple-websocket as its ``thread_class``: it does not start a thread; the route
+    calls :meth:`run` and reads on its own thread instead."""
+
+    def __init__(self, target):
+        self.target = target
+        self.name = "dpmq-consumer-reader"
+
+    def start(self):
+        pass
+
+    def run(self):
+        self.target()
+
+
+class InputSignal(threading.Event):
+    """Given to simple-websocket as its ``event_class``: its reader sets it when a frame arrived
+    (or the connection ended); with the reader on the route thread, ``on_data`` runs right there."""
+
+    on_data = None
+
+    def set(self):
+        super().set()
+        if self.on_data is not None:
+            self.on_data()
 
 
 def _close_reason(text):
@@ -63,17 +92,22 @@ def consumers_conn(ws, topic, consumer_id):
     except (BadRequest, Refused, Unauthorized, Forbidden) as exc:
         _refuse(ws, getattr(exc, "close_code", CLOSE_BAD_INPUT), str(exc))
         return
-    reason = "closed by the consumer"
     try:
-        while True:
-            text = ws.receive()
-            if member.ack:
-                _answer(b, member, text)
-    except ConnectionClosed as exc:
-        if exc.reason not in (1000, 1005):
-            reason = f"closed with code {exc.reason}"
+        ws.event.on_data = lambda: _take_input(b, member, ws)
+        _take_input(b, member, ws)      # what arrived before the consumer was registered
+        ws.thread.run()                 # simple-websocket's reader loop, until the connection ends
     finally:
+        code = ws.close_reason
+        reason = "closed by the consumer" if code in (1000, 1005) else f"closed with code {code}"
         b.unsubscribe(member, reason)
+
+
+def _take_input(b, member, ws):
+    """Frames the consumer sent: acks and nacks with ?ack=1, nothing DPMQ needs otherwise."""
+    while ws.input_buffer:
+        text = ws.input_buffer.pop(0)
+        if member.ack:
+            _answer(b, member, text)
 
 
 def _options(args):
