@@ -106,13 +106,15 @@ def _percentile(values, fraction):
     return round(ordered[min(len(ordered) - 1, int(fraction * len(ordered)))], 2)
 
 
-def _start_consumers(ctx, url, paths, producers, per_producer, keep_latency, per_process=2000):
+def _start_consumers(ctx, url, paths, producers, per_producer, keep_latency, per_process=2000,
+                     protocol="dpmq"):
     groups = [paths[i:i + per_process] for i in range(0, len(paths), per_process)] if paths else []
     workers = []
     for group in groups:
         parent, child = ctx.Pipe()
         process = ctx.Process(target=benchkit.consumer_process,
-                              args=(url, group, producers, per_producer, keep_latency, child))
+                              args=(url, group, producers, per_producer, keep_latency, child,
+                                    protocol))
         process.start()
         workers.append((process, parent))
     for _, pipe in workers:
@@ -123,18 +125,19 @@ def _start_consumers(ctx, url, paths, producers, per_producer, keep_latency, per
 
 
 def run_scenario(name, url, token=None, pid=None, size=100, progress=print, idle_seconds=5,
-                 **overrides):
+                 protocol="dpmq", **overrides):
     """Run one scenario against ``url``; returns a dict of results."""
     spec = dict(SCENARIOS[name], **overrides)
     if name == "idle":
-        return _idle(url, spec["consumers"], pid, progress, idle_seconds)
+        return _idle(url, spec["consumers"], pid, progress, idle_seconds, protocol)
     ctx = multiprocessing.get_context("spawn")
     run = f"{name}-{os.getpid()}-{int(time.time())}"
     topics = [f"{run}-t{i}" for i in range(spec["topics"])]
     producers, messages = spec["producers"], spec["messages"]
     per_producer = messages // producers
     paths = [f"/ConsumersConn/{topics[i % len(topics)]}/c{i}" for i in range(spec["consumers"])]
-    consumers = _start_consumers(ctx, url, paths, producers, per_producer, name == "latency")
+    consumers = _start_consumers(ctx, url, paths, producers, per_producer, name == "latency",
+                                 protocol=protocol)
     feeders = []
     for index in range(producers):
         parent, child = ctx.Pipe()
@@ -191,12 +194,13 @@ def run_scenario(name, url, token=None, pid=None, size=100, progress=print, idle
     return result
 
 
-def _idle(url, count, pid, progress, seconds):
+def _idle(url, count, pid, progress, seconds, protocol):
     ctx = multiprocessing.get_context("spawn")
     before = _rss_kb(pid) if pid else None
     paths = [f"/ConsumersConn/idle-{os.getpid()}/c{i}" for i in range(count)]
     progress(f"  idle: connecting {count} consumers")
-    consumers = _start_consumers(ctx, url, paths, 1, 1, False, per_process=max(1, count // 2 + 1))
+    consumers = _start_consumers(ctx, url, paths, 1, 1, False, per_process=max(1, count // 2 + 1),
+                                 protocol=protocol)
     time.sleep(min(2, seconds))
     result = {"scenario": "idle", "consumers": count}
     if pid:
@@ -246,7 +250,7 @@ def main(args):
                 overrides["messages"] = args.messages
             results.append(run_scenario(name, url, token=args.token, pid=pid,
                                         progress=lambda text: print(text, file=sys.stderr),
-                                        **overrides))
+                                        protocol=args.protocol, **overrides))
     finally:
         if local:
             local.stop()

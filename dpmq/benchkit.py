@@ -73,7 +73,26 @@ def _frames(buffer):
     return frames, pos
 
 
-async def _consume(host, port, path, tracker, connected):
+def _client_frame(opcode, payload):
+    """A masked client frame (RFC 6455 requires clients to mask)."""
+    mask = os.urandom(4)
+    length = len(payload)
+    head = bytes([0x80 | opcode])
+    if length < 126:
+        head += bytes([0x80 | length])
+    elif length < 65536:
+        head += bytes([0x80 | 126]) + struct.pack("!H", length)
+    else:
+        head += bytes([0x80 | 127]) + struct.pack("!Q", length)
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+async def _consume(host, port, path, tracker, connected, protocol="dpmq"):
+    """One consumer connection. ``protocol`` "socketio" speaks to the Flask-SocketIO peer: it joins
+    the room of the topic named in ``path`` and answers Engine.IO pings."""
+    topic = path.split("/")[2]
+    if protocol == "socketio":
+        path = "/socket.io/?EIO=4&transport=websocket"
     reader, writer = await asyncio.open_connection(host, port)
     key = base64.b64encode(os.urandom(16)).decode()
     writer.write((f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
@@ -82,7 +101,11 @@ async def _consume(host, port, path, tracker, connected):
     head = await reader.readuntil(b"\r\n\r\n")
     if b" 101 " not in head.split(b"\r\n", 1)[0]:
         raise ConnectionError(f"handshake refused: {head[:80]!r}")
-    connected()
+    if protocol == "socketio":
+        writer.write(_client_frame(1, b"40"))
+        writer.write(_client_frame(1, b'420["join",' + json.dumps(topic).encode() + b"]"))
+    else:
+        connected()
     buffer = bytearray()
     while True:
         chunk = await reader.read(262144)
@@ -93,17 +116,24 @@ async def _consume(host, port, path, tracker, connected):
         frames, used = _frames(buffer)
         del buffer[:used]
         for opcode, body in frames:
-            if opcode == 1:
-                tracker.frame(body, now)
-            elif opcode == 9:           # answer pings, masked as a client must
-                mask = os.urandom(4)
-                masked = bytes(b ^ mask[i % 4] for i, b in enumerate(body))
-                writer.write(bytes([0x8A, 0x80 | len(body)]) + mask + masked)
-            elif opcode == 8:
+            if opcode == 8:
                 return
+            _on_frame(opcode, body, now, tracker, writer, connected, protocol)
 
 
-def consumer_process(url, paths, producers, per_producer, keep_latency, conn):
+def _on_frame(opcode, body, now, tracker, writer, connected, protocol):
+    if opcode == 1:
+        if protocol == "dpmq" or body.startswith(b"42"):
+            tracker.frame(body, now)
+        elif body == b"2":              # an Engine.IO ping
+            writer.write(_client_frame(1, b"3"))
+        elif body.startswith(b"430"):   # the ack of our join
+            connected()
+    elif opcode == 9:
+        writer.write(_client_frame(10, body))
+
+
+def consumer_process(url, paths, producers, per_producer, keep_latency, conn, protocol="dpmq"):
     """Run in a child process: hold ``paths`` connections; report through ``conn``."""
     parts = urllib.parse.urlsplit(url)
     trackers = [Tracker(producers, per_producer, keep_latency) for _ in paths]
@@ -114,7 +144,8 @@ def consumer_process(url, paths, producers, per_producer, keep_latency, conn):
         def one_more():
             connected[0] += 1
 
-        tasks = [asyncio.ensure_future(_consume(parts.hostname, parts.port, path, tracker, one_more))
+        tasks = [asyncio.ensure_future(_consume(parts.hostname, parts.port, path, tracker, one_more,
+                                                protocol))
                  for path, tracker in zip(paths, trackers)]
         while connected[0] < len(paths):
             if any(t.done() and t.exception() for t in tasks):
