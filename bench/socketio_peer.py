@@ -6,7 +6,7 @@ room of the topic; Socket.IO clients join a room by emitting ``join`` with the t
 persistence, no pacing, no retry: the baseline DPMQ's figures are compared with.
 
     pip install flask-socketio gunicorn     # not DPMQ dependencies
-    gunicorn -k gthread --threads 200 -w 1 -b 127.0.0.1:9001 'bench.socketio_peer:app'
+    cd bench && gunicorn -k gthread --threads 2200 -w 1 -b 127.0.0.1:9001 socketio_peer:app
     dpmq bench --url http://127.0.0.1:9001 --protocol socketio --scenario fanout
 """
 

@@ -147,9 +147,13 @@ def consumer_process(url, paths, producers, per_producer, keep_latency, conn, pr
         tasks = [asyncio.ensure_future(_consume(parts.hostname, parts.port, path, tracker, one_more,
                                                 protocol))
                  for path, tracker in zip(paths, trackers)]
+        deadline = time.monotonic() + 60
         while connected[0] < len(paths):
-            if any(t.done() and t.exception() for t in tasks):
-                conn.send(("error", str(next(t.exception() for t in tasks if t.done()))))
+            ended = [t for t in tasks if t.done()]
+            if ended or time.monotonic() > deadline:
+                reason = (repr(ended[0].exception()) if ended and ended[0].exception()
+                          else "closed by the server" if ended else "timed out")
+                conn.send(("error", f"{connected[0]} of {len(paths)} connected; {reason}"))
                 return
             await asyncio.sleep(0.01)
         conn.send(("connected", len(paths)))
