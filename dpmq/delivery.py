@@ -42,7 +42,6 @@ class Shard:
         self.limits = broker.settings.mq
         self.batch = self.limits.catchUpBatch
         self.low_water = self.limits.consumerBufferBytes // 2
-        self.members = 0                # read by the broker to report load
         self.counts = TopicCounts()     # what this shard delivered, acked, failed…
         self._inbox = queue.SimpleQueue()
         self._asleep = False
@@ -168,7 +167,6 @@ class Shard:
                                    CLOSE_TRY_AGAIN)
         else:
             sub.join(member)
-            self.members += 1
             self._active.add(sub)
         member.joined.set()
 
@@ -202,7 +200,6 @@ class Shard:
         sub = member.subscription
         try:
             if sub is not None and member in sub.members:
-                self.members -= 1
                 sub.leave(member)
                 if sub.idle:
                     self._drop(sub)
