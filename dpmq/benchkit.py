@@ -87,20 +87,28 @@ def _client_frame(opcode, payload):
     return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
-async def _consume(host, port, path, tracker, connected, protocol="dpmq"):
+async def _open(host, port, path, gate):
+    """Connect and upgrade; ``gate`` bounds the handshakes in progress, so that thousands of
+    consumers do not overflow the server's listen backlog at once."""
+    async with gate:
+        reader, writer = await asyncio.open_connection(host, port)
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write((f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+                      f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                      "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+        head = await reader.readuntil(b"\r\n\r\n")
+    if b" 101 " not in head.split(b"\r\n", 1)[0]:
+        raise ConnectionError(f"handshake refused: {head[:80]!r}")
+    return reader, writer
+
+
+async def _consume(host, port, path, tracker, connected, protocol, gate):
     """One consumer connection. ``protocol`` "socketio" speaks to the Flask-SocketIO peer: it joins
     the room of the topic named in ``path`` and answers Engine.IO pings."""
     topic = path.split("/")[2]
     if protocol == "socketio":
         path = "/socket.io/?EIO=4&transport=websocket"
-    reader, writer = await asyncio.open_connection(host, port)
-    key = base64.b64encode(os.urandom(16)).decode()
-    writer.write((f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                  "Sec-WebSocket-Version: 13\r\n\r\n").encode())
-    head = await reader.readuntil(b"\r\n\r\n")
-    if b" 101 " not in head.split(b"\r\n", 1)[0]:
-        raise ConnectionError(f"handshake refused: {head[:80]!r}")
+    reader, writer = await _open(host, port, path, gate)
     if protocol == "socketio":
         writer.write(_client_frame(1, b"40"))
         writer.write(_client_frame(1, b'420["join",' + json.dumps(topic).encode() + b"]"))
@@ -144,10 +152,11 @@ def consumer_process(url, paths, producers, per_producer, keep_latency, conn, pr
         def one_more():
             connected[0] += 1
 
+        gate = asyncio.Semaphore(100)
         tasks = [asyncio.ensure_future(_consume(parts.hostname, parts.port, path, tracker, one_more,
-                                                protocol))
+                                                protocol, gate))
                  for path, tracker in zip(paths, trackers)]
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 60 + len(paths) / 100
         while connected[0] < len(paths):
             ended = [t for t in tasks if t.done()]
             if ended or time.monotonic() > deadline:

@@ -330,12 +330,13 @@ class Broker:
             self.shard_for(t, key).post("requeue", ((t, key), records))
         return sum(len(records) for records in requeued.values())
 
-    def positions(self, timeout=5.0):
-        """Every active subscription's cursor, as the shards compute it now."""
+    def positions(self, everything=True, timeout=5.0):
+        """The cursors of the active subscriptions as the shards compute them now: all of them,
+        or only those that may have moved since the last call without ``everything``."""
         replies = []
         for shard in self.shards:
             reply = queue.SimpleQueue()
-            shard.post("positions", reply)
+            shard.post("positions", (reply, everything))
             replies.append(reply)
         positions = {}
         for reply in replies:

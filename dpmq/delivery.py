@@ -53,6 +53,7 @@ class Shard:
         self._topics = {}               # topic -> [Subscription]
         self._active = set()            # subscriptions with messages to catch up or redeliver
         self._dirty = set()             # members whose sockets need a flush
+        self._moved = set()             # subscriptions touched since the cursors were last read
         self._timers = []               # ack deadlines: (deadline, seq, subscription, flight)
         self._retry_at = 0.0            # after a store error, no catch-up before this time
         self._stalled = False           # the last catch-up pass sent nothing: wait for an event
@@ -148,9 +149,10 @@ class Shard:
             elif kind == "requeue":
                 self._requeue(*item)
             elif kind == "positions":
-                self._positions(item)
+                self._positions(*item)
 
     def _touch(self, sub):
+        self._moved.add(sub)
         for member in sub.members:
             self._dirty.add(member)
         if sub.has_work:
@@ -205,6 +207,7 @@ class Shard:
                     self._drop(sub)
                 else:
                     self._active.add(sub)
+                    self._moved.add(sub)
         except StoreError as exc:
             log.error("could not record what %s left unfinished: %s", member.consumer_id, exc)
         finally:
@@ -243,9 +246,13 @@ class Shard:
         sub.requeue(records)
         self._active.add(sub)
 
-    def _positions(self, reply):
-        """Compute every subscription's cursor for the housekeeping thread to save."""
-        reply.put({key: sub.position() for key, sub in self._subs.items()})
+    def _positions(self, reply, everything):
+        """The cursors of the subscriptions touched since the last call (of all with
+        ``everything``), for the housekeeping thread to save; idle ones cost nothing."""
+        subs = self._subs.values() if everything else self._moved
+        reply.put({(sub.topic, sub.key): sub.position() for sub in subs
+                   if self._subs.get((sub.topic, sub.key)) is sub})
+        self._moved = set()
 
     def _dead_letter(self, sub, record, attempts, reason):
         self.engine.dead_letter(sub.topic, sub.key, record, reason, attempts)
@@ -297,6 +304,7 @@ class Shard:
             if written and sub is not None:
                 self.counts.of(sub.topic)[DELIVERED] += len(written)
                 sub.written(member, written)
+                self._moved.add(sub)
                 if sub.has_work:
                     self._active.add(sub)
 

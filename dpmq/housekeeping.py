@@ -101,14 +101,15 @@ class Housekeeping:
     def save_cursors(self, everything=False):
         """Save the cursors that moved (all of them with ``everything``, so that connected but
         quiet subscriptions are never taken for idle ones by retention)."""
-        positions = self.broker.positions()
+        positions = self.broker.positions(everything)
         changed = {key: offset for key, offset in positions.items()
                    if everything or self._saved.get(key) != offset}
         if changed:
             self.broker.engine.save_cursors(changed)
             self._saved.update(changed)
-        for key in [key for key in self._saved if key not in positions]:
-            del self._saved[key]
+        if everything:
+            for key in [key for key in self._saved if key not in positions]:
+                del self._saved[key]
 
     def purge(self):
         mq = self.broker.settings.mq
