@@ -41,7 +41,6 @@ class Shard:
         self.engine = broker.engine
         self.limits = broker.settings.mq
         self.batch = self.limits.catchUpBatch
-        self.low_water = self.limits.consumerBufferBytes // 2
         self.counts = TopicCounts()     # what this shard delivered, acked, failed…
         self._inbox = queue.SimpleQueue()
         self._asleep = False
