@@ -24,6 +24,7 @@ from .errors import (
     CLOSE_TRY_AGAIN,
     BadRequest,
     Refused,
+    StoreError,
     TooLarge,
     Unavailable,
 )
@@ -95,6 +96,7 @@ class Broker:
         self.slots = Slots(mq.messageChanBuffer)
         self._members = {}          # (topic, consumer id) -> Member, or None while it joins
         self._lock = threading.Lock()
+        self._unlock_later = set()  # (topic, consumer id) whose release in the store failed
         self._stop_pump = threading.Event()
         self._draining = threading.Event()
         self._stop_delivery = threading.Event()
@@ -107,7 +109,7 @@ class Broker:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self):
-        self.engine.open(self._on_commit)
+        self.engine.open(self._on_commit, self._on_remote, self._on_requeue)
         self.heads.update(self.engine.heads())
         self.pumped.update(self.heads)
         for shard in self.shards:
@@ -211,6 +213,18 @@ class Broker:
             self.counts.of(record.topic)[PUBLISHED] += 1
             self.buffer.put_nowait(record)
 
+    def _on_remote(self, records):
+        """What other processes sharing the store committed: wait for room, then buffer it."""
+        for record in records:
+            while not self.slots.acquire(1, 0.5):
+                if self._stop_pump.is_set():
+                    return      # it is in the store; consumers catch up from there
+            self.heads[record.topic] = max(record.offset, self.heads.get(record.topic, 0))
+            self.buffer.put_nowait(record)
+
+    def _on_requeue(self, key, records):
+        self.shard_for(*key).post("requeue", (key, records))
+
     def _pump(self):
         """Take buffered messages one at a time, paced, and hand them to every shard."""
         speed = self.settings.mq.pushMessagesSpeed
@@ -245,8 +259,10 @@ class Broker:
     def _hand_out(self, batch):
         now = time.time()
         observe = self.metrics.push_seconds.observe
+        pumped = self.pumped
         for record in batch:
-            self.pumped[record.topic] = record.offset
+            if record.offset > pumped.get(record.topic, 0):   # from two sources, see _on_remote
+                pumped[record.topic] = record.offset
             observe(max(0.0, now - max(record.created, record.due)))
         items = [(record, message.frame(record)) for record in batch]
         for shard in self.shards:
@@ -282,7 +298,12 @@ class Broker:
             self._members[key] = None
         member = Member(conn, ws, topic, consumer_id, group, ack, since)
         try:
-            self.shard_for(topic, subscription_key(member)).join(member)
+            self._lock_consumer(topic, consumer_id)
+            try:
+                self.shard_for(topic, subscription_key(member)).join(member)
+            except BaseException:
+                self._unlock_consumer(topic, consumer_id)
+                raise
         except BaseException:
             with self._lock:
                 del self._members[key]
@@ -299,8 +320,39 @@ class Broker:
         self.shard_for(member.topic, subscription_key(member)).leave(member)
         log.info("consumer disconnected topic=%r id=%r reason=%r delivered=%d acked=%d",
                  member.topic, member.consumer_id, reason, member.conn.delivered, member.acked)
+        self._unlock_consumer(member.topic, member.consumer_id)
         with self._lock:
             self._members.pop((member.topic, member.consumer_id), None)
+
+    def _lock_consumer(self, topic, consumer_id):
+        """With a shared store, one consumerId is connected to one process of the broker."""
+        try:
+            locked = self.engine.lock_consumer(topic, consumer_id)
+        except StoreError as exc:
+            raise Refused(f"the store is unavailable ({exc}); reconnect later",
+                          CLOSE_TRY_AGAIN) from None
+        if not locked:
+            raise Refused(f"consumerId {consumer_id!r} is already connected to topic {topic!r}"
+                          " (through another DPMQ process); use another id or close the other"
+                          " connection", CLOSE_DUPLICATE)
+
+    def _unlock_consumer(self, topic, consumer_id):
+        try:
+            self.engine.unlock_consumer(topic, consumer_id)
+        except StoreError as exc:
+            log.warning("could not release consumerId %r of topic %r; retrying: %s",
+                        consumer_id, topic, exc)
+            with self._lock:
+                self._unlock_later.add((topic, consumer_id))
+
+    def retry_unlocks(self):
+        """Release the consumerIds whose release failed (the store was away), unless they came
+        back meanwhile; called by the housekeeping thread."""
+        with self._lock:
+            pending = [key for key in self._unlock_later if key not in self._members]
+            self._unlock_later.clear()
+        for topic, consumer_id in pending:
+            self._unlock_consumer(topic, consumer_id)
 
     def reply(self, member, kind, code):
         """An ack or nack from a consumer; the shard answers a bad one with an error frame."""

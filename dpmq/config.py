@@ -53,6 +53,10 @@ SCHEMA = {
         "engine": ("sqlite", str, None, None),
         "path": ("dpmq.db", str, None, None),
         "synchronous": ("FULL", str, None, None),
+        "redisUrl": ("redis://127.0.0.1:6379/0", str, None, None),
+        "prefix": ("dpmq", str, None, None),
+        "redisTimeout": (5.0, float, 0.1, 300),
+        "nodeTimeout": (10.0, float, 1, 3600),
     },
     "log": {
         "level": ("INFO", str, None, None),
@@ -63,7 +67,7 @@ SCHEMA = {
     },
 }
 
-ENGINES = ("sqlite", "memory")
+ENGINES = ("sqlite", "memory", "redis")
 ROLES = ("producer", "consumer", "admin")
 SYNCHRONOUS = ("FULL", "NORMAL", "EXTRA")
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -240,6 +244,9 @@ def _check_choices(sections):
         raise ConfigError(f"storage.engine must be one of {', '.join(ENGINES)}, got {storage.engine!r}")
     if storage.synchronous.upper() not in SYNCHRONOUS:
         raise ConfigError(f"storage.synchronous must be one of {', '.join(SYNCHRONOUS)}")
+    if not storage.prefix or not all(c.isalnum() or c in "-_.:" for c in storage.prefix):
+        raise ConfigError(f"storage.prefix must be letters, digits, '-', '_', '.' or ':', got"
+                          f" {storage.prefix!r}")
     mq = sections["mq"]
     if mq.maxDelaySeconds >= mq.retentionSeconds:
         raise ConfigError(f"mq.maxDelaySeconds ({mq.maxDelaySeconds}) must be less than"
@@ -249,7 +256,8 @@ def _check_choices(sections):
         raise ConfigError(f"log.level must be one of {', '.join(LEVELS)}")
     if storage.engine in ("sqlite", "memory") and sections["server"].workers != 1:
         raise ConfigError(f"server.workers must be 1 with storage.engine {storage.engine}: one process"
-                          " owns the store. Use more consumer threads instead (server.maxConsumers).")
+                          " owns the store. Use more consumer threads instead (server.maxConsumers), or"
+                          " storage.engine redis to run several processes as one broker.")
 
 
 def apply_environment(data, environ):

@@ -23,9 +23,12 @@ import time
 from .errors import CLOSE_BAD_INPUT, CLOSE_TRY_AGAIN, Refused, StoreError
 from .message import text_frame
 from .metrics import ACKED, DEAD_LETTERED, DELIVERED, TopicCounts
+from .shared_group import SharedGroup
 from .subscription import Subscription
 
 log = logging.getLogger(__name__)
+
+SHARED_POLL = 1.0
 
 
 def subscription_key(member):
@@ -56,6 +59,8 @@ class Shard:
         self._timers = []               # ack deadlines: (deadline, seq, subscription, flight)
         self._retry_at = 0.0            # after a store error, no catch-up before this time
         self._stalled = False           # the last catch-up pass sent nothing: wait for an event
+        self._shared = set()            # shared groups (their messages may come back from the store)
+        self._next_poll = 0.0
 
     # -- the thread-safe side ----------------------------------------------------------------
     def post(self, kind, item=None):
@@ -115,9 +120,20 @@ class Shard:
         now = time.monotonic()
         self._take_inbox(now)
         self._fire_timers(now)
+        if self._shared and now >= self._next_poll:
+            self._poll_shared(now)
         if self._active and now >= self._retry_at:
             self._catch_up(now)
         self._flush_dirty()
+
+    def _poll_shared(self, now):
+        """Other processes put a shared group's messages back (failures, takeovers) without
+        telling this one: look at the store for them every ``SHARED_POLL`` seconds."""
+        self._next_poll = now + SHARED_POLL
+        for sub in self._shared:
+            sub.poll()
+            if sub.has_work:
+                self._active.add(sub)
 
     def _drain_wake(self):
         try:
@@ -190,11 +206,17 @@ class Shard:
         elif cursor is None:
             cursor = self.broker.heads.get(topic, 0)   # a new subscription starts at "now"
             engine.save_cursors({(topic, key): cursor})
-        sub = Subscription(topic, key, cursor, engine.attempts(topic, key, cursor),
-                           engine.redeliveries(topic, key), engine, self.limits,
-                           self._dead_letter, self._timers, self.counts.of(topic))
+        if engine.shared and key.startswith("g:"):
+            sub = SharedGroup(topic, key, cursor, engine, self.limits, self._dead_letter,
+                              self._timers, self.counts.of(topic))
+        else:
+            sub = Subscription(topic, key, cursor, engine.attempts(topic, key, cursor),
+                               engine.redeliveries(topic, key), engine, self.limits,
+                               self._dead_letter, self._timers, self.counts.of(topic))
         self._subs[(topic, key)] = sub
         self._topics.setdefault(topic, []).append(sub)
+        if isinstance(sub, SharedGroup):
+            self._shared.add(sub)
         return sub
 
     def _leave(self, member):
@@ -217,6 +239,7 @@ class Shard:
     def _drop(self, sub):
         """The last member left: save the cursor and forget the subscription until it returns."""
         del self._subs[(sub.topic, sub.key)]
+        self._shared.discard(sub)
         subs = self._topics[sub.topic]
         subs.remove(sub)
         if not subs:

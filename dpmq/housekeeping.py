@@ -55,7 +55,9 @@ class Housekeeping:
                 due = engine.next_due()
                 now = time.time()
                 if due is None or due > now:
-                    self._wake.wait(60 if due is None else min(60, due - now))
+                    # Other processes sharing the store add delayed messages without waking us.
+                    longest = 1.0 if engine.shared else 60.0
+                    self._wake.wait(longest if due is None else min(longest, due - now))
                     self._wake.clear()
                     continue
                 room = slots.acquire_up_to(500)
@@ -86,6 +88,7 @@ class Housekeeping:
                     self.broker.history.sample(self.broker.topic_counts(), self.broker.buffer.qsize())
                 sweeping = time.monotonic() >= next_sweep
                 self.save_cursors(everything=sweeping)
+                self.broker.retry_unlocks()
                 if sweeping:
                     next_sweep = time.monotonic() + mq.sweepInterval
                     self.purge()

@@ -190,8 +190,7 @@ class Subscription:
             self.attempts.pop(record.offset, None)
             reason = (f"not delivered after {attempts} attempt{'s' if attempts != 1 else ''}"
                       f" (mq.sendRetryCount is {self.retry_count})")
-            self.on_dead(self, record, attempts, reason)
-            self._advance(record, requeued)
+            self._dead(record, attempts, requeued, reason)
             self.sent += 1
             return True
         member = self._choose(record)
@@ -213,6 +212,10 @@ class Subscription:
         self._advance(record, requeued)
         self.sent += 1
         return True
+
+    def _dead(self, record, attempts, requeued, reason):
+        self.on_dead(self, record, attempts, reason)
+        self._advance(record, requeued)
 
     def _advance(self, record, requeued):
         if not requeued and record.offset >= self.next:

@@ -15,7 +15,9 @@ from werkzeug.serving import make_server
 from dpmq import config
 from dpmq.app import create_app
 
-ENGINES = ["sqlite", "memory"]
+from helpers import redis_prefix, require_redis
+
+ENGINES = ["sqlite", "memory", "redis"]
 CHROMIUM = "/usr/bin/chromium"
 
 
@@ -58,7 +60,8 @@ class RunningBroker:
 
 
 def settings_for(engine, tmp_path, **sections):
-    data = {"storage": {"engine": engine, "path": str(tmp_path / "dpmq.db"), "synchronous": "NORMAL"},
+    data = {"storage": {"engine": engine, "path": str(tmp_path / "dpmq.db"), "synchronous": "NORMAL",
+                        "prefix": redis_prefix()},
             "server": {"pingInterval": 0}}
     for section, values in sections.items():
         data.setdefault(section, {}).update(values)
@@ -67,6 +70,8 @@ def settings_for(engine, tmp_path, **sections):
 
 @pytest.fixture(params=ENGINES)
 def engine_name(request):
+    if request.param == "redis":
+        require_redis()
     return request.param
 
 

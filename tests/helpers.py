@@ -8,7 +8,10 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 
+import pytest
+import redis
 import requests
 import yaml
 from simple_websocket import ConnectionClosed
@@ -214,3 +217,18 @@ class RawConsumer:
         """Vanish with a TCP reset: no close frame, unread data thrown away."""
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
         self.sock.close()
+
+
+def redis_prefix():
+    """A key prefix of its own, so that tests never see each other's keys in the shared Redis."""
+    return f"dpmq-test-{uuid.uuid4().hex[:12]}"
+
+
+def require_redis():
+    """Tests of the redis engine need the Redis on 127.0.0.1:6379; CI must have it (never skip)."""
+    try:
+        redis.Redis(socket_connect_timeout=1).ping()
+    except redis.RedisError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"Redis on 127.0.0.1:6379 is not answering ({exc}); .ci/run starts it")
+        pytest.skip(f"Redis on 127.0.0.1:6379 is not answering ({exc})")

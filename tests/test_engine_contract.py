@@ -9,6 +9,8 @@ from dpmq import config
 from dpmq.message import NewMessage, new_code
 from dpmq.storage import open_engine
 
+from helpers import redis_prefix
+
 
 @pytest.fixture
 def committed():
@@ -18,7 +20,7 @@ def committed():
 @pytest.fixture
 def engine(engine_name, tmp_path, committed):
     settings = config.build({"storage": {"engine": engine_name, "path": str(tmp_path / "s.db"),
-                                         "synchronous": "NORMAL"}})
+                                         "synchronous": "NORMAL", "prefix": redis_prefix()}})
     store = open_engine(settings)
     store.open(committed.extend)
     yield store

@@ -8,6 +8,7 @@ import importlib
 _ENGINES = {
     "memory": ("dpmq.storage.memory", "MemoryEngine"),
     "sqlite": ("dpmq.storage.sqlite", "SQLiteEngine"),
+    "redis": ("dpmq.storage.redis_streams", "RedisEngine"),
 }
 
 

@@ -20,13 +20,19 @@ class Engine(abc.ABC):
 
     name = "?"
     durable = False
+    shared = False      # several processes use the store at once (see "sharing" below)
 
     # -- lifecycle ---------------------------------------------------------------------------
     @abc.abstractmethod
-    def open(self, on_commit):
-        """Open the store. From then on ``on_commit(records)`` is called once per commit that adds
-        records to logs, in offset order per topic, before the call that added them returns. The
-        broker feeds its buffer from it, so the buffer follows log order whoever appends."""
+    def open(self, on_commit, on_remote=None, on_requeue=None):
+        """Open the store. From then on ``on_commit(records)`` is called once per commit of this
+        engine object that adds records to logs, in offset order per topic, before the call that
+        added them returns. The broker feeds its buffer from it, so the buffer follows log order.
+
+        A shared engine also calls, from a thread of its own, ``on_remote(records)`` with what
+        other processes committed (in offset order per topic; it may block, to wait for room) and
+        ``on_requeue((topic, sub), records)`` when another process requeued dead letters of a
+        lone consumer's subscription. The others ignore both."""
 
     @abc.abstractmethod
     def close(self):
@@ -143,3 +149,24 @@ class Engine(abc.ABC):
         """Delete at most ``limit`` messages created before ``before`` or beyond the newest
         ``keep_messages`` of their topic (0 = no count limit), and the cursors, attempts, dead
         letters and idempotency keys older than ``before``; returns how many messages went."""
+
+    # -- sharing, for engines several processes use at once ---------------------------------
+    def lock_consumer(self, topic, consumer_id):
+        """Take ``consumer_id`` on ``topic`` for this process; False if another live process
+        has it. One process needs no lock: the broker's own registry refuses duplicates."""
+        return True
+
+    def unlock_consumer(self, topic, consumer_id):
+        """Let ``consumer_id`` go (after its connection ended)."""
+        return None
+
+    def claim(self, topic, sub, upto, limit, cursor):
+        """Shared engines: take up to ``limit`` messages of group ``(topic, sub)`` for this
+        process (requeued, then to retry, then new ones up to ``upto``; a group seen for the
+        first time starts after ``cursor``); returns ``[(record, attempts, requeued)]``."""
+        raise NotImplementedError
+
+    def settle(self, topic, sub, items, retry=False):
+        """Shared engines: claimed ``(offset, requeued)`` items are done, or with ``retry`` are
+        to be handed out again (to any process); returns the group's cursor, which follows."""
+        raise NotImplementedError

@@ -39,7 +39,7 @@ class MemoryEngine(Engine):
         self._seq = itertools.count()
         self._on_commit = None
 
-    def open(self, on_commit):
+    def open(self, on_commit, on_remote=None, on_requeue=None):
         self._on_commit = on_commit
 
     def close(self):

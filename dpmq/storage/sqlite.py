@@ -95,7 +95,7 @@ class SQLiteEngine(BrowseQueries, Engine):
                              " is a DPMQ database and that its folder is writable, or set"
                              " storage.path to a new file.") from None
 
-    def open(self, on_commit):
+    def open(self, on_commit, on_remote=None, on_requeue=None):
         self._on_commit = on_commit
         folder = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(folder, exist_ok=True)

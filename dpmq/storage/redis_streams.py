@@ -1,0 +1,452 @@
+"""The ``redis`` engine: topic logs as Redis Streams, shared by every DPMQ process with one prefix.
+
+Several processes (gunicorn workers, machines) with the same ``storage.redisUrl`` and
+``storage.prefix`` are one broker. Every write that must be atomic is a Lua script
+(:mod:`dpmq.storage.redis_lua`), so offsets stay contiguous whoever appends. Appends go through one
+committer thread that sends every append waiting at that moment in one script call (group commit),
+and hands the new records to ``on_commit`` in order. A listener thread follows the ``commits``
+channel and hands what other processes appended to ``on_remote``; it also polls the topic heads
+every few seconds, so a notice lost while Redis was away only delays delivery, and it keeps this
+process's heartbeat, with which the others know when to take over what it held.
+
+Durability is Redis's: with ``appendonly yes`` and ``appendfsync always`` a ``code:0`` survives a
+Redis restart; DPMQ warns at start when Redis keeps nothing on disk.
+"""
+
+import json
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+import uuid
+
+import redis
+
+from ..errors import ConfigError, StoreError
+from ..message import Appended, Record
+from . import redis_lua
+from .base import Engine
+from .redis_browse import BrowseQueries
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 1000            # messages per append script, so that one call never holds Redis long
+HEADS_POLL = 2.0            # seconds between polls of the topic heads (missed notices)
+
+
+def _text(value):
+    return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+def _record(topic, entry_id, fields):
+    key = fields.get(b"k")
+    return Record(int(entry_id.split(b"-", 1)[0]), fields[b"c"].decode(), topic,
+                  fields[b"d"].decode("utf-8"), float(fields[b"t"]),
+                  key.decode("utf-8") if key is not None else None)
+
+
+def _from_json(raw):
+    d = json.loads(raw)
+    return Record(d["offset"], d["code"], d["topic"], d["data"], d["created"], d["key"])
+
+
+class RedisEngine(BrowseQueries, Engine):
+    name = "redis"
+    durable = True
+    shared = True
+
+    def __init__(self, storage_settings):
+        self.url = storage_settings.redisUrl
+        prefix = storage_settings.prefix
+        self.p = f"{{{prefix}}}"                # the hash tag keeps a broker's keys in one slot
+        self.node_timeout = storage_settings.nodeTimeout
+        self.node = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        try:
+            self.client = redis.Redis.from_url(
+                self.url, socket_timeout=storage_settings.redisTimeout,
+                socket_connect_timeout=storage_settings.redisTimeout, health_check_interval=10)
+        except ValueError as exc:
+            raise ConfigError(f"storage.redisUrl is not a Redis URL ({exc});"
+                              " write it like redis://127.0.0.1:6379/0") from None
+        kwargs = self.client.connection_pool.connection_kwargs
+        self.where = f"{kwargs.get('host', kwargs.get('path', '?'))}:{kwargs.get('port', '')}"
+        self._scripts = {name: self.client.register_script(getattr(redis_lua, name))
+                         for name in ("APPEND", "PROMOTE", "SAVE_CURSORS", "REQUEUE", "CLAIM",
+                                      "SETTLE", "HEARTBEAT", "LOCK", "UNLOCK", "PURGE")}
+        self._jobs = queue.SimpleQueue()
+        self._closed = threading.Event()
+        self._threads = []
+        self._on_commit = self._on_remote = self._on_requeue = None
+        self._fed = {}              # topic -> newest offset seen by the listener
+        self._down_since = None
+
+    # -- plumbing ----------------------------------------------------------------------------
+    def _run(self, name, *args):
+        return self._call(self._scripts[name], args=[self.p, *args])
+
+    def _call(self, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except redis.RedisError as exc:
+            raise StoreError(f"Redis at {self.where} is unavailable ({exc.__class__.__name__}:"
+                             f" {exc}); DPMQ retries by itself, check that Redis is running") from None
+
+    def _key(self, *parts):
+        return ":".join((self.p,) + parts)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def open(self, on_commit, on_remote=None, on_requeue=None):
+        self._on_commit, self._on_remote, self._on_requeue = on_commit, on_remote, on_requeue
+        config = self._call(self.client.config_get, "appendonly")
+        if config.get("appendonly") != "yes":
+            log.warning("Redis at %s keeps nothing on disk (appendonly no): accepted messages are"
+                        " lost if Redis restarts; set appendonly yes and appendfsync always", self.where)
+        self._fed = {topic: head for topic, head in self.heads().items()}
+        self._heartbeat()
+        targets = [("dpmq-redis-commit", self._commit_loop), ("dpmq-redis-beat", self._beat_loop)]
+        if on_remote is not None:
+            targets.append(("dpmq-redis-listen", self._listen_loop))
+        for name, target in targets:
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def close(self):
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self._jobs.put(None)
+        for thread in self._threads:
+            thread.join(timeout=10)
+        try:        # expired at once: the others take over whatever it still holds
+            self.client.zadd(self._key("nodes"), {self.node: 0})
+        except redis.RedisError:
+            pass
+        self.client.close()
+
+    def ping(self):
+        self._call(self.client.ping)
+        self._heartbeat()
+
+    # -- the committer -----------------------------------------------------------------------
+    def _commit_loop(self):
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            batch = [job]
+            size = len(job[0])
+            while size < MAX_BATCH:
+                try:
+                    job = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:
+                    self._jobs.put(None)
+                    break
+                batch.append(job)
+                size += len(job[0])
+            self._commit(batch)
+
+    def _commit(self, batch):
+        rows = [[m.code, m.topic, m.data, repr(m.created), m.key or False,
+                 m.idempotency_key or False, repr(m.due)] for messages, _ in batch for m in messages]
+        try:
+            results = self._run("APPEND", self.node, repr(time.time()), json.dumps(rows))
+        except StoreError as exc:
+            for _, reply in batch:
+                reply.put(exc)
+            return
+        position = 0
+        for messages, reply in batch:
+            codes, records = [], []
+            for m in messages:
+                result = _text(results[position])
+                position += 1
+                if result[0] == "o":
+                    codes.append(m.code)
+                    records.append(Record(int(result[1:]), m.code, m.topic, m.data, m.created, m.key))
+                else:
+                    codes.append(result[1:] if result[0] == "c" else m.code)
+            if records:
+                self._on_commit(records)
+            reply.put(Appended(codes, records))
+
+    def append(self, messages):
+        if self._closed.is_set():
+            raise StoreError("the store is closed: the broker is shutting down")
+        reply = queue.SimpleQueue()
+        self._jobs.put((messages, reply))
+        result = reply.get()
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    # -- the listener ------------------------------------------------------------------------
+    def _listen_loop(self):
+        while not self._closed.is_set():
+            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+            try:
+                pubsub.subscribe(self._key("commits"), self._key("events"))
+                self._follow(pubsub)
+            except (redis.RedisError, StoreError) as exc:
+                if self._down_since is None:
+                    self._down_since = time.monotonic()
+                    log.warning("lost Redis at %s (%s); retrying every second", self.where, exc)
+                self._closed.wait(1.0)
+            finally:
+                try:
+                    pubsub.close()
+                except redis.RedisError:
+                    pass
+
+    def _follow(self, pubsub):
+        """Hand on what other processes commit until Redis goes away or the engine closes."""
+        next_poll = 0.0
+        while not self._closed.is_set():
+            now = time.monotonic()
+            if now >= next_poll:
+                for topic, head in self.heads().items():
+                    self._feed_through(topic, head)
+                next_poll = now + HEADS_POLL
+                if self._down_since is not None:
+                    log.warning("Redis at %s is back after %.1f s", self.where,
+                                now - self._down_since)
+                    self._down_since = None
+            notice = pubsub.get_message(timeout=0.5)
+            if notice is None:
+                continue
+            text = _text(notice["data"])
+            if _text(notice["channel"]).endswith(":commits"):
+                topic, head, added, node = text.split("|", 3)
+                head, added = int(head), int(added)
+                if node == self.node and self._fed.get(topic, 0) == head - added:
+                    self._fed[topic] = head     # only what this process wrote: nothing to read
+                else:
+                    self._feed_through(topic, head)
+            else:
+                self._event(json.loads(text))
+
+    def _feed_through(self, topic, head):
+        """Hand on the records of ``topic`` up to ``head`` this listener has not seen, except
+        those this process wrote (its committer handed those on already)."""
+        fed = self._fed.get(topic, 0)
+        if head < fed:
+            log.error("Redis at %s went back on topic %r (head %d, was %d): it lost data it had"
+                      " acknowledged; give it appendonly yes and appendfsync always", self.where,
+                      topic, head, fed)
+            self._fed[topic] = head
+            return
+        while fed < head:
+            entries = self._call(self.client.xrange, self._key("log", topic), f"{fed + 1}-0",
+                                 f"{head}-0", count=1000)
+            if not entries:
+                break
+            fed = int(entries[-1][0].split(b"-", 1)[0])
+            others = [_record(topic, entry_id, fields) for entry_id, fields in entries
+                      if fields.get(b"n", b"").decode() != self.node]
+            self._fed[topic] = fed
+            if others:
+                self._on_remote(others)
+        self._fed[topic] = max(fed, head)
+
+    def _event(self, event):
+        if event.get("node") != self.node and event.get("kind") == "requeue" and self._on_requeue:
+            key = (event["topic"], event["sub"])
+            self._on_requeue(key, [_from_json(raw) for raw in event["records"]])
+
+    def _beat_loop(self):
+        """Tell the other processes this one is alive, on a thread of its own so that a listener
+        waiting for room in the buffer never makes it look dead."""
+        while not self._closed.wait(min(1.0, self.node_timeout / 4)):
+            try:
+                self._heartbeat()
+            except StoreError:
+                pass            # the listener reports the outage
+
+    def _heartbeat(self):
+        released = self._run("HEARTBEAT", self.node, int(self.node_timeout * 1000))
+        if released:
+            log.warning("took back %d unfinished group messages from DPMQ processes that stopped"
+                        " answering", released)
+
+    # -- messages ----------------------------------------------------------------------------
+    def next_due(self):
+        first = self._call(self.client.zrange, self._key("delayed"), 0, 0, withscores=True)
+        return first[0][1] if first else None
+
+    def promote_due(self, now, limit):
+        rows = json.loads(self._run("PROMOTE", self.node, repr(now), limit))
+        records = [Record(off, code, topic, data, float(created), key or None, float(due))
+                   for off, code, topic, data, created, key, due in rows]
+        if records:
+            self._on_commit(records)
+        return records
+
+    def read(self, topic, after, limit, upto=None):
+        end = "+" if upto is None else f"{upto}-0"
+        if upto is not None and upto <= after:
+            return []
+        entries = self._call(self.client.xrange, self._key("log", topic), f"{after + 1}-0", end,
+                             count=limit)
+        return [_record(topic, entry_id, fields) for entry_id, fields in entries]
+
+    def head(self, topic):
+        value = self._call(self.client.hget, self._key("heads"), topic)
+        return int(value) if value else 0
+
+    def heads(self):
+        found = self._call(self.client.hgetall, self._key("heads"))
+        return {_text(topic): int(head) for topic, head in found.items() if int(head)}
+
+    def find(self, topic, code):
+        value = self._call(self.client.hget, self._key("codes", topic), code)
+        return int(value) if value is not None else None
+
+    # -- subscriptions -----------------------------------------------------------------------
+    def cursor(self, topic, sub):
+        value = self._call(self.client.hget, self._key("cursors"), f"{topic}|{sub}")
+        return int(value) if value is not None else None
+
+    def save_cursors(self, cursors):
+        if cursors:
+            args = [repr(time.time())]
+            for (topic, sub), offset in cursors.items():
+                args += [f"{topic}|{sub}", offset]
+            self._run("SAVE_CURSORS", *args)
+
+    def set_cursor(self, topic, sub, offset):
+        name = f"{topic}|{sub}"
+        pipe = self.client.pipeline()
+        pipe.hset(self._key("cursors"), name, offset)
+        pipe.zadd(self._key("cursorst"), {name: time.time()})
+        pipe.delete(self._key("att", name))
+        if sub.startswith("g:"):
+            pipe.hset(self._key("gnext"), name, offset + 1)
+            pipe.delete(self._key("gpend", name), self._key("gown", name), self._key("gretry", name))
+        self._call(pipe.execute)
+
+    def attempts(self, topic, sub, after):
+        found = self._call(self.client.hgetall, self._key("att", f"{topic}|{sub}"))
+        return {int(o): int(n) for o, n in found.items() if int(o) > after}
+
+    def add_attempts(self, topic, sub, offsets):
+        pipe = self.client.pipeline()
+        for offset in offsets:
+            pipe.hincrby(self._key("att", f"{topic}|{sub}"), offset, 1)
+        return dict(zip(offsets, self._call(pipe.execute)))
+
+    # -- dead letters ------------------------------------------------------------------------
+    def dead_letter(self, topic, sub, record, reason, attempts):
+        name, member = f"{topic}|{sub}", f"{topic}|{sub}|{record.offset}"
+        now = time.time()
+        letter = {"topic": topic, "sub": sub, "offset": record.offset, "code": record.code,
+                  "data": record.data, "key": record.key, "reason": reason, "attempts": attempts,
+                  "created": record.created, "dead_at": now}
+        pipe = self.client.pipeline()
+        pipe.hdel(self._key("att", name), record.offset)
+        pipe.zremrangebyscore(self._key("rq", name), record.offset, record.offset)
+        pipe.zadd(self._key("dead"), {member: now})
+        pipe.hset(self._key("deadmsg"), member, json.dumps(letter))
+        self._call(pipe.execute)
+
+    def dead_letters(self, topic=None, sub=None, limit=100):
+        members = self._call(self.client.zrevrange, self._key("dead"), 0, -1)
+        start = f"{topic}|{sub}|" if sub is not None else f"{topic}|" if topic is not None else ""
+        chosen = [m for m in members if _text(m).startswith(start)]
+        if not chosen:
+            return []
+        found = [json.loads(raw) for raw in self._call(self.client.hmget, self._key("deadmsg"),
+                                                       chosen) if raw]
+        found.sort(key=lambda d: (d["dead_at"], d["offset"]), reverse=True)
+        return found[:limit]
+
+    def requeue(self, topic, sub=None, code=None):
+        moved = self._run("REQUEUE", topic, sub or "", code or "")
+        out = {}
+        for raw in moved:
+            letter = json.loads(raw)
+            out.setdefault((topic, letter["sub"]), []).append(_from_json(raw))
+        for key, records in out.items():
+            records.sort()
+            if key[1].startswith("c:"):     # a lone consumer may be connected to another process
+                event = {"node": self.node, "kind": "requeue", "topic": key[0], "sub": key[1],
+                         "records": [json.dumps(r._asdict()) for r in records]}
+                self._call(self.client.publish, self._key("events"), json.dumps(event))
+        return out
+
+    def redeliveries(self, topic, sub):
+        found = self._call(self.client.zrange, self._key("rq", f"{topic}|{sub}"), 0, -1)
+        return [_from_json(raw) for raw in found]
+
+    def redelivered(self, topic, sub, offset):
+        self._call(self.client.zremrangebyscore, self._key("rq", f"{topic}|{sub}"), offset, offset)
+
+    # -- groups and consumers shared by processes --------------------------------------------
+    def claim(self, topic, sub, upto, limit, cursor):
+        """Take up to ``limit`` messages of group ``(topic, sub)`` for this process; returns
+        ``[(record, attempts, requeued)]`` in offset order."""
+        name = f"{topic}|{sub}"
+        requeued, offsets = self._run("CLAIM", name, self.node, upto, limit, cursor)
+        requeued = [_from_json(raw) for raw in requeued]
+        offsets = sorted(int(o) for o in offsets)
+        if not requeued and not offsets:
+            return []
+        counts = self._call(self.client.hmget, self._key("att", name),
+                            [r.offset for r in requeued] + offsets)
+        out = [(record, int(n or 0), True) for record, n in zip(requeued, counts)]
+        found = {record.offset: record for record in self._read_offsets(topic, offsets)}
+        gone = [o for o in offsets if o not in found]
+        if gone:                            # purged by retention meanwhile: nothing to deliver
+            self.settle(topic, sub, [(o, False) for o in gone])
+        out += [(found[o], int(n or 0), False) for o, n in zip(offsets, counts[len(requeued):])
+                if o in found]
+        out.sort(key=lambda item: item[0].offset)
+        return out
+
+    def _read_offsets(self, topic, offsets):
+        """The records at ``offsets`` (sorted), one range read per run of consecutive offsets."""
+        records, start = [], 0
+        for i in range(1, len(offsets) + 1):
+            if i == len(offsets) or offsets[i] != offsets[i - 1] + 1:
+                first, last = offsets[start], offsets[i - 1]
+                records += self.read(topic, first - 1, last - first + 1, last)
+                start = i
+        return records
+
+    def settle(self, topic, sub, items, retry=False):
+        """Messages of a group this process claimed are done (or, with ``retry``, to be handed
+        out again); ``items`` are ``(offset, requeued)``."""
+        return self._run("SETTLE", f"{topic}|{sub}", "retry" if retry else "done",
+                         *[f"r{o}" if requeued else str(o) for o, requeued in items])
+
+    def lock_consumer(self, topic, consumer_id):
+        return self._run("LOCK", f"{topic}|{consumer_id}", self.node) == 1
+
+    def unlock_consumer(self, topic, consumer_id):
+        self._run("UNLOCK", f"{topic}|{consumer_id}", self.node)
+
+    # -- retention ---------------------------------------------------------------------------
+    def purge(self, before, keep_messages, limit):
+        topics = list(self.heads())
+        removed = self._run("PURGE", before, keep_messages, limit, *topics) if topics else 0
+        pipe = self.client.pipeline()
+        for zset in ("cursorst", "dead", "idemt"):
+            old = self._call(self.client.zrangebyscore, self._key(zset), "-inf", f"({before}")
+            if not old:
+                continue
+            pipe.zrem(self._key(zset), *old)
+            for member in old:
+                name = _text(member)
+                if zset == "cursorst":
+                    pipe.hdel(self._key("cursors"), name)
+                    pipe.delete(self._key("att", name))
+                elif zset == "dead":
+                    pipe.hdel(self._key("deadmsg"), name)
+                else:
+                    topic, _, key = name.partition("|")
+                    pipe.hdel(self._key("idem", topic), key)
+        self._call(pipe.execute)
+        return removed

@@ -1,0 +1,290 @@
+"""Several DPMQ processes (``dpmq serve`` under gunicorn) sharing one Redis are one broker.
+
+Every process here is a real server in a subprocess; they share the Redis on 127.0.0.1:6379
+through a key prefix of the test's own.
+"""
+
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+import redis
+import requests
+
+from helpers import (
+    Collector,
+    ServedBroker,
+    connect_and_close_code,
+    free_port,
+    redis_prefix,
+    require_redis,
+    wait_for,
+)
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    """``cluster(n, **sections)`` -> n started processes sharing one prefix; killed after the test."""
+    require_redis()
+    started = []
+
+    def make(count, **sections):
+        storage = dict(engine="redis", prefix=redis_prefix(), nodeTimeout=2)
+        storage.update(sections.pop("storage", {}))
+        nodes = []
+        for _ in range(count):
+            folder = tmp_path / f"node{len(started)}"
+            folder.mkdir()
+            node = ServedBroker(folder, storage=storage, **sections)
+            started.append(node)
+            nodes.append(node)
+        for node in nodes:
+            node.start()
+        return nodes
+
+    yield make
+    for node in started:
+        node.stop()
+
+
+def publish(node, topic, data, **extra):
+    reply = requests.post(node.url + "/ProducerSend", data={"topic": topic, "messageData": data,
+                                                            **extra}, timeout=10)
+    return reply.status_code, reply.json()
+
+
+def joined(node, count):
+    wait_for(lambda: len(requests.get(node.url + "/Console/GetConsumers").json()["data"]) == count,
+             what=f"{count} consumers on port {node.port}")
+
+
+def publish_from_threads(nodes, topic, per_node, pause=0.0):
+    """One producer thread per process, each publishing ``per_node`` numbered messages through
+    it; returns the MessageCodes that got code 0, per thread, in the order they were sent."""
+    accepted = [[] for _ in nodes]
+
+    def produce(i, node):
+        for n in range(per_node):
+            status, body = publish(node, topic, f"{i}-{n}")
+            assert (status, body["code"]) == (200, 0), body
+            accepted[i].append(body["msg"])
+            time.sleep(pause)
+
+    threads = [threading.Thread(target=produce, args=(i, node)) for i, node in enumerate(nodes)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return accepted
+
+
+def test_consumers_on_every_process_get_every_message_in_one_order(cluster):
+    nodes = cluster(3)
+    consumers = [Collector(node.ws_url, "news", f"reader-{i}-{j}")
+                 for i, node in enumerate(nodes) for j in range(2)]
+    for node in nodes:
+        joined(node, 2)
+    accepted = publish_from_threads(nodes, "news", 100)
+    everything = {code for codes in accepted for code in codes}
+    assert len(everything) == 300
+    for consumer in consumers:
+        consumer.wait_count(300, timeout=30)
+    first = consumers[0].codes
+    assert set(first) == everything and len(first) == 300
+    for consumer in consumers[1:]:
+        assert consumer.codes == first, "every consumer sees the one log order"
+    for codes in accepted:      # each producer's messages keep the order it sent them in
+        assert [c for c in first if c in set(codes)] == codes
+    offsets = [m["MessageData"] for m in consumers[0].messages]
+    assert len(set(offsets)) == 300
+    for consumer in consumers:
+        consumer.close()
+
+
+def test_a_group_spread_over_two_processes_gets_each_message_once(cluster):
+    a, b = cluster(2)
+    members = [Collector(node.ws_url, "jobs", f"w-{i}-{j}", "?group=workers")
+               for i, node in enumerate((a, b)) for j in range(2)]
+    joined(a, 2)
+    joined(b, 2)
+    accepted = publish_from_threads([a, b], "jobs", 200, pause=0.001)
+    everything = {code for codes in accepted for code in codes}
+    wait_for(lambda: sum(len(m.messages) for m in members) >= 400, timeout=30,
+             what="400 messages between the members")
+    time.sleep(0.5)                 # anything extra would be a duplicate
+    received = [code for member in members for code in member.codes]
+    assert len(received) == 400 and set(received) == everything
+    on_a = len(members[0].messages) + len(members[1].messages)
+    assert 0 < on_a < 400, f"both processes hand out the group's messages ({on_a} of 400 on one)"
+    for member in members:
+        member.close()
+
+
+def test_a_consumer_id_is_connected_to_one_process_at_a_time(cluster):
+    a, b = cluster(2)
+    holder = Collector(a.ws_url, "t", "only-one")
+    joined(a, 1)
+    code, reason = connect_and_close_code(b.ws_url, "/ConsumersConn/t/only-one")
+    assert code == 4409 and "another DPMQ process" in reason
+    holder.close()
+    wait_for(lambda: not requests.get(a.url + "/Console/GetConsumers").json()["data"],
+             what="the holder to leave")
+    again = Collector(b.ws_url, "t", "only-one")
+    joined(b, 1)
+    assert publish(a, "t", "hello")[1]["code"] == 0
+    assert again.wait_count(1)[0]["MessageData"] == "hello"
+    again.close()
+
+
+def test_an_unacked_group_message_moves_to_a_member_on_another_process(cluster):
+    a, b = cluster(2, mq={"ackTimeout": 60})
+    holder = Collector(a.ws_url, "jobs", "slow", "?group=g&ack=1")
+    joined(a, 1)
+    codes = [publish(a, "jobs", f"job-{n}")[1]["msg"] for n in range(5)]
+    holder.wait_count(5)
+    helper = Collector(b.ws_url, "jobs", "fast", "?group=g&ack=1", auto_ack=True)
+    joined(b, 1)
+    time.sleep(0.5)
+    assert helper.messages == [], "in flight on the other process: not handed out twice"
+    holder.close()                  # a member that leaves without acking: its messages fail once
+    helper.wait_count(5, timeout=10)
+    assert sorted(helper.codes) == sorted(codes)
+    assert {m["Status"] for m in helper.messages} == {1}
+    helper.close()
+
+
+def test_sigkill_of_one_process_loses_nothing_that_got_code_0(cluster):
+    a, b = cluster(2, mq={"ackTimeout": 60})
+    lone_a = Collector(a.ws_url, "orders", "audit-a")
+    lone_b = Collector(b.ws_url, "orders", "audit-b")
+    group_b = Collector(b.ws_url, "orders", "worker-b", "?group=billing&ack=1")
+    joined(a, 1)
+    joined(b, 2)
+    accepted, stop = [], threading.Event()
+
+    def produce(node, name):
+        n = 0
+        while not stop.is_set():
+            try:
+                status, body = publish(node, "orders", f"{name}-{n}")
+            except requests.RequestException:
+                return              # the process is gone: its producer stops
+            if body["code"] == 0:
+                accepted.append(body["msg"])
+            n += 1
+
+    producers = [threading.Thread(target=produce, args=(node, name)) for node, name in
+                 ((a, "via-a"), (b, "via-b"))]
+    for thread in producers:
+        thread.start()
+    wait_for(lambda: len(accepted) >= 200, timeout=20, what="200 accepted messages")
+    b.kill(signal.SIGKILL)          # mid-stream: its consumers and its unacked group messages
+    wait_for(lambda: len(accepted) >= 400, timeout=20, what="400 accepted messages")
+    stop.set()
+    for thread in producers:
+        thread.join(10)
+    # The consumers of the dead process reconnect to the live one (their ids are free once its
+    # heartbeat expires) and resume from their cursors; the group takes back what it held.
+    lone_b2 = wait_for(lambda: _connect_when_free(a, "orders", "audit-b"), timeout=15,
+                       what="audit-b to connect to the live process")
+    group_a = Collector(a.ws_url, "orders", "worker-a", "?group=billing&ack=1", auto_ack=True)
+    everything = set(accepted)
+    wait_for(lambda: everything <= set(lone_a.codes), timeout=30, what="audit-a to get everything")
+    wait_for(lambda: everything <= set(lone_b.codes) | set(lone_b2.codes), timeout=30,
+             what="audit-b to get everything, across the crash")
+    wait_for(lambda: everything <= set(group_b.codes) | set(group_a.codes), timeout=30,
+             what="the group to get everything, across the crash")
+    assert lone_a.codes == sorted(set(lone_a.codes), key=lone_a.codes.index), "no duplicates on A"
+    for consumer in (lone_a, lone_b2, group_a):
+        consumer.close()
+
+
+def _connect_when_free(node, topic, consumer_id):
+    consumer = Collector(node.ws_url, topic, consumer_id)
+    time.sleep(0.3)
+    if consumer.closed:
+        assert consumer.closed[0] == 4409, consumer.closed
+        return None
+    return consumer
+
+
+def test_several_gunicorn_workers_serve_one_broker(cluster):
+    (node,) = cluster(1, server={"workers": 3})
+    wait_for(lambda: len(subprocess.run(["pgrep", "-P", str(node.proc.pid)], capture_output=True,
+                                        text=True).stdout.split()) == 3, what="three workers")
+    consumers = [Collector(node.ws_url, "t", f"c{i}") for i in range(6)]
+    time.sleep(1.0)
+    codes = [publish(node, "t", str(n))[1]["msg"] for n in range(50)]
+    for consumer in consumers:
+        assert consumer.wait_count(50, timeout=20) and consumer.codes == codes
+        consumer.close()
+
+
+class PrivateRedis:
+    """A redis-server of the test's own that keeps its data on disk, to stop and start again."""
+
+    def __init__(self, folder):
+        self.port = free_port()
+        self.folder = folder
+        self.proc = None
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
+             "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        client = redis.Redis(port=self.port)
+        wait_for(lambda: _answers(client), timeout=10, what="the private redis-server")
+        client.close()
+
+    def kill(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+
+def _answers(client):
+    try:
+        return client.ping()
+    except Exception:  # noqa: BLE001 - not up yet
+        return False
+
+
+def test_redis_down_for_a_while_loses_nothing_accepted(cluster, tmp_path):
+    store = PrivateRedis(tmp_path)
+    store.start()
+    try:
+        (node,) = cluster(1, storage={"redisUrl": f"redis://127.0.0.1:{store.port}/0",
+                                      "redisTimeout": 1})
+        consumer = Collector(node.ws_url, "t", "kept")
+        joined(node, 1)
+        before = [publish(node, "t", f"before-{n}")[1]["msg"] for n in range(30)]
+        store.kill()
+        status, body = publish(node, "t", "during")
+        assert (status, body["code"]) == (503, -1) and "Redis" in body["msg"], body
+        ready = requests.get(node.url + "/readyz", timeout=5)
+        assert ready.status_code == 503, ready.text
+        store.start()
+        wait_for(lambda: requests.get(node.url + "/readyz", timeout=5).status_code == 200,
+                 timeout=15, what="readyz to pass again")
+        after = [publish(node, "t", f"after-{n}")[1]["msg"] for n in range(30)]
+        consumer.wait_count(60, timeout=20)
+        assert consumer.closed is None, "the consumer was kept through the outage"
+        assert consumer.codes == before + after
+        consumer.close()
+    finally:
+        store.kill()
+
+
+def test_processes_with_different_prefixes_are_different_brokers(cluster):
+    (a,) = cluster(1)
+    (b,) = cluster(1)
+    on_b = Collector(b.ws_url, "t", "x")
+    joined(b, 1)
+    publish(a, "t", "only for a")
+    time.sleep(0.5)
+    assert on_b.messages == []
+    publish(b, "t", "for b")
+    assert on_b.wait_count(1)[0]["MessageData"] == "for b"
+    on_b.close()
