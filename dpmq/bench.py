@@ -49,8 +49,11 @@ class LocalBroker:
         self.folder = tempfile.mkdtemp(prefix="dpmq-bench-")
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.prefix = f"dpmq-bench-{os.getpid()}-{self.port}"     # redis: keys of its own
+        self.engine = engine
         env = dict(os.environ, DPMQ_SERVER_PORT=str(self.port), DPMQ_STORAGE_ENGINE=engine,
                    DPMQ_STORAGE_PATH=os.path.join(self.folder, "bench.db"),
+                   DPMQ_STORAGE_PREFIX=self.prefix,
                    DPMQ_SERVER_MAXCONSUMERS=str(max(2000, consumers + 100)),
                    DPMQ_MQ_MESSAGECHANBUFFER="10000", DPMQ_LOG_LEVEL="WARNING",
                    DPMQ_CONFIG=os.path.join(self.folder, "none.yaml"))
@@ -83,6 +86,22 @@ class LocalBroker:
             self.proc.wait(20)
         except (OSError, subprocess.TimeoutExpired):
             os.killpg(self.proc.pid, 9)
+        if self.engine == "redis":
+            self._delete_keys()
+
+    def _delete_keys(self):
+        """Leave nothing of the run behind in the shared Redis."""
+        import redis
+
+        from . import config
+        settings = config.load(os.path.join(self.folder, "none.yaml"))    # as the broker had it
+        client = redis.Redis.from_url(settings.storage.redisUrl)
+        try:
+            keys = list(client.scan_iter(match=f"{{{self.prefix}}}:*", count=1000))
+            for start in range(0, len(keys), 1000):
+                client.delete(*keys[start:start + 1000])
+        finally:
+            client.close()
 
 
 def _rss_kb(pid):

@@ -102,7 +102,7 @@ def _parser():
     bench.set_defaults(url=None)
     bench.add_argument("--scenario", default="all", help="all, or a comma-separated list of: fanout,"
                        " topics, publish, batch, latency, idle")
-    bench.add_argument("--engine", default="sqlite", choices=("sqlite", "memory"),
+    bench.add_argument("--engine", default="sqlite", choices=("sqlite", "memory", "redis"),
                        help="engine of the broker bench starts when no --url is given")
     bench.add_argument("--pid", type=int, help="the broker's process id, for RSS and CPU with --url")
     bench.add_argument("--idle", type=int, default=2000, help="idle consumers to connect")
@@ -152,9 +152,12 @@ def _serve(args):
     engine = open_engine(settings)      # fail before forking if the store is unusable
     engine.open(lambda records: None)
     engine.close()
+    storage = settings.storage
+    where = {"sqlite": storage.path, "memory": "nothing kept",
+             "redis": f"{getattr(engine, 'where', '?')} prefix {storage.prefix}"}[storage.engine]
     logging.getLogger("dpmq").info(
         "DPMQ %s on http://%s:%d, engine %s (%s), config %s", __version__, settings.server.host,
-        settings.server.port, settings.storage.engine, settings.storage.path, settings.source)
+        settings.server.port, storage.engine, where, settings.source)
     from .server import serve
     serve(settings)
     return EXIT_OK

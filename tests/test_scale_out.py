@@ -201,6 +201,21 @@ def test_sigkill_of_one_process_loses_nothing_that_got_code_0(cluster):
         consumer.close()
 
 
+def test_group_messages_held_by_a_killed_process_go_to_the_others(cluster):
+    a, b = cluster(2, mq={"ackTimeout": 600})
+    doomed = Collector(b.ws_url, "jobs", "doomed", "?group=g&ack=1")
+    joined(b, 1)
+    codes = [publish(a, "jobs", f"job-{n}")[1]["msg"] for n in range(10)]
+    doomed.wait_count(10)
+    survivor = Collector(a.ws_url, "jobs", "survivor", "?group=g&ack=1", auto_ack=True)
+    joined(a, 1)
+    b.kill(signal.SIGKILL)          # its ack timers die with it; its heartbeat stops
+    survivor.wait_count(10, timeout=15)
+    assert sorted(survivor.codes) == sorted(codes)
+    assert {m["Status"] for m in survivor.messages} == {1}, "one failed attempt each"
+    survivor.close()
+
+
 def _connect_when_free(node, topic, consumer_id):
     consumer = Collector(node.ws_url, topic, consumer_id)
     time.sleep(0.3)
@@ -255,16 +270,20 @@ def test_redis_down_for_a_while_loses_nothing_accepted(cluster, tmp_path):
     store = PrivateRedis(tmp_path)
     store.start()
     try:
-        (node,) = cluster(1, storage={"redisUrl": f"redis://127.0.0.1:{store.port}/0",
-                                      "redisTimeout": 1})
+        node, other = cluster(2, storage={"redisUrl": f"redis://127.0.0.1:{store.port}/0",
+                                          "redisTimeout": 1})
         consumer = Collector(node.ws_url, "t", "kept")
-        joined(node, 1)
+        leaver = Collector(node.ws_url, "t", "moves")
+        joined(node, 2)
         before = [publish(node, "t", f"before-{n}")[1]["msg"] for n in range(30)]
+        leaver.wait_count(30)
         store.kill()
         status, body = publish(node, "t", "during")
         assert (status, body["code"]) == (503, -1) and "Redis" in body["msg"], body
         ready = requests.get(node.url + "/readyz", timeout=5)
         assert ready.status_code == 503, ready.text
+        leaver.close()                  # leaves while its consumerId cannot be released
+        joined(node, 1)
         store.start()
         wait_for(lambda: requests.get(node.url + "/readyz", timeout=5).status_code == 200,
                  timeout=15, what="readyz to pass again")
@@ -272,7 +291,12 @@ def test_redis_down_for_a_while_loses_nothing_accepted(cluster, tmp_path):
         consumer.wait_count(60, timeout=20)
         assert consumer.closed is None, "the consumer was kept through the outage"
         assert consumer.codes == before + after
+        moved = wait_for(lambda: _connect_when_free(other, "t", "moves"), timeout=10,
+                         what="the consumerId released after the outage")
+        moved.wait_count(30, timeout=10)
+        assert moved.codes[-30:] == after
         consumer.close()
+        moved.close()
     finally:
         store.kill()
 
