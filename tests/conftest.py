@@ -15,7 +15,7 @@ from werkzeug.serving import make_server
 from dpmq import config
 from dpmq.app import create_app
 
-from helpers import redis_prefix, require_redis
+from helpers import drop_prefix, redis_prefix, require_redis
 
 ENGINES = ["sqlite", "memory", "redis"]
 CHROMIUM = "/usr/bin/chromium"
@@ -89,6 +89,8 @@ def make_broker(tmp_path):
     yield make
     for running in started:
         running.stop()
+        if running.settings.storage.engine == "redis":
+            drop_prefix(running.settings.storage.prefix)
 
 
 @pytest.fixture

@@ -232,3 +232,14 @@ def require_redis():
         if os.environ.get("CI"):
             pytest.fail(f"Redis on 127.0.0.1:6379 is not answering ({exc}); .ci/run starts it")
         pytest.skip(f"Redis on 127.0.0.1:6379 is not answering ({exc})")
+
+
+def drop_prefix(prefix):
+    """Delete a test's keys from the shared Redis."""
+    client = redis.Redis()
+    try:
+        keys = list(client.scan_iter(match=f"{{{prefix}}}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()

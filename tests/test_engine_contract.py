@@ -9,7 +9,7 @@ from dpmq import config
 from dpmq.message import NewMessage, new_code
 from dpmq.storage import open_engine
 
-from helpers import redis_prefix
+from helpers import drop_prefix, redis_prefix
 
 
 @pytest.fixture
@@ -25,6 +25,8 @@ def engine(engine_name, tmp_path, committed):
     store.open(committed.extend)
     yield store
     store.close()
+    if engine_name == "redis":
+        drop_prefix(settings.storage.prefix)
 
 
 def _msgs(topic, *datas, **fields):
