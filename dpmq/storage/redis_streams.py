@@ -91,7 +91,8 @@ class RedisEngine(BrowseQueries, Engine):
             return fn(*args, **kwargs)
         except redis.RedisError as exc:
             raise StoreError(f"Redis at {self.where} is unavailable ({exc.__class__.__name__}:"
-                             f" {exc}); DPMQ retries by itself, check that Redis is running") from None
+                             f" {exc}); check that Redis is running and that storage.redisUrl"
+                             " points at it") from None
 
     def _key(self, *parts):
         return ":".join((self.p,) + parts)
