@@ -25,11 +25,11 @@ import uuid
 
 from simple_websocket import Client, ConnectionClosed
 
-from .errors import DPMQError
+from .errors import CLOSE_DUPLICATE, DPMQError
 
 log = logging.getLogger(__name__)
 
-#: Close codes after which reconnecting cannot help.
+#: Close codes after which reconnecting cannot help (4409 only on the first connection).
 PERMANENT_CLOSE_CODES = {1008: "refused", 4401: "not authorised", 4403: "forbidden",
                          4409: "consumerId already connected"}
 
@@ -209,6 +209,7 @@ class Consumer:
         self._ws = None
         self._closed = threading.Event()
         self._unacked = None
+        self._was_connected = False
 
     # -- connection --------------------------------------------------------------------------
     def _url(self):
@@ -249,6 +250,14 @@ class Consumer:
                 code = exc.reason
                 if self._closed.is_set():
                     return None
+                if code == CLOSE_DUPLICATE and self._was_connected and self.reconnect:
+                    # After a drop, the broker (or the process that had this consumerId) may not
+                    # have noticed the old connection's end yet: it lets the id go within
+                    # server.pingInterval, or storage.nodeTimeout if that process died.
+                    log.info("DPMQ consumer %s: the broker still holds the previous connection;"
+                             " retrying", self.consumer_id)
+                    self._closed.wait(0.5 + random.random())
+                    continue
                 if code in PERMANENT_CLOSE_CODES:
                     raise ClientError(f"{PERMANENT_CLOSE_CODES[code]}: {exc.message}", code) from None
                 if not self.reconnect:
@@ -256,6 +265,7 @@ class Consumer:
                 log.info("DPMQ consumer %s: connection closed (%s); reconnecting",
                          self.consumer_id, code)
                 continue
+            self._was_connected = True      # it was not refused: later refusals may be stale
             if text is None:
                 continue
             body = json.loads(text)

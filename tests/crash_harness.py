@@ -24,7 +24,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 from dpmq.client import ClientError, ConnectionFailed, Consumer, Producer  # noqa: E402
 
-from helpers import ServedBroker, wait_for  # noqa: E402
+from helpers import ServedBroker, drop_prefix, redis_prefix, wait_for  # noqa: E402
 
 
 class Recorder:
@@ -68,43 +68,56 @@ def _in_order(datas, producer):
     return seen == sorted(seen)
 
 
-def run(folder, kills=3, producers=2, seed=None, log=print):
+def _brokers(folder, engine):
+    """One broker on SQLite, or two processes sharing a prefix of the Redis on 6379."""
+    mq = {"ackTimeout": 2, "sendRetryCount": 100}
+    if engine == "sqlite":
+        return [ServedBroker(folder, mq=mq)]
+    storage = {"engine": "redis", "prefix": redis_prefix(), "nodeTimeout": 2}
+    nodes = []
+    for name in ("a", "b"):
+        (folder / name).mkdir()
+        nodes.append(ServedBroker(folder / name, mq=mq, storage=storage))
+    return nodes
+
+
+def run(folder, kills=3, producers=2, seed=None, log=print, engine="sqlite"):
     rng = random.Random(seed)
-    broker = ServedBroker(pathlib.Path(folder), mq={"ackTimeout": 2, "sendRetryCount": 100}).start()
+    brokers = _brokers(pathlib.Path(folder), engine)
+    for broker in brokers:
+        broker.start()
+    first, last = brokers[0], brokers[-1]
     stop_consumers, stop_producers = threading.Event(), threading.Event()
-    recorders = {"broadcast": Recorder(), "g1": Recorder(), "g2": Recorder()}
-    threads = [threading.Thread(target=_consume, args=(broker.url, "broadcast", None,
-                                                       recorders["broadcast"], stop_consumers)),
-               threading.Thread(target=_consume, args=(broker.url, "g1", "workers", recorders["g1"],
-                                                       stop_consumers)),
-               threading.Thread(target=_consume, args=(broker.url, "g2", "workers", recorders["g2"],
-                                                       stop_consumers))]
+    consumers = {"broadcast": (first, None), "g1": (first, "workers"), "g2": (last, "workers")}
+    if len(brokers) > 1:
+        consumers["broadcast2"] = (last, None)
+    recorders = {name: Recorder() for name in consumers}
+    threads = [threading.Thread(target=_consume, args=(broker.url, name, group, recorders[name],
+                                                       stop_consumers))
+               for name, (broker, group) in consumers.items()]
     for thread in threads:
         thread.start()
-    wait_for(lambda: len(requests.get(broker.url + "/Console/GetConsumers").json()["data"]) == 3,
-             timeout=20, what="three consumers")
+    for broker in brokers:
+        _wait_joined(broker, sum(1 for b, _ in consumers.values() if b is broker))
     accepted, refused, unknown = [], [], []
     names = [f"p{i}" for i in range(producers)]
-    feeders = [threading.Thread(target=_produce, args=(broker.url, name, stop_producers, accepted,
-                                                       refused, unknown)) for name in names]
+    feeders = [threading.Thread(target=_produce, args=(brokers[i % len(brokers)].url, name,
+                                                       stop_producers, accepted, refused, unknown))
+               for i, name in enumerate(names)]
     for thread in feeders:
         thread.start()
     try:
-        for kill in range(kills):
-            time.sleep(rng.uniform(0.3, 1.5))
-            broker.kill()
-            log(f"kill {kill + 1}/{kills}: {len(accepted)} accepted so far")
-            time.sleep(rng.uniform(0.0, 0.3))
-            broker.start()
+        _kill_in_turn(brokers, kills, rng, lambda text: log(f"{text}: {len(accepted)} accepted so far"))
         time.sleep(0.5)
         stop_producers.set()
         for thread in feeders:
             thread.join(30)
         wanted = set(accepted)
+        lone = [name for name in recorders if name.startswith("broadcast")]
 
         def complete():
             group = set(recorders["g1"].datas) | set(recorders["g2"].datas)
-            return wanted <= set(recorders["broadcast"].datas) and wanted <= group
+            return all(wanted <= set(recorders[name].datas) for name in lone) and wanted <= group
         try:
             wait_for(complete, timeout=60, what="every accepted message at every subscription")
         except AssertionError:
@@ -114,19 +127,45 @@ def run(folder, kills=3, producers=2, seed=None, log=print):
         stop_consumers.set()
         for thread in threads:
             thread.join(10)
-        broker.stop()
-    broadcast = recorders["broadcast"].datas
+        for broker in brokers:
+            broker.stop()
+        if engine == "redis":
+            drop_prefix(brokers[0].config_data["storage"]["prefix"])
+    return _summary(recorders, names, accepted, refused, unknown,
+                    {"engine": engine, "processes": len(brokers), "kills": kills})
+
+
+def _kill_in_turn(brokers, kills, rng, log):
+    """SIGKILL a random broker process at a random moment, ``kills`` times, restarting each."""
+    for kill in range(kills):
+        time.sleep(rng.uniform(0.3, 1.5))
+        victim = rng.choice(brokers)
+        victim.kill()
+        log(f"kill {kill + 1}/{kills} (port {victim.port})")
+        time.sleep(rng.uniform(0.0, 0.3))
+        victim.start()
+
+
+def _wait_joined(broker, count):
+    wait_for(lambda: len(requests.get(broker.url + "/Console/GetConsumers").json()["data"]) == count,
+             timeout=20, what=f"{count} consumers on port {broker.port}")
+
+
+def _summary(recorders, names, accepted, refused, unknown, run_info):
+    lone = [recorders[name].datas for name in recorders if name.startswith("broadcast")]
     group = recorders["g1"].datas + recorders["g2"].datas
+    delivered = set(group).union(*map(set, lone))
     return {
-        "kills": kills, "accepted": len(accepted), "refused": len(refused), "unknown": len(unknown),
-        "lostBroadcast": len(set(accepted) - set(broadcast)),
+        **run_info, "accepted": len(accepted),
+        "refused": len(refused), "unknown": len(unknown),
+        "lostBroadcast": sum(len(set(accepted) - set(datas)) for datas in lone),
         "lostGroup": len(set(accepted) - set(group)),
-        "refusedDelivered": len(set(refused) & (set(broadcast) | set(group))),
-        "duplicatesBroadcast": len(broadcast) - len(set(broadcast)),
+        "refusedDelivered": len(set(refused) & delivered),
+        "duplicatesBroadcast": sum(len(datas) - len(set(datas)) for datas in lone),
         "duplicatesGroup": len(group) - len(set(group)),
         # A group's members may see redeliveries out of order; a lone consumer sees none but
         # repeats after a crash, so its first sightings must follow each producer's order.
-        "outOfOrder": sum(not _in_order(broadcast, name) for name in names),
+        "outOfOrder": sum(not _in_order(datas, name) for datas in lone for name in names),
     }
 
 
@@ -135,10 +174,12 @@ def main():
     parser.add_argument("--kills", type=int, default=50)
     parser.add_argument("--producers", type=int, default=2)
     parser.add_argument("--seed", type=int)
+    parser.add_argument("--engine", choices=("sqlite", "redis"), default="sqlite",
+                        help="redis: two processes sharing the Redis on 127.0.0.1:6379, killed in turn")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         result = run(folder, args.kills, args.producers, args.seed,
-                     log=lambda text: print(text, file=sys.stderr))
+                     log=lambda text: print(text, file=sys.stderr), engine=args.engine)
     print(json.dumps(result, indent=2))
     bad = result["lostBroadcast"] or result["lostGroup"] or result["refusedDelivered"] or \
         result["outOfOrder"]

@@ -123,6 +123,7 @@ class ServedBroker:
                 "log": {"level": "INFO"}}
         for section, values in sections.items():
             data.setdefault(section, {}).update(values)
+        self.config_data = data
         self.config = folder / "application.yaml"
         self.config.write_text(yaml.safe_dump(data))
         self.url = f"http://127.0.0.1:{self.port}"
