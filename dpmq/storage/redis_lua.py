@@ -47,10 +47,12 @@ local function announce(heads, added, node)
 end
 """
 
-# ARGV: P, node, now, JSON [[code, topic, data, created, key|false, idempotency key|false, due]…]
-# Returns per message "o<offset>" (stored), "c<code>" (an earlier code) or "d" (delayed).
+# ARGV: P, node, now, JSON [[code, topic, data, created, key|false, idempotency key|false, due]…],
+# batch id. Returns per message "o<offset>" (stored), "c<code>" (an earlier code) or "d" (delayed);
+# nothing if the batch was cancelled (see CANCEL).
 APPEND = COMMON + r"""
 local node, now = ARGV[2], tonumber(ARGV[3])
+if redis.call('EXISTS', P .. ':cancelled:' .. ARGV[5]) == 1 then return {} end
 local out, seen, heads, added = {}, {}, {}, {}
 for i, m in ipairs(cjson.decode(ARGV[4])) do
   local code, topic, ikey, due = m[1], m[2], m[6], tonumber(m[7])
@@ -75,6 +77,31 @@ for i, m in ipairs(cjson.decode(ARGV[4])) do
 end
 announce(heads, added, node)
 return out
+"""
+
+# ARGV: P, batch id, then triples of topic, code, idempotency key or '': the messages of an append
+# whose reply was lost. If the append ran, returns what it returned; if not, makes sure it never
+# will (it may still be on its way to Redis) and returns nothing.
+CANCEL = r"""
+local P = ARGV[1]
+local out, ran = {}, false
+for i = 3, #ARGV, 3 do
+  local topic, code, ikey = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local off = redis.call('HGET', P .. ':codes:' .. topic, code)
+  local earlier = ikey ~= '' and redis.call('HGET', P .. ':idem:' .. topic, ikey)
+  if off then
+    out[#out + 1], ran = 'o' .. off, true
+  elseif redis.call('HEXISTS', P .. ':delayedmsg', code) == 1 then
+    out[#out + 1], ran = 'd', true
+  elseif earlier then
+    out[#out + 1] = 'c' .. earlier
+  else
+    out[#out + 1] = 'd'
+  end
+end
+if ran then return out end
+redis.call('SET', P .. ':cancelled:' .. ARGV[2], 1, 'EX', 3600)
+return {}
 """
 
 # ARGV: P, node, now, limit. Returns JSON [[offset, code, topic, data, created, key|false, due]…].

@@ -23,6 +23,8 @@ import time
 import uuid
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from ..errors import ConfigError, StoreError
 from ..message import Appended, Record
@@ -62,18 +64,22 @@ class RedisEngine(BrowseQueries, Engine):
         prefix = storage_settings.prefix
         self.p = f"{{{prefix}}}"                # the hash tag keeps a broker's keys in one slot
         self.node_timeout = storage_settings.nodeTimeout
+        self.timeout = storage_settings.redisTimeout
         self.node = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         try:
+            # No automatic retries: a script retried after a timeout could run twice. DPMQ's own
+            # loops retry, and an append whose reply was lost is settled by CANCEL instead.
             self.client = redis.Redis.from_url(
                 self.url, socket_timeout=storage_settings.redisTimeout,
-                socket_connect_timeout=storage_settings.redisTimeout, health_check_interval=10)
+                socket_connect_timeout=storage_settings.redisTimeout, health_check_interval=10,
+                retry=Retry(NoBackoff(), 0))
         except ValueError as exc:
             raise ConfigError(f"storage.redisUrl is not a Redis URL ({exc});"
                               " write it like redis://127.0.0.1:6379/0") from None
         kwargs = self.client.connection_pool.connection_kwargs
         self.where = f"{kwargs.get('host', kwargs.get('path', '?'))}:{kwargs.get('port', '')}"
         self._scripts = {name: self.client.register_script(getattr(redis_lua, name))
-                         for name in ("APPEND", "PROMOTE", "SAVE_CURSORS", "REQUEUE", "CLAIM",
+                         for name in ("APPEND", "CANCEL", "PROMOTE", "SAVE_CURSORS", "REQUEUE", "CLAIM",
                                       "SETTLE", "HEARTBEAT", "LOCK", "UNLOCK", "PURGE")}
         self._jobs = queue.SimpleQueue()
         self._closed = threading.Event()
@@ -154,12 +160,15 @@ class RedisEngine(BrowseQueries, Engine):
     def _commit(self, batch):
         rows = [[m.code, m.topic, m.data, repr(m.created), m.key or False,
                  m.idempotency_key or False, repr(m.due)] for messages, _ in batch for m in messages]
+        batch_id = uuid.uuid4().hex
         try:
-            results = self._run("APPEND", self.node, repr(time.time()), json.dumps(rows))
+            results = self._run("APPEND", self.node, repr(time.time()), json.dumps(rows), batch_id)
         except StoreError as exc:
-            for _, reply in batch:
-                reply.put(exc)
-            return
+            results = self._outcome(batch_id, rows, exc)
+            if isinstance(results, StoreError):
+                for _, reply in batch:
+                    reply.put(results)
+                return
         position = 0
         for messages, reply in batch:
             codes, records = [], []
@@ -174,6 +183,27 @@ class RedisEngine(BrowseQueries, Engine):
             if records:
                 self._on_commit(records)
             reply.put(Appended(codes, records))
+
+    def _outcome(self, batch_id, rows, error):
+        """An append got no reply: it may have run, or still be on its way. Ask Redis, atomically:
+        either it ran (its results, rebuilt) or it is cancelled for good (an error saying nothing
+        was stored). If Redis cannot even be asked, the producer is told the outcome is unknown."""
+        args = [batch_id] + [part for row in rows for part in (row[1], row[0], row[5] or "")]
+        deadline = time.monotonic() + 2 * self.timeout
+        while True:
+            try:
+                offsets = self._run("CANCEL", *args)
+                break
+            except StoreError:
+                if time.monotonic() >= deadline or self._closed.is_set():
+                    return StoreError(f"{error}. The message may or may not have been stored:"
+                                      " publish it again with the same idempotencyKey to be sure"
+                                      " it is stored once")
+                time.sleep(0.1)
+        if not offsets:
+            return StoreError(f"{error}; nothing was stored")
+        log.warning("an append whose reply was lost had been stored (batch %s)", batch_id)
+        return offsets
 
     def append(self, messages):
         if self._closed.is_set():
