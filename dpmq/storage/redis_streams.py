@@ -106,10 +106,7 @@ class RedisEngine(BrowseQueries, Engine):
     # -- lifecycle ---------------------------------------------------------------------------
     def open(self, on_commit, on_remote=None, on_requeue=None):
         self._on_commit, self._on_remote, self._on_requeue = on_commit, on_remote, on_requeue
-        config = self._call(self.client.config_get, "appendonly")
-        if config.get("appendonly") != "yes":
-            log.warning("Redis at %s keeps nothing on disk (appendonly no): accepted messages are"
-                        " lost if Redis restarts; set appendonly yes and appendfsync always", self.where)
+        self._check_redis_settings()
         self._fed = {topic: head for topic, head in self.heads().items()}
         self._heartbeat()
         targets = [("dpmq-redis-commit", self._commit_loop), ("dpmq-redis-beat", self._beat_loop)]
@@ -119,6 +116,17 @@ class RedisEngine(BrowseQueries, Engine):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
+
+    def _check_redis_settings(self):
+        """Warn about Redis settings that would lose what DPMQ acknowledged."""
+        config = self._call(self.client.config_get, "*")
+        if config.get("appendonly") != "yes":
+            log.warning("Redis at %s keeps nothing on disk (appendonly no): accepted messages are"
+                        " lost if Redis restarts; set appendonly yes and appendfsync always", self.where)
+        policy = config.get("maxmemory-policy", "noeviction")
+        if config.get("maxmemory", "0") != "0" and policy != "noeviction":
+            log.warning("Redis at %s may evict keys when full (maxmemory-policy %s): it would drop"
+                        " messages DPMQ accepted; set maxmemory-policy noeviction", self.where, policy)
 
     def close(self):
         if self._closed.is_set():
