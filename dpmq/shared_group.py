@@ -39,12 +39,8 @@ class SharedGroup(Subscription):
         if self.members:
             self.behind = True
 
-    def catch_up(self, read, upto, batch, now):
-        if not self.redeliver(now):
-            return False
-        limit = self.room(batch)
-        if not self.behind or limit == 0:
-            return not self.behind
+    def _fetch(self, read, upto, limit, now):
+        """Claim up to ``limit`` messages from the store and hand them out; True if caught up."""
         claimed = self.store.claim(self.topic, self.key, upto, limit, self.start_after)
         for position, (record, attempts, requeued) in enumerate(claimed):
             if not self._send(record, None, attempts, requeued, now):

@@ -174,6 +174,10 @@ class Subscription:
         limit = self.room(batch)
         if not self.behind or limit == 0:
             return not self.behind
+        return self._fetch(read, upto, limit, now)
+
+    def _fetch(self, read, upto, limit, now):
+        """Read up to ``limit`` messages after ``next`` and hand them out; True if caught up."""
         records = read(self.topic, self.next - 1, limit, upto)
         if records and records[0].offset > self.next:
             self.next = records[0].offset      # the ones between were purged by retention
