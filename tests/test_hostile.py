@@ -1,8 +1,12 @@
 """Hostile and broken consumers: each gets a clear error or close, and everyone else is served."""
 
+import gc
+import logging
+import os
 import socket
 import threading
 import time
+import tracemalloc
 
 from wsproto.events import Message, Ping
 
@@ -96,6 +100,59 @@ def test_bad_ids_and_topics_never_reach_the_store(broker):
     assert broker.broker.engine.topics() == {}
 
 
+def _open_files():
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _abuse(running, round_):
+    """One round of broken consumers: resets mid-stream, oversized frames, bad acks, silence."""
+    resets = [RawConsumer(running.port, f"/ConsumersConn/t/reset-{i}") for i in range(5)]
+    loud = [Collector(running.ws_url, "t", f"loud-{i}") for i in range(3)]
+    acks = Collector(running.ws_url, "t", "acks", "?ack=1")
+    _joined(running, 10)
+    running.publish_many("t", [f"{round_}-{n}".ljust(2000, ".") for n in range(50)])
+    for raw in resets:
+        raw.abort()
+    for consumer in loud:
+        consumer.ws.send("x" * 100_000)         # closed with 1009
+    acks.ws.send(b"\x00\xff")                 # a binary ack: an error frame
+    acks.ws.send("not a code")
+    for consumer in loud + [acks]:
+        consumer.close()
+    wait_for(lambda: len(running.broker.members()) == 1, timeout=10,
+             what=f"round {round_}'s consumers to be gone")
+
+
+def test_sockets_threads_and_memory_return_to_baseline_after_abuse(make_broker):
+    running = make_broker("sqlite", mq={"consumerBufferBytes": 65536, "ackTimeout": 0.2})
+    steady = Collector(running.ws_url, "t", "steady")
+    _joined(running)
+    for round_ in range(2):                     # warm up: pools, caches, first allocations
+        _abuse(running, round_)
+    time.sleep(0.5)
+    gc.collect()
+    files, threads = _open_files(), threading.active_count()
+    logging.disable(logging.CRITICAL)          # pytest keeps every log record: not ours to count
+    tracemalloc.start()
+    try:
+        baseline = tracemalloc.get_traced_memory()[0]
+        for round_ in range(2, 10):
+            _abuse(running, round_)
+        wait_for(lambda: _open_files() <= files and threading.active_count() <= threads + 1,
+                 timeout=10, what=f"files and threads back to {files} and {threads} (now"
+                                  f" {_open_files()} and {threading.active_count()})")
+        assert steady.wait_count(10 * 50, timeout=20)
+        steady.messages.clear()                 # what the test itself kept
+        steady.arrivals.clear()
+        time.sleep(0.5)                         # the last ack timers fire
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - baseline
+    finally:
+        tracemalloc.stop()
+        logging.disable(logging.NOTSET)
+    assert grown < 1 << 19, f"{grown} bytes still allocated after eight rounds of abuse"
+    shards = running.broker.shards
+    assert sum(len(shard._subs) for shard in shards) == 1, "only the steady subscription is left"
 
 
 def test_a_half_open_consumer_is_dropped_by_the_ping_timeout(make_broker):
