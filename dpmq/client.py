@@ -49,20 +49,56 @@ class ConnectionFailed(DPMQError):
     """Raised when the broker cannot be reached (after the retries, for a Producer)."""
 
 
-class WebSocketClient(Client):
-    """simple-websocket's client, without losing the frames that arrive with the handshake.
+class _LockedSocket:
+    """A socket whose ``send`` writes everything under one lock, so frames never interleave."""
 
-    Its handshake reads the server's response and keeps only the first event; frames the same
-    ``recv`` brought in (a broker that pushes right after accepting) would wait in the parser until
-    more data arrived. They are handled here, before the reader thread starts.
+    def __init__(self, sock, lock):
+        self._sock = sock
+        self._lock = lock
+
+    def send(self, data):
+        with self._lock:
+            self._sock.sendall(data)
+        return len(data)
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+
+class WebSocketClient(Client):
+    """simple-websocket's client, with two fixes.
+
+    Writes are serialised: its reader thread answers the broker's Pings (building the Pong with the
+    same wsproto connection) while the application thread sends acks, and neither wsproto nor the
+    socket may be used by two threads at once — interleaved, they corrupt frames, the broker closes
+    the connection, and the consumer reconnects and gets its unacked messages again.
+
+    And no frame is lost with the handshake: it reads the server's response and keeps only the
+    first event; frames the same ``recv`` brought in (a broker that pushes right after accepting)
+    would wait in the parser until more data arrived. They are handled here, before the reader
+    thread starts.
     """
 
     def handshake(self):
+        self._write_lock = threading.RLock()
+        self.sock = _LockedSocket(self.sock, self._write_lock)
         super().handshake()
         if not self._handle_events():
             # Accepted and closed at once (a refusal with its close code): stay "connected" until
             # the reader thread sees the end of the stream, so that receive() reports the code.
             self.connected = True
+
+    def _handle_events(self):
+        with self._write_lock:
+            return super()._handle_events()
+
+    def send(self, data):
+        with self._write_lock:
+            super().send(data)
+
+    def close(self, reason=None, message=None):
+        with self._write_lock:
+            super().close(reason, message)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,7 +24,7 @@ def gunicorn_options(settings):
     return {
         "bind": [f"{server.host}:{server.port}"],
         "workers": server.workers,
-        "worker_class": "gthread",
+        "worker_class": "dpmq.worker.DPMQWorker",
         "threads": threads,
         "worker_connections": threads + 1000,
         "keepalive": 5,

@@ -32,15 +32,17 @@ def test_browser_example_receives_messages_and_resumes_after_a_drop(make_broker,
 
 
 def test_worker_pool_example_does_each_job_once(broker):
-    pool = subprocess.Popen([sys.executable, str(EXAMPLES / "worker_pool.py"), "--url", broker.url,
-                             "--topic", "jobs", "--workers", "3", "--jobs", "30"],
+    logged = ("import logging, runpy, sys; logging.basicConfig(level=logging.INFO);"
+              " sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+    pool = subprocess.Popen([sys.executable, "-c", logged, str(EXAMPLES / "worker_pool.py"), "--url",
+                             broker.url, "--topic", "jobs", "--workers", "3", "--jobs", "30"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for(lambda: len(broker.broker.members()) == 3, what="three workers")
     broker.publish_many("jobs", [f"job {i}" for i in range(30)])
     out, err = pool.communicate(timeout=30)
     assert pool.returncode == 0, err
     done = sorted(line.split(": ", 1)[1] for line in out.splitlines())
-    assert done == sorted(f"job {i} (attempt 1)" for i in range(30))
+    assert done == sorted(f"job {i} (attempt 1)" for i in range(30)), err
     assert len({line.split(":")[0] for line in out.splitlines()}) > 1, "the work should be shared"
 
 

@@ -199,3 +199,26 @@ def test_ambiguous_request_framing_is_refused_not_smuggled(served):
                 b"Content-Length: 6\r\n\r\nabcdef")
     assert both.startswith(b"HTTP/1.1 400") and twice.startswith(b"HTTP/1.1 400")
     assert requests.get(broker.url + "/Console/GetTopics").json()["data"] == []
+
+
+def test_keep_alive_connections_serve_back_to_back_idle_and_pipelined_requests(served):
+    broker = served()
+    session = requests.Session()        # one connection: answered by the lingering pool thread
+    for n in range(5):
+        assert session.post(broker.url + "/ProducerSend",
+                            data={"topic": "t", "messageData": str(n)}).json()["code"] == 0
+    time.sleep(0.2)                     # longer than the linger: back to the poller, still open
+    assert session.post(broker.url + "/ProducerSend",
+                        data={"topic": "t", "messageData": "after a pause"}).json()["code"] == 0
+    one = b"POST /ProducerSend HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded" \
+          b"\r\nContent-Length: 24\r\n\r\ntopic=t&messageData=pipe"
+    with socket.create_connection(("127.0.0.1", broker.port), timeout=5) as sock:
+        sock.sendall(one + one + one)   # three requests in one write
+        replies = b""
+        while replies.count(b'"code":0') < 3:
+            chunk = sock.recv(65536)
+            assert chunk, f"the connection closed after {replies.count(b'HTTP/1.1 200')} replies"
+            replies += chunk
+    assert replies.count(b"HTTP/1.1 200") == 3
+    topics = requests.get(broker.url + "/Console/GetTopics").json()["data"]
+    assert [(t["topic"], t["published"]) for t in topics] == [("t", 9)]
