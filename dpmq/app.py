@@ -9,7 +9,8 @@ from werkzeug.exceptions import HTTPException
 from . import config
 from .auth import Auth
 from .broker import Broker
-from .errors import DPMQError, Unavailable
+from .errors import DPMQError, TooManyRequests, Unavailable
+from .ratelimit import RateLimiter
 from .views import console, consumer, health, metrics, producer, reply, web
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ def create_app(settings=None, start=True):
     broker = Broker(settings)
     app.extensions["dpmq"] = broker
     app.extensions["dpmq_auth"] = Auth(settings.auth)
+    app.extensions["dpmq_rate"] = RateLimiter(settings.mq.publishRate, settings.mq.publishBurst)
     for blueprint in (producer.bp, consumer.bp, console.bp, health.bp, metrics.bp, web.bp):
         app.register_blueprint(blueprint)
     cors = frozenset(settings.server.corsOrigins)
@@ -53,7 +55,7 @@ def create_app(settings=None, start=True):
     @app.errorhandler(DPMQError)
     def dpmq_error(exc):
         response, status = reply(str(exc), code=-1, status=exc.status)
-        if isinstance(exc, Unavailable):
+        if isinstance(exc, (Unavailable, TooManyRequests)):
             response.headers["Retry-After"] = str(exc.retry_after)
         return response, status
 

@@ -33,6 +33,8 @@ SCHEMA = {
         "publishTimeout": (5.0, float, 0, 600),
         "maxMessageBytes": (1_048_576, int, 1, 1 << 30),
         "maxBodyBytes": (16_777_216, int, 1, 1 << 31),
+        "publishRate": (0.0, float, 0, 10_000_000),
+        "publishBurst": (1000, int, 1, 10_000_000),
         "maxTopicLength": (128, int, 1, 4096),
         "maxConsumerIdLength": (128, int, 1, 4096),
         "consumerBufferBytes": (4_194_304, int, 1024, 1 << 31),

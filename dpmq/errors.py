@@ -44,6 +44,16 @@ class StoreError(Unavailable):
     """Raised when the storage engine cannot read or write (disk full, read-only, database gone)."""
 
 
+class TooManyRequests(DPMQError):
+    """Raised when a producer publishes faster than ``mq.publishRate``; retry after ``retry_after``."""
+
+    status = 429
+
+    def __init__(self, message, retry_after=1):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class Refused(DPMQError):
     """Raised when a consumer connection is refused; ``close_code`` is the WebSocket close code."""
 

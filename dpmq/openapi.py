@@ -45,7 +45,7 @@ def document(settings):
         "delay": {"type": "number", "minimum": 0, "maximum": mq.maxDelaySeconds},
         "key": {"type": "string", "minLength": 1, "maxLength": mq.maxKeyLength},
         "idempotencyKey": {"type": "string", "minLength": 1, "maxLength": mq.maxKeyLength}}}
-    publish_errors = dict(ERRORS, **{"413": ERROR, "503": ERROR})
+    publish_errors = dict(ERRORS, **{"413": ERROR, "429": ERROR, "503": ERROR})
     counts = {"type": "object"}
     listing = {"type": "array", "items": {"type": "object"}}
     return {

@@ -77,3 +77,11 @@ def test_settings_are_immutable_and_replace_makes_a_copy():
         settings.mq.sendRetryCount = 5
     changed = settings.replace(mq={"sendRetryCount": 5})
     assert changed.mq.sendRetryCount == 5 and settings.mq.sendRetryCount == 3
+
+
+def test_the_redis_url_and_its_password_are_never_shown():
+    settings = config.build({"storage": {"engine": "redis",
+                                         "redisUrl": "redis://:s3cret@10.0.0.5:6379/0"}})
+    shown = settings.as_dict(redact=True)
+    assert shown["storage"]["redisUrl"] == "***" and "s3cret" not in str(shown)
+    assert settings.as_dict(redact=False)["storage"]["redisUrl"].endswith("@10.0.0.5:6379/0")

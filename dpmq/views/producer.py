@@ -2,8 +2,9 @@
 
 from urllib.parse import parse_qsl
 
-from flask import Blueprint, request
+from flask import Blueprint, current_app, request
 
+from ..auth import bearer
 from ..errors import BadRequest
 from . import authorize, broker, reply
 
@@ -40,12 +41,21 @@ def producers_only():
     authorize("producer")
 
 
+def _within_rate(count):
+    """Spend ``count`` messages of this producer's publish rate (its token, or its address)."""
+    limiter = current_app.extensions["dpmq_rate"]
+    if limiter.rate:
+        token = bearer(request) if current_app.extensions["dpmq_auth"].enabled else None
+        limiter.take(("token", token) if token else ("addr", request.remote_addr), count)
+
+
 @bp.post("/ProducerSend")
 def producer_send():
     fields = _fields()
     if fields.get("messageData") is None:
         raise BadRequest("messageData is required (form field or JSON key)")
     authorize("producer", fields.get("topic"))
+    _within_rate(1)
     (code,) = broker().publish([{name: fields.get(name) for name in _FIELDS}])
     return reply(code)
 
@@ -69,4 +79,5 @@ def producer_send_batch():
             raise BadRequest(f"messages[{position}] must be a string or an object with messageData")
     for topic in {item.get("topic") for item in items if isinstance(item.get("topic"), str)}:
         authorize("producer", topic)
+    _within_rate(len(items))
     return reply("ok", data=broker().publish(items))
