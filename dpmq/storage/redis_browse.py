@@ -6,11 +6,9 @@ at the broker, not for delivery.
 
 import json
 
+from .redis_feed import record, text
+
 FAR = 1 << 62
-
-
-def _text(value):
-    return value.decode("utf-8") if isinstance(value, bytes) else value
 
 
 class BrowseQueries:
@@ -20,7 +18,7 @@ class BrowseQueries:
         """``{topic: lowest cursor}`` and ``{topic: subscriptions}``."""
         floors, subs = {}, {}
         for name, cursor in self._call(self.client.hgetall, self._key("cursors")).items():
-            topic = _text(name).split("|", 1)[0]
+            topic = text(name).split("|", 1)[0]
             floors[topic] = min(floors.get(topic, FAR), int(cursor))
             subs[topic] = subs.get(topic, 0) + 1
         return floors, subs
@@ -77,14 +75,11 @@ class BrowseQueries:
             entries = self._call(self.client.xrevrange, self._key("log", topic), end, start,
                                  count=count)
             for entry_id, fields in entries:
-                offset = int(entry_id.split(b"-", 1)[0])
-                state = "pending" if offset > floor else "delivered"
-                if status in (None, state):
-                    key = fields.get(b"k")
-                    found.append(dict(offset=offset, code=fields[b"c"].decode(), topic=topic,
-                                      data=fields[b"d"].decode("utf-8"), created=float(fields[b"t"]),
-                                      key=key.decode("utf-8") if key is not None else None,
-                                      status=state))
+                message = record(topic, entry_id, fields)._asdict()
+                del message["due"]
+                message["status"] = "pending" if message["offset"] > floor else "delivered"
+                if status in (None, message["status"]):
+                    found.append(message)
             if len(entries) < count:
                 break
             end = f"({entries[-1][0].decode()}"

@@ -4,10 +4,8 @@ Several processes (gunicorn workers, machines) with the same ``storage.redisUrl`
 ``storage.prefix`` are one broker. Every write that must be atomic is a Lua script
 (:mod:`dpmq.storage.redis_lua`), so offsets stay contiguous whoever appends. Appends go through one
 committer thread that sends every append waiting at that moment in one script call (group commit),
-and hands the new records to ``on_commit`` in order. A listener thread follows the ``commits``
-channel and hands what other processes appended to ``on_remote``; it also polls the topic heads
-every few seconds, so a notice lost while Redis was away only delays delivery, and it keeps this
-process's heartbeat, with which the others know when to take over what it held.
+and hands the new records to ``on_commit`` in order. What other processes append, and this
+process's heartbeat, are :mod:`dpmq.storage.redis_feed`'s.
 
 Durability is Redis's: with ``appendonly yes`` and ``appendfsync always`` a ``code:0`` survives a
 Redis restart; DPMQ warns at start when Redis keeps nothing on disk.
@@ -31,30 +29,14 @@ from ..message import Appended, Record
 from . import redis_lua
 from .base import Engine
 from .redis_browse import BrowseQueries
+from .redis_feed import FeedFollower, from_json, record, text
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 1000            # messages per append script, so that one call never holds Redis long
-HEADS_POLL = 2.0            # seconds between polls of the topic heads (missed notices)
 
 
-def _text(value):
-    return value.decode("utf-8") if isinstance(value, bytes) else value
-
-
-def _record(topic, entry_id, fields):
-    key = fields.get(b"k")
-    return Record(int(entry_id.split(b"-", 1)[0]), fields[b"c"].decode(), topic,
-                  fields[b"d"].decode("utf-8"), float(fields[b"t"]),
-                  key.decode("utf-8") if key is not None else None)
-
-
-def _from_json(raw):
-    d = json.loads(raw)
-    return Record(d["offset"], d["code"], d["topic"], d["data"], d["created"], d["key"])
-
-
-class RedisEngine(BrowseQueries, Engine):
+class RedisEngine(FeedFollower, BrowseQueries, Engine):
     name = "redis"
     durable = True
     shared = True
@@ -181,7 +163,7 @@ class RedisEngine(BrowseQueries, Engine):
         for messages, reply in batch:
             codes, records = [], []
             for m in messages:
-                result = _text(results[position])
+                result = text(results[position])
                 position += 1
                 if result[0] == "o":
                     codes.append(m.code)
@@ -223,97 +205,6 @@ class RedisEngine(BrowseQueries, Engine):
             raise result
         return result
 
-    # -- the listener ------------------------------------------------------------------------
-    def _listen_loop(self):
-        while not self._closed.is_set():
-            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
-            try:
-                pubsub.subscribe(self._key("commits"), self._key("events"))
-                self._follow(pubsub)
-            except (redis.RedisError, StoreError) as exc:
-                if self._down_since is None:
-                    self._down_since = time.monotonic()
-                    log.warning("lost Redis at %s (%s); retrying every second", self.where, exc)
-                self._closed.wait(1.0)
-            except Exception:  # noqa: BLE001 - the listener must never die silently
-                log.exception("the Redis listener failed; starting again in 1 s")
-                self._closed.wait(1.0)
-            finally:
-                try:
-                    pubsub.close()
-                except redis.RedisError:
-                    pass
-
-    def _follow(self, pubsub):
-        """Hand on what other processes commit until Redis goes away or the engine closes."""
-        next_poll = 0.0
-        while not self._closed.is_set():
-            now = time.monotonic()
-            if now >= next_poll:
-                for topic, head in self.heads().items():
-                    self._feed_through(topic, head, polled=True)
-                next_poll = now + HEADS_POLL
-                if self._down_since is not None:
-                    log.warning("Redis at %s is back after %.1f s", self.where,
-                                now - self._down_since)
-                    self._down_since = None
-            notice = pubsub.get_message(timeout=0.5)
-            if notice is None:
-                continue
-            text = _text(notice["data"])
-            if _text(notice["channel"]).endswith(":commits"):
-                topic, head, added, node = text.split("|", 3)
-                head, added = int(head), int(added)
-                if node == self.node and self._fed.get(topic, 0) == head - added:
-                    self._fed[topic] = head     # only what this process wrote: nothing to read
-                else:
-                    self._feed_through(topic, head)
-            else:
-                self._event(json.loads(text))
-
-    def _feed_through(self, topic, head, polled=False):
-        """Hand on the records of ``topic`` up to ``head`` this listener has not seen, except
-        those this process wrote (its committer handed those on already)."""
-        fed = self._fed.get(topic, 0)
-        if head < fed and polled:       # a notice may be older than a poll; a poll may not
-            log.error("Redis at %s went back on topic %r (head %d, was %d): it lost data it had"
-                      " acknowledged; give it appendonly yes and appendfsync always", self.where,
-                      topic, head, fed)
-            self._fed[topic] = head
-            return
-        while fed < head:
-            entries = self._call(self.client.xrange, self._key("log", topic), f"{fed + 1}-0",
-                                 f"{head}-0", count=1000)
-            if not entries:
-                break
-            fed = int(entries[-1][0].split(b"-", 1)[0])
-            others = [_record(topic, entry_id, fields) for entry_id, fields in entries
-                      if fields.get(b"n", b"").decode() != self.node]
-            self._fed[topic] = fed
-            if others:
-                self._on_remote(others)
-        self._fed[topic] = max(fed, head)
-
-    def _event(self, event):
-        if event.get("node") != self.node and event.get("kind") == "requeue" and self._on_requeue:
-            key = (event["topic"], event["sub"])
-            self._on_requeue(key, [_from_json(raw) for raw in event["records"]])
-
-    def _beat_loop(self):
-        """Tell the other processes this one is alive, on a thread of its own so that a listener
-        waiting for room in the buffer never makes it look dead."""
-        while not self._closed.wait(min(1.0, self.node_timeout / 4)):
-            try:
-                self._heartbeat()
-            except StoreError:
-                pass            # the listener reports the outage
-
-    def _heartbeat(self):
-        released = self._run("HEARTBEAT", self.node, int(self.node_timeout * 1000))
-        if released:
-            log.warning("took back %d unfinished group messages from DPMQ processes that stopped"
-                        " answering", released)
-
     # -- messages ----------------------------------------------------------------------------
     def next_due(self):
         first = self._call(self.client.zrange, self._key("delayed"), 0, 0, withscores=True)
@@ -333,7 +224,7 @@ class RedisEngine(BrowseQueries, Engine):
             return []
         entries = self._call(self.client.xrange, self._key("log", topic), f"{after + 1}-0", end,
                              count=limit)
-        return [_record(topic, entry_id, fields) for entry_id, fields in entries]
+        return [record(topic, entry_id, fields) for entry_id, fields in entries]
 
     def head(self, topic):
         value = self._call(self.client.hget, self._key("heads"), topic)
@@ -341,7 +232,7 @@ class RedisEngine(BrowseQueries, Engine):
 
     def heads(self):
         found = self._call(self.client.hgetall, self._key("heads"))
-        return {_text(topic): int(head) for topic, head in found.items() if int(head)}
+        return {text(topic): int(head) for topic, head in found.items() if int(head)}
 
     def find(self, topic, code):
         value = self._call(self.client.hget, self._key("codes", topic), code)
@@ -397,7 +288,7 @@ class RedisEngine(BrowseQueries, Engine):
     def dead_letters(self, topic=None, sub=None, limit=100):
         members = self._call(self.client.zrevrange, self._key("dead"), 0, -1)
         start = f"{topic}|{sub}|" if sub is not None else f"{topic}|" if topic is not None else ""
-        chosen = [m for m in members if _text(m).startswith(start)]
+        chosen = [m for m in members if text(m).startswith(start)]
         if not chosen:
             return []
         found = [json.loads(raw) for raw in self._call(self.client.hmget, self._key("deadmsg"),
@@ -410,7 +301,7 @@ class RedisEngine(BrowseQueries, Engine):
         out = {}
         for raw in moved:
             letter = json.loads(raw)
-            out.setdefault((topic, letter["sub"]), []).append(_from_json(raw))
+            out.setdefault((topic, letter["sub"]), []).append(from_json(raw))
         for key, records in out.items():
             records.sort()
             if key[1].startswith("c:"):     # a lone consumer may be connected to another process
@@ -421,7 +312,7 @@ class RedisEngine(BrowseQueries, Engine):
 
     def redeliveries(self, topic, sub):
         found = self._call(self.client.zrange, self._key("rq", f"{topic}|{sub}"), 0, -1)
-        return [_from_json(raw) for raw in found]
+        return [from_json(raw) for raw in found]
 
     def redelivered(self, topic, sub, offset):
         self._call(self.client.zremrangebyscore, self._key("rq", f"{topic}|{sub}"), offset, offset)
@@ -432,7 +323,7 @@ class RedisEngine(BrowseQueries, Engine):
         ``[(record, attempts, requeued)]`` in offset order."""
         name = f"{topic}|{sub}"
         requeued, offsets = self._run("CLAIM", name, self.node, upto, limit, cursor)
-        requeued = [_from_json(raw) for raw in requeued]
+        requeued = [from_json(raw) for raw in requeued]
         offsets = sorted(int(o) for o in offsets)
         if not requeued and not offsets:
             return []
@@ -481,7 +372,7 @@ class RedisEngine(BrowseQueries, Engine):
                 continue
             pipe.zrem(self._key(zset), *old)
             for member in old:
-                name = _text(member)
+                name = text(member)
                 if zset == "cursorst":
                     pipe.hdel(self._key("cursors"), name)
                     pipe.delete(self._key("att", name))
