@@ -9,7 +9,8 @@ from werkzeug.exceptions import HTTPException
 from . import config
 from .auth import Auth
 from .broker import Broker
-from .errors import DPMQError, TooManyRequests, Unavailable
+from .errors import DPMQError
+from .fastpath import PublishFastPath
 from .ratelimit import RateLimiter
 from .views import console, consumer, health, metrics, producer, reply, web
 
@@ -38,6 +39,7 @@ def create_app(settings=None, start=True):
     app.extensions["dpmq_rate"] = RateLimiter(settings.mq.publishRate, settings.mq.publishBurst)
     for blueprint in (producer.bp, consumer.bp, console.bp, health.bp, metrics.bp, web.bp):
         app.register_blueprint(blueprint)
+    app.wsgi_app = PublishFastPath(app, app.wsgi_app)
     cors = frozenset(settings.server.corsOrigins)
 
     @app.after_request
@@ -55,8 +57,7 @@ def create_app(settings=None, start=True):
     @app.errorhandler(DPMQError)
     def dpmq_error(exc):
         response, status = reply(str(exc), code=-1, status=exc.status)
-        if isinstance(exc, (Unavailable, TooManyRequests)):
-            response.headers["Retry-After"] = str(exc.retry_after)
+        response.headers.extend(exc.headers())
         return response, status
 
     @app.errorhandler(HTTPException)

@@ -51,9 +51,14 @@ class Auth:
 
 def bearer(request, allow_query=False):
     """The token a request presents: the Authorization header, or ``?token=`` if allowed."""
-    header = request.headers.get("Authorization", "")
+    token = bearer_token(request.headers.get("Authorization", ""))
+    if token is None and allow_query:
+        return request.args.get("token")
+    return token
+
+
+def bearer_token(header):
+    """The token of an ``Authorization: Bearer <token>`` header's value, or None."""
     if header[:7].lower() == "bearer ":
         return header[7:].strip()
-    if allow_query:
-        return request.args.get("token")
     return None

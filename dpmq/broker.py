@@ -264,9 +264,13 @@ class Broker:
             if record.offset > pumped.get(record.topic, 0):   # from two sources, see _on_remote
                 pumped[record.topic] = record.offset
             observe(max(0.0, now - max(record.created, record.due)))
-        items = [(record, message.frame(record)) for record in batch]
-        for shard in self.shards:
-            shard.post("msgs", items)
+        shards = self.shards
+        items = [(record, message.frame(record)) for record in batch
+                 if any(record.topic in shard.topics for shard in shards)]
+        for shard in shards:
+            mine = [item for item in items if item[0].topic in shard.topics]
+            if mine:
+                shard.post("msgs", mine)
         self.pushed += len(batch)
 
     def topic_counts(self):

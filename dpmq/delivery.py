@@ -52,7 +52,10 @@ class Shard:
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._subs = {}                 # (topic, key) -> Subscription
-        self._topics = {}               # topic -> [Subscription]
+        # topic -> [Subscription]. The pump reads its keys to skip shards without a subscription
+        # to a message's topic: a key is added before the new subscription's first catch-up reads
+        # how far the pump got, so a message the pump skipped is one that catch-up will read.
+        self.topics = {}
         self._active = set()            # subscriptions with messages to catch up or redeliver
         self._dirty = set()             # members whose sockets need a flush
         self._moved = set()             # subscriptions touched since the cursors were last read
@@ -60,6 +63,7 @@ class Shard:
         self._retry_at = 0.0            # after a store error, no catch-up before this time
         self._stalled = False           # the last catch-up pass sent nothing: wait for an event
         self._shared = set()            # shared groups (their messages may come back from the store)
+        self._watched = set()           # members registered in the selector for writability
         self._next_poll = 0.0
 
     # -- the thread-safe side ----------------------------------------------------------------
@@ -150,7 +154,7 @@ class Shard:
                 return
             if kind == "msgs":
                 for record, frame in item:
-                    for sub in self._topics.get(record.topic, ()):
+                    for sub in self.topics.get(record.topic, ()):
                         sub.offer_live(record, frame, now)
                         self._touch(sub)
             elif kind == "watch":
@@ -214,7 +218,7 @@ class Shard:
                                engine.redeliveries(topic, key), engine, self.limits,
                                self._dead_letter, self._timers, self.counts.of(topic))
         self._subs[(topic, key)] = sub
-        self._topics.setdefault(topic, []).append(sub)
+        self.topics.setdefault(topic, []).append(sub)
         if isinstance(sub, SharedGroup):
             self._shared.add(sub)
         return sub
@@ -240,10 +244,10 @@ class Shard:
         """The last member left: save the cursor and forget the subscription until it returns."""
         del self._subs[(sub.topic, sub.key)]
         self._shared.discard(sub)
-        subs = self._topics[sub.topic]
+        subs = self.topics[sub.topic]
         subs.remove(sub)
         if not subs:
-            del self._topics[sub.topic]
+            del self.topics[sub.topic]
         self._active.discard(sub)
         self.engine.save_cursors({(sub.topic, sub.key): sub.position()})
 
@@ -331,6 +335,9 @@ class Shard:
                     self._active.add(sub)
 
     def _watch(self, member):
+        if member in self._watched:
+            return
+        self._watched.add(member)
         raw = member.conn.raw
         try:
             self._selector.register(raw, selectors.EVENT_WRITE, member)
@@ -343,6 +350,11 @@ class Shard:
             pass                            # the socket is closed; the route will remove it
 
     def _unwatch(self, member):
+        # Most flushes empty the buffer: the set answers "not watched" without asking the
+        # selector, whose KeyError would format the socket's repr every time.
+        if member not in self._watched:
+            return
+        self._watched.discard(member)
         try:
             key = self._selector.get_key(member.conn.raw)
         except (KeyError, ValueError):

@@ -10,6 +10,10 @@ class DPMQError(Exception):
 
     status = 500
 
+    def headers(self):
+        """HTTP headers the reply to this error carries."""
+        return []
+
 
 class ConfigError(DPMQError):
     """Raised when a configuration value is missing, of the wrong type or out of range; names the key."""
@@ -39,6 +43,9 @@ class Unavailable(DPMQError):
         super().__init__(message)
         self.retry_after = retry_after
 
+    def headers(self):
+        return [("Retry-After", str(self.retry_after))]
+
 
 class StoreError(Unavailable):
     """Raised when the storage engine cannot read or write (disk full, read-only, database gone)."""
@@ -52,6 +59,9 @@ class TooManyRequests(DPMQError):
     def __init__(self, message, retry_after=1):
         super().__init__(message)
         self.retry_after = retry_after
+
+    def headers(self):
+        return [("Retry-After", str(self.retry_after))]
 
 
 class Refused(DPMQError):

@@ -10,12 +10,17 @@ def broker():
     return current_app.extensions["dpmq"]
 
 
-def reply(msg="ok", data=None, code=0, status=200):
+def reply_body(msg="ok", data=None, code=0):
     """The reply shape of the original API: ``{"code": 0|-1, "msg": …}`` plus ``data`` if any."""
     body = {"code": code, "msg": msg}
     if data is not None:
         body["data"] = data
-    return jsonify(body), status
+    return body
+
+
+def reply(msg="ok", data=None, code=0, status=200):
+    """A Flask response with :func:`reply_body`."""
+    return jsonify(reply_body(msg, data, code)), status
 
 
 def authorize(role, topic=None, allow_query=False):

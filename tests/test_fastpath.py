@@ -1,0 +1,121 @@
+"""The publish fast path answers exactly as the Flask view does, and hands over what it does not do."""
+
+import io
+import socket
+
+import pytest
+
+from dpmq.fastpath import PublishFastPath
+
+# An Origin header (not in server.corsOrigins) sends a request through Flask without changing its
+# answer, so each case below is asked both ways and must get the same reply.
+THROUGH_FLASK = {"Origin": "http://elsewhere.example"}
+
+CASES = [
+    ("form", {"data": {"topic": "t", "messageData": "m"}}),
+    ("json", {"json": {"topic": "t", "messageData": "m", "key": "k"}}),
+    ("no data", {"data": {"topic": "t"}}),
+    ("bad topic", {"data": {"topic": "a|b", "messageData": "m"}}),
+    ("long topic", {"json": {"topic": "x" * 129, "messageData": "m"}}),
+    ("not json", {"data": b"{nope", "headers": {"Content-Type": "application/json"}}),
+    ("json list", {"json": ["a"]}),
+    ("not utf-8", {"data": b"topic=t&messageData=%FF%FE",
+                   "headers": {"Content-Type": "application/x-www-form-urlencoded"}}),
+    ("raw bytes", {"data": b"topic=t&messageData=\xff",
+                   "headers": {"Content-Type": "application/x-www-form-urlencoded"}}),
+    ("bad delay", {"data": {"topic": "t", "messageData": "m", "delay": "soon"}}),
+    ("too big", {"data": {"topic": "t", "messageData": "x" * 300}}),
+]
+
+
+def _ask(broker, kwargs, flask):
+    kwargs = dict(kwargs)
+    if flask:
+        kwargs["headers"] = dict(kwargs.get("headers", {}), **THROUGH_FLASK)
+    reply = broker.http.post(broker.url + "/ProducerSend", **kwargs)
+    body = reply.json()
+    if body["code"] == 0:
+        body["msg"] = "<code>"
+    return reply.status_code, body, reply.headers.get("Retry-After"), reply.headers["Content-Type"]
+
+
+@pytest.mark.parametrize("name, kwargs", CASES, ids=[name for name, _ in CASES])
+def test_fast_path_and_flask_view_give_the_same_reply(make_broker, name, kwargs):
+    broker = make_broker("memory", mq={"maxMessageBytes": 256})
+    assert _ask(broker, kwargs, flask=False) == _ask(broker, kwargs, flask=True)
+
+
+def test_refusals_of_auth_and_rate_are_the_same_both_ways(make_broker):
+    broker = make_broker("memory", auth={"enabled": True, "tokens": [
+        {"token": "p" * 24, "role": "producer", "topics": ["orders.*"]},
+        {"token": "c" * 24, "role": "consumer"}]}, mq={"publishRate": 1, "publishBurst": 1})
+    form = {"topic": "orders.1", "messageData": "m"}
+    for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "Bearer " + "c" * 24}):
+        fast = _ask(broker, {"data": form, "headers": headers}, flask=False)
+        assert fast == _ask(broker, {"data": form, "headers": headers}, flask=True)
+        assert fast[0] in (401, 403)
+    producer = {"Authorization": "Bearer " + "p" * 24}
+    other_topic = {"data": {"topic": "payments", "messageData": "m"}, "headers": producer}
+    assert _ask(broker, other_topic, flask=False) == _ask(broker, other_topic, flask=True)
+    assert _ask(broker, {"data": form, "headers": producer}, flask=False)[0] == 200
+    limited = _ask(broker, {"data": form, "headers": producer}, flask=False)
+    assert limited[0] == 429 and limited[2] == "1"
+    again = _ask(broker, {"data": form, "headers": producer}, flask=True)
+    assert (again[0], again[2]) == (429, "1")
+    assert again[1]["msg"].split("retry in")[0] == limited[1]["msg"].split("retry in")[0]
+
+
+def test_a_full_buffer_gets_503_with_retry_after_from_the_fast_path(make_broker):
+    broker = make_broker("memory", mq={"messageChanBuffer": 1, "publishTimeout": 0.1})
+    broker.broker.slots.acquire(1, 0)   # the buffer is full and nothing drains it
+    status, body, retry_after, _ = _ask(broker, {"data": {"topic": "t", "messageData": "m"}},
+                                        flask=False)
+    assert (status, body["code"], retry_after) == (503, -1, "1")
+    assert "buffer is full" in body["msg"]
+
+
+def test_a_body_shorter_than_its_content_length_is_refused_and_not_stored(make_broker):
+    broker = make_broker("memory")
+    body = b"topic=t&messageData=" + b"x" * 50
+    with socket.create_connection(("127.0.0.1", broker.port)) as sock:
+        sock.sendall(b"POST /ProducerSend HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                     b"application/x-www-form-urlencoded\r\nContent-Length: 200\r\n\r\n" + body)
+        sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400"), answer
+    assert b"Content-Length" in answer
+    assert broker.broker.heads.get("t") is None
+    assert broker.publish("t", "after")["code"] == 0
+
+
+def _environ(body, content_type, **extra):
+    environ = {"PATH_INFO": "/ProducerSend", "REQUEST_METHOD": "POST", "CONTENT_TYPE": content_type,
+               "CONTENT_LENGTH": str(len(body)), "wsgi.input": io.BytesIO(body),
+               "REMOTE_ADDR": "127.0.0.1"}
+    environ.update(extra)
+    return environ
+
+
+@pytest.mark.parametrize("environ, taken", [
+    (_environ(b"topic=t&messageData=m", "application/x-www-form-urlencoded"), True),
+    (_environ(b'{"topic":"t","messageData":"m"}', "application/json; charset=utf-8"), True),
+    (_environ(b"--b\r\n", "multipart/form-data; boundary=b"), False),
+    (_environ(b"topic=t&messageData=m", "application/x-www-form-urlencoded",
+              HTTP_ORIGIN="http://a.example"), False),
+    (_environ(b"topic=t&messageData=m", "application/x-www-form-urlencoded", CONTENT_LENGTH=""),
+     False),
+    (_environ(b"x" * 10, "application/x-www-form-urlencoded", CONTENT_LENGTH=str(10 ** 9)), False),
+    (_environ(b"", "application/json", PATH_INFO="/ProducerSendBatch"), False),
+    (_environ(b"", "application/json", REQUEST_METHOD="GET"), False),
+])
+def test_what_the_fast_path_takes_and_what_it_hands_to_flask(make_broker, environ, taken):
+    app = make_broker("memory").app
+    handed = []
+    fast = PublishFastPath(app, lambda env, start: handed.append(env) or [b"flask"])
+    statuses = []
+    result = fast(environ, lambda status, headers: statuses.append(status))
+    assert (not handed) == taken
+    if taken:
+        assert statuses == ["200 OK"] and b'"code":0' in result[0]
