@@ -1,9 +1,11 @@
 """The ``sqlite`` engine: the default, one file in WAL mode, with group commit.
 
-All writes go through one committer thread that owns the write connection. A caller hands it a job
-and waits; the committer takes every job waiting at that moment and runs them in one transaction,
-so many producers share one fsync (with ``synchronous=FULL`` a commit survives power loss, and any
-setting survives ``kill -9``). Reads use a second connection: WAL lets them run beside a commit.
+Writers take turns at one lock that guards the write connection. A caller queues its job, then
+takes the lock: if an earlier holder already committed the job, it is done; if not, it runs every
+job waiting at that moment in one transaction, its own and those of everyone queued behind it, so
+many producers share one fsync (with ``synchronous=FULL`` a commit survives power loss, and any
+setting survives ``kill -9``). A lone producer commits on its own thread, with no hand-off to a
+committer thread and back. Reads use a second connection: WAL lets them run beside a commit.
 """
 
 import logging
@@ -53,14 +55,14 @@ _RECORD = "offset, code, topic, data, created, key"
 
 
 class _Job:
-    """One write waiting for the committer; ``run(db)`` executes inside the shared transaction."""
+    """One write waiting for a commit; ``run(db)`` executes inside the shared transaction."""
 
-    __slots__ = ("run", "appends", "done", "result", "error")
+    __slots__ = ("run", "appends", "finished", "result", "error")
 
     def __init__(self, run, appends=False):
         self.run = run
         self.appends = appends  # the result is a list of new records to hand to on_commit
-        self.done = threading.Event()
+        self.finished = False   # set under the commit lock
         self.result = None
         self.error = None
 
@@ -73,11 +75,11 @@ class SQLiteEngine(BrowseQueries, Engine):
         self.path = storage_settings.path
         self.synchronous = storage_settings.synchronous.upper()
         self._jobs = queue.SimpleQueue()
-        self._heads = {}            # topic -> newest offset; touched by the committer only
+        self._commit_lock = threading.Lock()
+        self._heads = {}            # topic -> newest offset; touched under the commit lock only
         self._read_lock = threading.Lock()
         self._reader = None
         self._writer = None
-        self._thread = None
         self._on_commit = None
         self._closed = threading.Event()
 
@@ -110,39 +112,60 @@ class SQLiteEngine(BrowseQueries, Engine):
             raise StoreError(f"the SQLite store {self.path!r} is unusable: {exc}. Restore it from a"
                              " backup or point storage.path at a new file.") from None
         self._reader = self._connect()
-        self._thread = threading.Thread(target=self._commit_loop, name="dpmq-sqlite-commit",
-                                        daemon=True)
-        self._thread.start()
 
     def close(self):
-        if self._closed.is_set() or self._thread is None:
+        if self._closed.is_set() or self._writer is None:
             return
-        self._closed.set()
-        self._jobs.put(None)
-        self._thread.join(timeout=10)
-        for db in (self._reader, self._writer):
-            try:
-                db.close()
-            except Exception:  # noqa: BLE001 - closing is best effort
-                pass
-
-    # -- the committer -----------------------------------------------------------------------
-    def _commit_loop(self):
-        stopping = False
-        while not stopping:
-            batch = [self._jobs.get()]
-            while True:
+        with self._commit_lock:
+            self._closed.set()
+            for db in (self._reader, self._writer):
                 try:
-                    batch.append(self._jobs.get_nowait())
-                except queue.Empty:
-                    break
-            if None in batch:
-                stopping = True
-                batch = [job for job in batch if job is not None]
-            if batch:
-                self._commit(batch)
+                    db.close()
+                except Exception:  # noqa: BLE001 - closing is best effort
+                    pass
+
+    # -- group commit ------------------------------------------------------------------------
+    def _write(self, run, appends=False):
+        if self._closed.is_set():
+            raise StoreError("the store is closed: the broker is shutting down")
+        job = _Job(run, appends)
+        self._jobs.put(job)
+        with self._commit_lock:
+            if not job.finished:
+                self._commit(self._waiting())
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    def _waiting(self):
+        batch = []
+        while True:
+            try:
+                batch.append(self._jobs.get_nowait())
+            except queue.Empty:
+                return batch
 
     def _commit(self, batch):
+        """Run ``batch`` in one transaction; every job in it is finished on return."""
+        try:
+            if self._closed.is_set():
+                raise StoreError("the store is closed: the broker is shutting down")
+            committed = self._transaction(batch)
+            for records in committed:
+                if records:
+                    self._on_commit(records)
+        except StoreError as exc:
+            for job in batch:
+                job.error = exc
+        except BaseException as exc:
+            for job in batch:
+                job.error = StoreError(f"the SQLite store {self.path!r} could not commit: {exc!r}")
+            raise
+        finally:
+            for job in batch:
+                job.finished = True
+
+    def _transaction(self, batch):
         db = self._writer
         heads = dict(self._heads)
         committed = []
@@ -153,34 +176,18 @@ class SQLiteEngine(BrowseQueries, Engine):
                 if job.appends:
                     committed.append(job.result.records)
             db.execute("commit")
-        except sqlite3.Error as exc:
+        except BaseException as exc:
             try:
                 db.execute("rollback")
             except sqlite3.Error:
                 pass
+            if not isinstance(exc, sqlite3.Error):
+                raise
             log.error("sqlite commit of %d writes failed: %s", len(batch), exc)
-            error = StoreError(f"the SQLite store {self.path!r} could not commit: {exc}."
-                               " Free disk space or fix the file's permissions; nothing was stored.")
-            for job in batch:
-                job.error = error
-                job.done.set()
-            return
+            raise StoreError(f"the SQLite store {self.path!r} could not commit: {exc}. Free disk"
+                             " space or fix the file's permissions; nothing was stored.") from None
         self._heads = heads
-        for records in committed:
-            if records:
-                self._on_commit(records)
-        for job in batch:
-            job.done.set()
-
-    def _write(self, run, appends=False):
-        if self._closed.is_set():
-            raise StoreError("the store is closed: the broker is shutting down")
-        job = _Job(run, appends)
-        self._jobs.put(job)
-        job.done.wait()
-        if job.error is not None:
-            raise job.error
-        return job.result
+        return committed
 
     # -- writes ------------------------------------------------------------------------------
     @staticmethod
