@@ -2,7 +2,8 @@
 
 Publishing reserves room in the bounded buffer first (waiting at most ``mq.publishTimeout``), then
 commits to the store; only a committed message is answered ``code:0``. The engine hands committed
-records back in log order (``on_commit``) and they enter the bounded ``queue.Queue``. The pump thread
+records back in log order (``on_commit``) and they enter the buffer, a ``queue.SimpleQueue`` that
+the reserved room bounds (C-fast, which matters: every publish passes through it). The pump thread
 takes them one at a time, ``mq.pushMessagesSpeed`` seconds apart, and posts each, with its frame
 built once, to the delivery shards running on the fan-out ``ThreadPoolExecutor``. Delayed messages
 wait in the store; the scheduler moves each into its topic's log (and the buffer) when it is due.
@@ -92,7 +93,7 @@ class Broker:
         self.pumped = {}            # topic -> newest offset handed to the shards
         self.heads = {}             # topic -> newest committed offset
         mq = settings.mq
-        self.buffer = queue.Queue(maxsize=mq.messageChanBuffer)
+        self.buffer = queue.SimpleQueue()     # bounded by self.slots
         self.slots = Slots(mq.messageChanBuffer)
         self._members = {}          # (topic, consumer id) -> Member, or None while it joins
         self._lock = threading.Lock()

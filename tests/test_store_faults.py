@@ -95,3 +95,75 @@ def test_serve_on_a_read_only_disk_stops_at_start_with_a_clear_message(small_dis
         _remount(small_disk, "rw")
     assert done.returncode == 2, done.stderr
     assert "storage.path" in done.stderr or "writable" in done.stderr, done.stderr
+
+
+@pytest.fixture
+def failing_disk(tmp_path):
+    """An ext4 file system of the test's own on a loop device, mounted ``errors=remount-ro``: the
+    kernel's own error path can then turn it read-only under open files, as a failing disk does
+    (needs root and loop devices, as CI has). Yields (folder, trigger) where ``trigger()`` does it."""
+    image, folder = tmp_path / "disk.img", tmp_path / "disk"
+    folder.mkdir()
+    with open(image, "wb") as handle:
+        handle.truncate(24 << 20)
+    device = subprocess.run(["losetup", "-f", "--show", str(image)], capture_output=True, text=True)
+    if device.returncode != 0:
+        if os.environ.get("CI"):
+            pytest.fail(f"cannot set up a loop device for the disk-fault tests: {device.stderr}")
+        pytest.skip(f"no loop device here: {device.stderr}")
+    device = device.stdout.strip()
+    subprocess.run(["mkfs.ext4", "-q", device], check=True, capture_output=True)
+    subprocess.run(["mount", "-o", "errors=remount-ro", device, str(folder)], check=True)
+    trigger_file = f"/sys/fs/ext4/{os.path.basename(device)}/trigger_fs_error"
+
+    def trigger():
+        with open(trigger_file, "w") as handle:
+            handle.write("DPMQ test: the disk fails")
+
+    try:
+        yield folder, device, trigger
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+        subprocess.run(["losetup", "-d", device], check=False)
+
+
+def _read_only(folder):
+    try:
+        (folder / "probe").write_text("x")
+    except OSError:
+        return True
+    return False
+
+
+def test_a_disk_turning_read_only_under_a_running_broker_refuses_and_keeps_everything(
+        make_broker, failing_disk):
+    folder, device, trigger = failing_disk
+    # FULL, the default (the suite runs NORMAL for speed): a commit is on the disk before code 0.
+    # With NORMAL the commits since the last checkpoint may still be in the page cache when the
+    # file system stops writing, and are lost with it, as the README says.
+    running = make_broker("sqlite", path=folder, mq={"publishTimeout": 0.5},
+                          storage={"synchronous": "FULL"})
+    consumer = Collector(running.ws_url, "t", "c")
+    wait_for(lambda: running.broker.members(), what="the consumer")
+    accepted = [running.publish("t", f"before {n}")["msg"] for n in range(30)]
+    consumer.wait_count(30)
+
+    trigger()
+    wait_for(lambda: _read_only(folder), what="the file system to turn read-only")
+    refused = running.http.post(running.url + "/ProducerSend",
+                                data={"topic": "t", "messageData": "during"})
+    assert refused.status_code == 503 and refused.json()["code"] == -1, refused.text
+    assert "SQLite store" in refused.json()["msg"] and refused.headers["Retry-After"]
+    assert running.http.get(running.url + "/readyz").status_code == 503
+    assert running.http.get(running.url + "/healthz").status_code == 200
+    assert running.broker.members() and consumer.closed is None, "consumers stay connected"
+    assert consumer.codes == accepted
+
+    running.stop()                              # the operator stops DPMQ and repairs the disk
+    subprocess.run(["umount", str(folder)], check=True)
+    subprocess.run(["e2fsck", "-fy", device], capture_output=True)
+    subprocess.run(["mount", device, str(folder)], check=True)
+    again = make_broker("sqlite", path=folder)
+    assert [r.code for r in again.broker.engine.read("t", 0, 100)] == accepted
+    assert again.broker.engine._query("pragma integrity_check")[0][0] == "ok"
+    assert again.publish("t", "after")["code"] == 0

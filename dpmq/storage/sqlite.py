@@ -47,6 +47,9 @@ SCHEMA = [
         topic text not null, sub text not null, offset integer not null, code text not null,
         data text not null, key text, created real not null,
         primary key (topic, sub, offset)) without rowid""",
+    # One row that /readyz rewrites: a transaction that writes nothing succeeds even on a file
+    # system that turned read-only, so the probe must really write.
+    "create table if not exists probe (id integer primary key, at real not null)",
     """create table if not exists idempotency (
         topic text not null, key text not null, code text not null, created real not null,
         primary key (topic, key)) without rowid""",
@@ -185,7 +188,8 @@ class SQLiteEngine(BrowseQueries, Engine):
                 raise
             log.error("sqlite commit of %d writes failed: %s", len(batch), exc)
             raise StoreError(f"the SQLite store {self.path!r} could not commit: {exc}. Free disk"
-                             " space or fix the file's permissions; nothing was stored.") from None
+                             " space, or fix the file's permissions or a file system that turned"
+                             " read-only; nothing was stored.") from None
         self._heads = heads
         return committed
 
@@ -380,4 +384,5 @@ class SQLiteEngine(BrowseQueries, Engine):
 
     def ping(self):
         self._query("select 1")
-        self._write(lambda db, heads: None)
+        self._write(lambda db, heads: db.execute(
+            "insert or replace into probe (id, at) values (1, ?)", (time.time(),)))
