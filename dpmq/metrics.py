@@ -9,11 +9,14 @@ Per-topic labels are bounded: the ``mq.metricsTopics`` busiest topics get their 
 are summed under ``topic="_other"``.
 """
 
+import bisect
 import collections
+import itertools
 import time
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 EVENTS = ("published", "delivered", "acked", "redelivered", "failed", "dead_lettered")
 PUBLISHED, DELIVERED, ACKED, REDELIVERED, FAILED, DEAD_LETTERED = range(len(EVENTS))
@@ -46,6 +49,28 @@ def merge(tables):
             for index, value in enumerate(counts):
                 row[index] += value
     return dict(total)
+
+
+class OneWriterHistogram:
+    """A histogram observed by one thread only (the pump, once per message), so observing takes
+    no lock; prometheus-client's Histogram takes two per observation, a tenth of the cost of a
+    batch publish. Exported at scrape time by :class:`_Collector`."""
+
+    def __init__(self, name, text, buckets):
+        self.name, self.text = name, text
+        self.bounds = list(buckets)
+        self.counts = [0] * (len(self.bounds) + 1)      # the last one: above every bound
+        self.sum = 0.0
+
+    def observe(self, value):
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def family(self):
+        cumulative = list(itertools.accumulate(self.counts))
+        buckets = [(floatToGoString(bound), count) for bound, count in zip(self.bounds, cumulative)]
+        buckets.append(("+Inf", cumulative[-1]))
+        return HistogramMetricFamily(self.name, self.text, buckets=buckets, sum_value=self.sum)
 
 
 class History:
@@ -91,10 +116,9 @@ class Metrics:
         self.commit_seconds = Histogram(
             "dpmq_store_commit_seconds", "Time to commit a publish to the store",
             buckets=(.0005, .001, .002, .005, .01, .02, .05, .1, .25, .5, 1, 2.5), registry=self.registry)
-        self.push_seconds = Histogram(
+        self.push_seconds = OneWriterHistogram(
             "dpmq_publish_to_push_seconds", "Time from publish (or from due time) to the pump's push",
-            buckets=(.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60),
-            registry=self.registry)
+            buckets=(.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60))
         self.registry.register(_Collector(broker))
 
     def export(self):
@@ -134,3 +158,4 @@ class _Collector:
         )
         for name, text, value in gauges:
             yield GaugeMetricFamily(name, text, value=value)
+        yield broker.metrics.push_seconds.family()

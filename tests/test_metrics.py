@@ -1,6 +1,9 @@
 """GET /metrics, scraped and parsed as Prometheus would."""
 
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+
+from dpmq.metrics import OneWriterHistogram
 
 from helpers import Collector, wait_for
 
@@ -52,3 +55,16 @@ def test_metrics_need_admin_when_auth_is_on(make_broker):
     assert running.http.get(running.url + "/metrics",
                             headers={"Authorization": "Bearer producer-token"}).status_code == 403
     _scrape(running, Authorization="Bearer admin-token")
+
+
+def test_the_push_latency_histogram_counts_each_value_in_the_right_bucket():
+    histogram = OneWriterHistogram("h_seconds", "test", buckets=(0.001, 0.01, 1))
+    for value in (0.0005, 0.001, 0.002, 0.01, 0.5, 7.0):
+        histogram.observe(value)
+    registry = CollectorRegistry()
+    registry.register(type("C", (), {"collect": lambda self: [histogram.family()]})())
+    text = generate_latest(registry).decode()
+    for line in ('h_seconds_bucket{le="0.001"} 2.0', 'h_seconds_bucket{le="0.01"} 4.0',
+                 'h_seconds_bucket{le="1.0"} 5.0', 'h_seconds_bucket{le="+Inf"} 6.0',
+                 "h_seconds_count 6.0", "h_seconds_sum 7.5135"):
+        assert line in text, text
