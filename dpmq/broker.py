@@ -91,7 +91,6 @@ class Broker:
         self.metrics = Metrics(self)
         self.history = History()
         self.pumped = {}            # topic -> newest offset handed to the shards
-        self.new_code = message.CodeSource()
         self.heads = {}             # topic -> newest committed offset
         mq = settings.mq
         self.buffer = queue.SimpleQueue()     # bounded by self.slots
@@ -169,7 +168,7 @@ class Broker:
         key = _optional_text("key", fields.get("key"), mq.maxKeyLength)
         idempotency_key = _optional_text("idempotencyKey", fields.get("idempotencyKey"),
                                          mq.maxKeyLength)
-        return message.NewMessage(self.new_code(), topic, data, now, key, idempotency_key,
+        return message.NewMessage(message.new_code(), topic, data, now, key, idempotency_key,
                                   now + delay if delay else 0.0)
 
     def publish(self, items):

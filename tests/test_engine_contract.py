@@ -6,12 +6,10 @@ import time
 import pytest
 
 from dpmq import config
-from dpmq.message import CodeSource, NewMessage
+from dpmq.message import NewMessage, new_code
 from dpmq.storage import open_engine
 
 from helpers import drop_prefix, redis_prefix
-
-new_code = CodeSource()
 
 
 @pytest.fixture

@@ -9,12 +9,10 @@ import redis
 
 from dpmq import config
 from dpmq.errors import StoreError
-from dpmq.message import CodeSource, NewMessage
+from dpmq.message import NewMessage, new_code
 from dpmq.storage import open_engine
 
 from helpers import drop_prefix, redis_prefix, require_redis, wait_for
-
-new_code = CodeSource()
 
 # Keeps Redis busy (and every other client waiting) for ARGV[1] milliseconds.
 BUSY = """
