@@ -42,7 +42,8 @@ class PublishFastPath:
             return self.flask_wsgi(environ, start_response)
         mimetype = environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower()
         length = environ.get("CONTENT_LENGTH", "")
-        if mimetype not in PARSED_TYPES or not length.isdigit() or int(length) > self.max_body:
+        if (mimetype not in PARSED_TYPES or not (length.isascii() and length.isdigit())
+                or int(length) > self.max_body):
             return self.flask_wsgi(environ, start_response)
         token = bearer_token(environ.get("HTTP_AUTHORIZATION", ""))
         try:

@@ -107,6 +107,8 @@ def _environ(body, content_type, **extra):
     (_environ(b"topic=t&messageData=m", "application/x-www-form-urlencoded", CONTENT_LENGTH=""),
      False),
     (_environ(b"x" * 10, "application/x-www-form-urlencoded", CONTENT_LENGTH=str(10 ** 9)), False),
+    (_environ(b"x" * 10, "application/x-www-form-urlencoded", CONTENT_LENGTH="\u0661\u0660"), False),
+    (_environ(b"x" * 10, "application/x-www-form-urlencoded", CONTENT_LENGTH="-10"), False),
     (_environ(b"", "application/json", PATH_INFO="/ProducerSendBatch"), False),
     (_environ(b"", "application/json", REQUEST_METHOD="GET"), False),
 ])
