@@ -48,9 +48,7 @@ class PublishFastPath:
         token = bearer_token(environ.get("HTTP_AUTHORIZATION", ""))
         try:
             self.auth.require(token, "producer")
-            body = environ["wsgi.input"].read(int(length))
-            if len(body) != int(length):
-                raise BadRequest("the body ended before its Content-Length; send it whole")
+            body = self._read(environ["wsgi.input"], int(length))
             code = send_one(self.app, parse_fields(mimetype, body), token,
                             environ.get("REMOTE_ADDR"))
         except DPMQError as exc:
@@ -61,6 +59,16 @@ class PublishFastPath:
             return self._reply(start_response, 500,
                                reply_body(InternalServerError.description, code=-1))
         return self._reply(start_response, 200, reply_body(code))
+
+    @staticmethod
+    def _read(stream, length):
+        try:
+            body = stream.read(length)
+        except OSError:         # the producer went away mid-body (gunicorn's NoMoreData is one)
+            body = b""
+        if len(body) != length:
+            raise BadRequest("the body ended before its Content-Length; send it whole")
+        return body
 
     @staticmethod
     def _reply(start_response, status, body, headers=()):

@@ -197,7 +197,10 @@ def test_ambiguous_request_framing_is_refused_not_smuggled(served):
                % len(body) + b"0\r\n\r\nPOST /ProducerSend HTTP/1.1\r\nHost: x\r\n\r\n")
     twice = raw(b"POST /ProducerSend HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
                 b"Content-Length: 6\r\n\r\nabcdef")
+    short = raw(b"POST /ProducerSend HTTP/1.1\r\nHost: x\r\nContent-Type: application/"
+                b"x-www-form-urlencoded\r\nContent-Length: 200\r\n\r\n" + body)
     assert both.startswith(b"HTTP/1.1 400") and twice.startswith(b"HTTP/1.1 400")
+    assert short.startswith(b"HTTP/1.1 400") and b"Content-Length" in short.split(b"\r\n\r\n")[1]
     assert requests.get(broker.url + "/Console/GetTopics").json()["data"] == []
 
 
