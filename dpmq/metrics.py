@@ -1,9 +1,11 @@
 """Counters and metrics: what the console shows and ``GET /metrics`` exports.
 
-Hot paths count with plain integers in per-thread tables (:class:`TopicCounts`: the committer
-counts published messages, each delivery shard what it delivers, acks, redelivers, fails and
-dead-letters), so counting costs no lock. A scrape sums the tables. Each broker has its own
-prometheus-client registry; nothing here is global, so one process can run several brokers.
+Hot paths count with plain integers in tables that one writer at a time updates
+(:class:`TopicCounts`: the engine's commit callback, which runs under the engine's commit lock or
+on its committer thread, counts published messages; each delivery shard what it delivers, acks,
+redelivers, fails and dead-letters), so counting costs no lock of its own. A scrape sums the
+tables. Each broker has its own prometheus-client registry; nothing here is global, so one process
+can run several brokers.
 
 Per-topic labels are bounded: the ``mq.metricsTopics`` busiest topics get their own label, the rest
 are summed under ``topic="_other"``.
@@ -24,7 +26,7 @@ OTHER = "_other"
 
 
 class TopicCounts:
-    """Per-topic event counts, written by one thread only and read by anyone."""
+    """Per-topic event counts, written by one writer at a time and read by anyone."""
 
     def __init__(self):
         self._counts = {}

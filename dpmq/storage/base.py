@@ -26,8 +26,9 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def open(self, on_commit, on_remote=None, on_requeue=None):
         """Open the store. From then on ``on_commit(records)`` is called once per commit of this
-        engine object that adds records to logs, in offset order per topic, before the call that
-        added them returns. The broker feeds its buffer from it, so the buffer follows log order.
+        engine object that adds records to logs, in offset order per topic, one call at a time,
+        before the call that added them returns. The broker feeds its buffer from it, so the
+        buffer follows log order.
 
         A shared engine also calls, from a thread of its own, ``on_remote(records)`` with what
         other processes committed (in offset order per topic; it may block, to wait for room) and
