@@ -19,6 +19,8 @@ CASES = [
     ("long topic", {"json": {"topic": "x" * 129, "messageData": "m"}}),
     ("not json", {"data": b"{nope", "headers": {"Content-Type": "application/json"}}),
     ("json list", {"json": ["a"]}),
+    ("json too deep", {"data": b"[" * 100000 + b"]" * 100000,
+                       "headers": {"Content-Type": "application/json"}}),
     ("not utf-8", {"data": b"topic=t&messageData=%FF%FE",
                    "headers": {"Content-Type": "application/x-www-form-urlencoded"}}),
     ("raw bytes", {"data": b"topic=t&messageData=\xff",

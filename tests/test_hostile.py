@@ -27,6 +27,22 @@ def test_binary_and_empty_acks_get_error_frames_and_the_consumer_stays(broker):
     assert consumer.wait_count(1)[0]["MessageCode"] == code
 
 
+def test_json_nested_too_deep_gets_a_clear_400_or_error_frame_everywhere(make_broker):
+    """Deeper than Python's JSON parser recurses: an ack, a publish, a batch, a console call."""
+    running = make_broker("memory")
+    deep = "[" * 30000 + "]" * 30000
+    consumer = Collector(running.ws_url, "t", "deep", "?ack=1")
+    _joined(running)
+    consumer.send(deep)
+    wait_for(lambda: consumer.errors, what="an error frame")
+    (code,) = running.publish_many("t", ["fine"])
+    assert consumer.wait_count(1)[0]["MessageCode"] == code
+    json_body = {"data": deep.encode(), "headers": {"Content-Type": "application/json"}}
+    for path in ("/ProducerSend", "/ProducerSendBatch", "/Console/Requeue"):
+        reply = running.http.post(running.url + path, **json_body)
+        assert reply.status_code == 400 and reply.json()["code"] == -1, (path, reply.text)
+
+
 def test_a_fragmented_ack_is_understood(make_broker):
     running = make_broker("memory", mq={"ackTimeout": 0.5})
     raw = RawConsumer(running.port, "/ConsumersConn/t/frag?ack=1")

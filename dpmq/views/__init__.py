@@ -1,5 +1,7 @@
 """HTTP and WebSocket endpoints, one module per audience: producers, consumers, the console."""
 
+import json
+
 from flask import current_app, jsonify, request
 
 from ..auth import bearer
@@ -8,6 +10,15 @@ from ..auth import bearer
 def broker():
     """The broker of the app serving this request."""
     return current_app.extensions["dpmq"]
+
+
+def json_or_none(data):
+    """``data`` (str or bytes) parsed as JSON, or None if it is not JSON. Nesting too deep for the
+    parser is "not JSON" too: a hostile body must get a 400, not a RecursionError's 500."""
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):
+        return None
 
 
 def reply_body(msg="ok", data=None, code=0):

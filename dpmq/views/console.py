@@ -8,7 +8,7 @@ from ..broker import check_name
 from ..errors import BadRequest
 from ..message import format_time
 from ..metrics import EVENTS
-from . import authorize, broker, reply
+from . import authorize, broker, json_or_none, reply
 
 bp = Blueprint("console", __name__, url_prefix="/Console")
 
@@ -100,7 +100,7 @@ def get_dead_letters():
 
 @bp.post("/Requeue")
 def requeue():
-    fields = request.get_json(silent=True) if request.is_json else request.form
+    fields = json_or_none(request.get_data()) if request.is_json else request.form
     if not isinstance(fields, dict) and not hasattr(fields, "get"):
         raise BadRequest("send topic, and consumerId or group, and optionally messageCode")
     topic, sub = _subscription(fields)

@@ -20,7 +20,7 @@ from simple_websocket import ConnectionClosed
 from ..connection import Connection
 from ..errors import CLOSE_BAD_INPUT, BadRequest, Forbidden, Refused, Unauthorized
 from ..message import text_frame
-from . import authorize, broker
+from . import authorize, broker, json_or_none
 
 log = logging.getLogger(__name__)
 bp = Blueprint("consumer", __name__)
@@ -135,10 +135,7 @@ def _answer(b, member, text):
     """An ack-mode consumer's frame: a MessageCode, {"ack": code} or {"nack": code}, as text."""
     kind, code = "ack", text.strip() if isinstance(text, str) else None
     if code and not _is_code(code):
-        try:
-            body = json.loads(code)
-        except ValueError:
-            body = None
+        body = json_or_none(code)
         if isinstance(body, dict) and len(body) == 1 and next(iter(body)) in ("ack", "nack"):
             kind, code = next(iter(body.items()))
         else:

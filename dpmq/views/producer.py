@@ -1,13 +1,12 @@
 """The producer API: ``POST /ProducerSend`` (form, multipart or JSON), as the original had it."""
 
-import json
 from urllib.parse import parse_qsl
 
 from flask import Blueprint, current_app, request
 
 from ..auth import bearer
 from ..errors import BadRequest
-from . import authorize, broker, reply
+from . import authorize, broker, json_or_none, reply
 
 bp = Blueprint("producer", __name__)
 
@@ -18,10 +17,7 @@ PARSED_TYPES = ("application/x-www-form-urlencoded", "application/json")
 def parse_fields(mimetype, body):
     """The fields of a form-encoded or JSON object ``body``."""
     if mimetype == "application/json":
-        try:
-            fields = json.loads(body)
-        except ValueError:
-            fields = None
+        fields = json_or_none(body)
         if not isinstance(fields, dict):
             raise BadRequest("the body is not a JSON object; send"
                              ' {"topic": "...", "messageData": "..."}')
@@ -78,7 +74,7 @@ def producer_send():
 def producer_send_batch():
     """``{"topic": "t", "messages": ["a", …]}`` or ``{"messages": [{"topic": …, "messageData": …}]}``;
     all or nothing, in one commit."""
-    body = request.get_json(silent=True) if request.mimetype == "application/json" else None
+    body = json_or_none(request.get_data()) if request.mimetype == "application/json" else None
     if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
         raise BadRequest('send a JSON object {"topic": "t", "messages": ["a", "b"]} or'
                          ' {"messages": [{"topic": "t", "messageData": "a"}, ...]}')
