@@ -47,6 +47,8 @@ def check_name(kind, value, max_length):
         raise BadRequest(f"{kind} must not contain '|' or '/'")
     if not value.isprintable():
         raise BadRequest(f"{kind} must contain printable characters only")
+    if "\ufffd" in value:      # what a URL path's bytes that are not UTF-8 decode to
+        raise BadRequest(f"{kind} is not valid UTF-8 (it holds U+FFFD); percent-encode UTF-8 bytes")
     return value
 
 

@@ -110,7 +110,8 @@ def test_threads_return_to_their_baseline_after_consumers_come_and_go(make_broke
 
 
 def test_bad_ids_and_topics_never_reach_the_store(broker):
-    for path in ("/ConsumersConn/%00/x", "/ConsumersConn/t/%7F", "/ConsumersConn/a%0Ab/x"):
+    for path in ("/ConsumersConn/%00/x", "/ConsumersConn/t/%7F", "/ConsumersConn/a%0Ab/x",
+                 "/ConsumersConn/%FF/x", "/ConsumersConn/t/%C3"):
         code, _ = connect_and_close_code(broker.ws_url, path)
         assert code == 1008, path
     assert broker.broker.engine.topics() == {}

@@ -38,6 +38,7 @@ def test_each_message_gets_a_distinct_code(broker):
     ("x" * 129, "129 characters"),
     ("tab\there", "printable"),
     ("nl\n", "printable"),
+    ("a\ufffdb", "UTF-8"),
 ])
 def test_bad_topics_get_400_and_a_reason(broker, topic, fragment):
     reply = broker.http.post(broker.url + "/ProducerSend", data={"topic": topic, "messageData": "x"})
