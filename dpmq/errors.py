@@ -31,7 +31,18 @@ class TooLarge(DPMQError):
     status = 413
 
 
-class Unavailable(DPMQError):
+class RetryLater(DPMQError):
+    """A refusal the producer may retry after ``retry_after`` seconds (the Retry-After header)."""
+
+    def __init__(self, message, retry_after=1):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def headers(self):
+        return [("Retry-After", str(self.retry_after))]
+
+
+class Unavailable(RetryLater):
     """Raised when the broker cannot accept a message now: buffer full, store down, shutting down.
 
     The producer may retry after ``retry_after`` seconds; nothing was stored.
@@ -39,29 +50,15 @@ class Unavailable(DPMQError):
 
     status = 503
 
-    def __init__(self, message, retry_after=1):
-        super().__init__(message)
-        self.retry_after = retry_after
-
-    def headers(self):
-        return [("Retry-After", str(self.retry_after))]
-
 
 class StoreError(Unavailable):
     """Raised when the storage engine cannot read or write (disk full, read-only, database gone)."""
 
 
-class TooManyRequests(DPMQError):
+class TooManyRequests(RetryLater):
     """Raised when a producer publishes faster than ``mq.publishRate``; retry after ``retry_after``."""
 
     status = 429
-
-    def __init__(self, message, retry_after=1):
-        super().__init__(message)
-        self.retry_after = retry_after
-
-    def headers(self):
-        return [("Retry-After", str(self.retry_after))]
 
 
 class Refused(DPMQError):
