@@ -5,7 +5,6 @@ the pump builds them once and every connection shares them (only a redelivery, w
 differs, gets a frame of its own).
 """
 
-import hashlib
 import json
 import os
 import struct
@@ -46,8 +45,14 @@ class Appended(NamedTuple):
 
 
 def new_code():
-    """A fresh MessageCode: 40 lowercase hex characters, unique without coordination."""
-    return hashlib.sha1(os.urandom(20) + time.time_ns().to_bytes(8, "big")).hexdigest()
+    """A fresh MessageCode: 40 lowercase hex characters, unique without coordination.
+
+    The first 16 are the time in nanoseconds and the other 24 random (96 bits, so codes made in
+    the same nanosecond, in any process, still differ). Codes made later sort later, so the
+    store's index on codes grows at its end instead of at random pages: with random codes that
+    index was most of the cost of inserting a message into SQLite.
+    """
+    return f"{time.time_ns():016x}{os.urandom(12).hex()}"
 
 
 def format_time(created):
