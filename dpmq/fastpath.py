@@ -1,10 +1,11 @@
-"""The publish fast path: ``POST /ProducerSend`` served without Flask's request machinery.
+"""The publish fast path: ``POST /ProducerSend`` and ``/ProducerSendBatch`` without Flask's
+request machinery.
 
-A single publish is the request a busy producer makes thousands of times a second, and most of its
-cost was never DPMQ's: Flask's request context, Werkzeug's request and response objects and the
+A publish is the request a busy producer makes thousands of times a second, and most of its cost
+was never DPMQ's: Flask's request context, Werkzeug's request and response objects and the
 blueprint hooks took about as long as the commit. This WSGI middleware answers the common case
 itself (a form-encoded or JSON body with a Content-Length, no CORS) through the very functions the
-Flask view uses, and hands everything else to Flask unchanged, so there is one behaviour and one
+Flask views use, and hands everything else to Flask unchanged, so there is one behaviour and one
 place that defines it.
 """
 
@@ -17,7 +18,7 @@ from werkzeug.http import HTTP_STATUS_CODES
 from .auth import bearer_token
 from .errors import BadRequest, DPMQError
 from .views import reply_body
-from .views.producer import PARSED_TYPES, parse_fields, send_one
+from .views.producer import PARSED_TYPES, batch_items, parse_fields, send_batch, send_one
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,21 @@ def _encode(body):
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
 
 
+def _single(app, mimetype, body, token, address):
+    return reply_body(send_one(app, parse_fields(mimetype, body), token, address))
+
+
+def _batch(app, mimetype, body, token, address):
+    return reply_body("ok", data=send_batch(app, batch_items(mimetype, body), token, address))
+
+
+#: path -> (the body types served here, what answers them)
+ROUTES = {
+    "/ProducerSend": (PARSED_TYPES, _single),
+    "/ProducerSendBatch": (("application/json",), _batch),
+}
+
+
 class PublishFastPath:
     def __init__(self, app, flask_wsgi):
         self.app = app
@@ -37,20 +53,20 @@ class PublishFastPath:
         self.auth = app.extensions["dpmq_auth"]
 
     def __call__(self, environ, start_response):
-        if (environ.get("PATH_INFO") != "/ProducerSend" or environ.get("REQUEST_METHOD") != "POST"
-                or "HTTP_ORIGIN" in environ):
+        route = ROUTES.get(environ.get("PATH_INFO"))
+        if route is None or environ.get("REQUEST_METHOD") != "POST" or "HTTP_ORIGIN" in environ:
             return self.flask_wsgi(environ, start_response)
+        types, answer = route
         mimetype = environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower()
         length = environ.get("CONTENT_LENGTH", "")
-        if (mimetype not in PARSED_TYPES or not (length.isascii() and length.isdigit())
+        if (mimetype not in types or not (length.isascii() and length.isdigit())
                 or int(length) > self.max_body):
             return self.flask_wsgi(environ, start_response)
         token = bearer_token(environ.get("HTTP_AUTHORIZATION", ""))
         try:
             self.auth.require(token, "producer")
             body = self._read(environ["wsgi.input"], int(length))
-            code = send_one(self.app, parse_fields(mimetype, body), token,
-                            environ.get("REMOTE_ADDR"))
+            result = answer(self.app, mimetype, body, token, environ.get("REMOTE_ADDR"))
         except DPMQError as exc:
             return self._reply(start_response, exc.status, reply_body(str(exc), code=-1),
                                exc.headers())
@@ -58,7 +74,7 @@ class PublishFastPath:
             log.exception("publish failed")
             return self._reply(start_response, 500,
                                reply_body(InternalServerError.description, code=-1))
-        return self._reply(start_response, 200, reply_body(code))
+        return self._reply(start_response, 200, result)
 
     @staticmethod
     def _read(stream, length):

@@ -29,15 +29,32 @@ CASES = [
     ("too big", {"data": {"topic": "t", "messageData": "x" * 300}}),
 ]
 
+BATCH_CASES = [
+    ("strings", {"json": {"topic": "t", "messages": ["a", "b"]}}),
+    ("objects", {"json": {"messages": [{"topic": "t", "messageData": "a", "key": "k"},
+                                       {"topic": "u", "messageData": "b"}]}}),
+    ("empty", {"json": {"topic": "t", "messages": []}}),
+    ("no messages", {"json": {"topic": "t"}}),
+    ("bad entry", {"json": {"topic": "t", "messages": ["a", 7]}}),
+    ("bad topic", {"json": {"topic": "a|b", "messages": ["a"]}}),
+    ("one too big", {"json": {"topic": "t", "messages": ["a", "x" * 300]}}),
+    ("not json", {"data": b"{nope", "headers": {"Content-Type": "application/json"}}),
+    ("json too deep", {"data": b"[" * 100000 + b"]" * 100000,
+                       "headers": {"Content-Type": "application/json"}}),
+    ("form", {"data": {"topic": "t", "messages": "a"}}),
+]
 
-def _ask(broker, kwargs, flask):
+
+def _ask(broker, kwargs, flask, path="/ProducerSend"):
     kwargs = dict(kwargs)
     if flask:
         kwargs["headers"] = dict(kwargs.get("headers", {}), **THROUGH_FLASK)
-    reply = broker.http.post(broker.url + "/ProducerSend", **kwargs)
+    reply = broker.http.post(broker.url + path, **kwargs)
     body = reply.json()
-    if body["code"] == 0:
+    if body["code"] == 0 and path == "/ProducerSend":
         body["msg"] = "<code>"
+    if "data" in body:
+        body["data"] = [len(code) for code in body["data"]]
     return reply.status_code, body, reply.headers.get("Retry-After"), reply.headers["Content-Type"]
 
 
@@ -45,6 +62,15 @@ def _ask(broker, kwargs, flask):
 def test_fast_path_and_flask_view_give_the_same_reply(make_broker, name, kwargs):
     broker = make_broker("memory", mq={"maxMessageBytes": 256})
     assert _ask(broker, kwargs, flask=False) == _ask(broker, kwargs, flask=True)
+
+
+@pytest.mark.parametrize("name, kwargs", BATCH_CASES, ids=[name for name, _ in BATCH_CASES])
+def test_batches_get_the_same_reply_both_ways(make_broker, name, kwargs):
+    broker = make_broker("memory", mq={"maxMessageBytes": 256})
+    fast = _ask(broker, kwargs, flask=False, path="/ProducerSendBatch")
+    assert fast == _ask(broker, kwargs, flask=True, path="/ProducerSendBatch")
+    published = broker.broker.heads.get("t", 0)
+    assert published == (4 if name == "strings" else 2 if name == "objects" else 0)
 
 
 def test_refusals_of_auth_and_rate_are_the_same_both_ways(make_broker):
@@ -65,6 +91,12 @@ def test_refusals_of_auth_and_rate_are_the_same_both_ways(make_broker):
     again = _ask(broker, {"data": form, "headers": producer}, flask=True)
     assert (again[0], again[2]) == (429, "1")
     assert again[1]["msg"].split("retry in")[0] == limited[1]["msg"].split("retry in")[0]
+    batch = {"json": {"messages": [{"topic": "orders.2", "messageData": "m"},
+                                   {"topic": "payments", "messageData": "m"}]}, "headers": producer}
+    refused = _ask(broker, batch, flask=False, path="/ProducerSendBatch")
+    assert refused == _ask(broker, batch, flask=True, path="/ProducerSendBatch")
+    assert refused[0] == 403 and "payments" in refused[1]["msg"]
+    assert broker.broker.heads.get("orders.2") is None
 
 
 def test_a_full_buffer_gets_503_with_retry_after_from_the_fast_path(make_broker):
@@ -111,7 +143,11 @@ def _environ(body, content_type, **extra):
     (_environ(b"x" * 10, "application/x-www-form-urlencoded", CONTENT_LENGTH=str(10 ** 9)), False),
     (_environ(b"x" * 10, "application/x-www-form-urlencoded", CONTENT_LENGTH="\u0661\u0660"), False),
     (_environ(b"x" * 10, "application/x-www-form-urlencoded", CONTENT_LENGTH="-10"), False),
-    (_environ(b"", "application/json", PATH_INFO="/ProducerSendBatch"), False),
+    (_environ(b'{"topic":"t","messages":["a"]}', "application/json",
+              PATH_INFO="/ProducerSendBatch"), True),
+    (_environ(b"topic=t&messages=a", "application/x-www-form-urlencoded",
+              PATH_INFO="/ProducerSendBatch"), False),
+    (_environ(b"", "application/json", PATH_INFO="/ProducerSendBatchX"), False),
     (_environ(b"", "application/json", REQUEST_METHOD="GET"), False),
 ])
 def test_what_the_fast_path_takes_and_what_it_hands_to_flask(make_broker, environ, taken):
