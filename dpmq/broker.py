@@ -2,11 +2,13 @@
 
 Publishing reserves room in the bounded buffer first (waiting at most ``mq.publishTimeout``), then
 commits to the store; only a committed message is answered ``code:0``. The engine hands committed
-records back in log order (``on_commit``) and they enter the buffer, a ``queue.SimpleQueue`` that
-the reserved room bounds (C-fast, which matters: every publish passes through it). The pump thread
-takes them one at a time, ``mq.pushMessagesSpeed`` seconds apart, and posts each, with its frame
-built once, to the delivery shards running on the fan-out ``ThreadPoolExecutor``. Delayed messages
-wait in the store; the scheduler moves each into its topic's log (and the buffer) when it is due.
+records back in log order (``on_commit``). Unpaced (``mq.pushMessagesSpeed`` 0, the default), the
+committing thread hands them straight to the delivery shards: a hand-off to a pump thread and back
+cost more than the hand-out itself. Paced, they enter the buffer, a ``queue.SimpleQueue`` that the
+reserved room bounds, and the pump thread takes them one at a time, ``mq.pushMessagesSpeed``
+seconds apart. Either way each message's frame is built once and posted to the delivery shards
+running on the fan-out ``ThreadPoolExecutor``. Delayed messages wait in the store; the scheduler
+moves each into its topic's log (and on to the shards) when it is due.
 
 Everything hangs off one :class:`Broker` object, so one process can run several brokers.
 """
@@ -88,11 +90,11 @@ class Broker:
         self.settings = settings
         self.engine = engine or open_engine(settings)
         self.started = time.time()
-        self.pushed = 0             # written by the pump thread only
+        self.pushed = 0             # written by one hand-out at a time
         self.counts = TopicCounts()     # published, written in commit order
         self.metrics = Metrics(self)
         self.history = History()
-        self.pumped = {}            # topic -> newest offset handed to the shards
+        self.pumped = {}            # topic -> newest offset handed to the shards (pump or not)
         self.heads = {}             # topic -> newest committed offset
         mq = settings.mq
         self.buffer = queue.SimpleQueue()     # bounded by self.slots
@@ -107,6 +109,8 @@ class Broker:
         self.shards = [Shard(i, self) for i in range(mq.fanoutWorkers)]
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=len(self.shards), thread_name_prefix="dpmq-fanout")
+        self._paced = bool(mq.pushMessagesSpeed)
+        self._hand_lock = threading.Lock()     # unpaced: one hand-out at a time, in order
         self._pump_thread = None
         self.housekeeping = Housekeeping(self)
 
@@ -117,8 +121,9 @@ class Broker:
         self.pumped.update(self.heads)
         for shard in self.shards:
             self._pool.submit(shard.run, self._stop_delivery)
-        self._pump_thread = threading.Thread(target=self._pump, name="dpmq-pump", daemon=True)
-        self._pump_thread.start()
+        if self._paced:
+            self._pump_thread = threading.Thread(target=self._pump, name="dpmq-pump", daemon=True)
+            self._pump_thread.start()
         self.housekeeping.start()
         self.accepting = True
         log.info("broker started engine=%s buffer=%d pace=%s retries=%d auth=%s",
@@ -137,7 +142,8 @@ class Broker:
         self._draining.set()
         self._stop_pump.set()
         self.housekeeping.stop_scheduler()
-        self._pump_thread.join(max(0.0, deadline - time.monotonic()))
+        if self._pump_thread is not None:
+            self._pump_thread.join(max(0.0, deadline - time.monotonic()))
         for member in self.members():
             while member.conn.pending_bytes and member.conn.open and time.monotonic() < deadline:
                 time.sleep(0.01)
@@ -214,10 +220,21 @@ class Broker:
         for record in records:
             self.heads[record.topic] = record.offset
             self.counts.of(record.topic)[PUBLISHED] += 1
+        if not self._paced:
+            self._hand_out_now(records)
+            self.slots.release(len(records))
+            return
+        for record in records:
             self.buffer.put_nowait(record)
 
     def _on_remote(self, records):
-        """What other processes sharing the store committed: wait for room, then buffer it."""
+        """What other processes sharing the store committed: hand it out, or (paced) wait for
+        room and buffer it."""
+        if not self._paced:
+            for record in records:
+                self.heads[record.topic] = max(record.offset, self.heads.get(record.topic, 0))
+            self._hand_out_now(records)
+            return
         for record in records:
             while not self.slots.acquire(1, 0.5):
                 if self._stop_pump.is_set():
@@ -258,6 +275,15 @@ class Broker:
                               " from the store", len(batch))
             finally:
                 self.slots.release(len(batch))
+
+    def _hand_out_now(self, records):
+        """Unpaced: hand committed records to the shards on the committing thread, in order."""
+        with self._hand_lock:
+            try:
+                self._hand_out(records)
+            except Exception:  # noqa: BLE001 - it is committed; never fail the commit for this
+                log.exception("handing out %d messages failed; consumers will catch up from the"
+                              " store", len(records))
 
     def _hand_out(self, batch):
         now = time.time()

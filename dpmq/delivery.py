@@ -2,11 +2,13 @@
 
 Each shard is one long-lived task on the broker's fan-out ``ThreadPoolExecutor`` and owns a share of
 the subscriptions (all members of a group land on the same shard): only its thread touches their
-state, so a message costs one hand-off per shard, not one per consumer. The pump posts each message,
-with its frame built once, to every shard; the shard offers it to each subscription of the topic and
-writes with non-blocking sends, watching unwritable sockets in its selector. A consumer that cannot
-keep up never blocks the shard: its subscription falls behind and catches up from the store later,
-up to what the pump has already handed out, so pacing holds for catch-up too.
+state, so a message costs one hand-off per shard, not one per consumer. The broker posts each
+message, with its frame built once, to every shard with a subscription to its topic (from the
+committing thread, or from the pump when pushes are paced); the shard offers it to each subscription
+of the topic and writes with non-blocking sends, watching unwritable sockets in its selector. A
+consumer that cannot keep up never blocks the shard: its subscription falls behind and catches up
+from the store later, up to what the broker has already handed out, so pacing holds for catch-up
+too.
 
 Messages that arrive in quick succession (within ``mq.writeCoalesce`` of the previous ones) open
 a short gathering window: the shard does not wake for each of them but takes them all when the
@@ -59,9 +61,10 @@ class Shard:
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._subs = {}                 # (topic, key) -> Subscription
-        # topic -> [Subscription]. The pump reads its keys to skip shards without a subscription
-        # to a message's topic: a key is added before the new subscription's first catch-up reads
-        # how far the pump got, so a message the pump skipped is one that catch-up will read.
+        # topic -> [Subscription]. The hand-out reads its keys to skip shards without a
+        # subscription to a message's topic: a key is added before the new subscription's first
+        # catch-up reads how far the hand-out got, so a message it skipped is one that catch-up
+        # will read.
         self.topics = {}
         self._active = set()            # subscriptions with messages to catch up or redeliver
         self._dirty = set()             # members whose sockets need a flush
@@ -181,7 +184,7 @@ class Shard:
                 self._positions(*item)
 
     def _offer(self, items, now):
-        """Live messages from the pump: offer each to the subscriptions of its topic."""
+        """Live messages from the broker: offer each to the subscriptions of its topic."""
         if now - self._last_msgs < self.coalesce:
             self._quiet_until = now + self.coalesce
         self._last_msgs = now

@@ -62,7 +62,7 @@ class Housekeeping:
                     continue
                 room = slots.acquire_up_to(500)
                 if not room:
-                    self._stop_scheduler.wait(0.05)     # the buffer is full; the pump will free it
+                    self._stop_scheduler.wait(0.05)     # the buffer is full; pushes will free it
                     continue
                 promoted = []
                 try:

@@ -54,9 +54,10 @@ def merge(tables):
 
 
 class OneWriterHistogram:
-    """A histogram observed by one thread only (the pump, once per message), so observing takes
-    no lock; prometheus-client's Histogram takes two per observation, a tenth of the cost of a
-    batch publish. Exported at scrape time by :class:`_Collector`."""
+    """A histogram observed by one thread at a time (whoever hands messages to the shards: the
+    committing thread under the broker's hand-out lock, or the pump), once per message, so
+    observing takes no lock of its own; prometheus-client's Histogram takes two per observation,
+    a tenth of the cost of a batch publish. Exported at scrape time by :class:`_Collector`."""
 
     def __init__(self, name, text, buckets):
         self.name, self.text = name, text
@@ -119,7 +120,7 @@ class Metrics:
             "dpmq_store_commit_seconds", "Time to commit a publish to the store",
             buckets=(.0005, .001, .002, .005, .01, .02, .05, .1, .25, .5, 1, 2.5), registry=self.registry)
         self.push_seconds = OneWriterHistogram(
-            "dpmq_publish_to_push_seconds", "Time from publish (or from due time) to the pump's push",
+            "dpmq_publish_to_push_seconds", "Time from publish (or from due time) to the push to consumers",
             buckets=(.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60))
         self.registry.register(_Collector(broker))
 

@@ -10,7 +10,7 @@ class BrowseQueries:
 
     def topics(self):
         out = {topic: {"head": head, "retained": 0, "subscriptions": 0, "deadLetters": 0, "delayed": 0}
-               for topic, head in self._query("select topic, head from topics")}
+               for topic, head in self.heads().items()}
         for field, table in (("retained", "messages"), ("subscriptions", "subscriptions"),
                              ("deadLetters", "dead_letters"), ("delayed", "delayed")):
             for topic, count in self._query(f"select topic, count(*) from {table} group by topic"):
