@@ -66,7 +66,7 @@ class GuardedSocket:
 class Connection:
     """The outgoing side of one consumer socket. Thread-safe: every method takes the one lock.
 
-    Message frames carry their offset; :meth:`take_written` tells which were handed whole to the
+    Message frames carry their record; :meth:`take_written` tells which were handed whole to the
     kernel. ``limit`` bounds the bytes waiting in the buffer.
     """
 
@@ -84,8 +84,8 @@ class Connection:
         self._out = bytearray()
         self._head = 0              # bytes of _out already written
         self._queued = 0            # bytes ever queued, a stream position
-        self._marks = collections.deque()   # (stream position where a message ends, offset)
-        self._written = []          # offsets written whole since the shard last looked
+        self._marks = collections.deque()   # (stream position where a message ends, record)
+        self._written = []          # records written whole since the shard last looked
 
     @property
     def open(self):
@@ -96,14 +96,14 @@ class Connection:
     def pending_bytes(self):
         return len(self._out) - self._head
 
-    def offer(self, frame, offset):
+    def offer(self, frame, record):
         """Queue a message frame; False if the connection is closing or its buffer is full."""
         with self._lock:
             if self.closing or self.closed or len(self._out) - self._head >= self.limit:
                 return False
             self._out += frame
             self._queued += len(frame)
-            self._marks.append((self._queued, offset))
+            self._marks.append((self._queued, record))
             return True
 
     def send_text(self, frame):
@@ -116,7 +116,7 @@ class Connection:
             return True
 
     def take_written(self):
-        """The offsets of the message frames written whole since the last call."""
+        """The records of the message frames written whole since the last call."""
         with self._lock:
             written, self._written = self._written, []
             return written
@@ -151,14 +151,18 @@ class Connection:
         written = self._queued - (len(self._out) - self._head)
         marks = self._marks
         while marks and marks[0][0] <= written:
-            end, offset = marks.popleft()
-            self._written.append(offset)
+            self._written.append(marks.popleft()[1])
             self.delivered += 1
 
     def first_unwritten(self):
         """The offset of the first queued message not yet written whole, or None."""
         with self._lock:
-            return self._marks[0][1] if self._marks else None
+            return self._marks[0][1].offset if self._marks else None
+
+    def unwritten(self):
+        """The records of the queued messages not yet written whole, in order."""
+        with self._lock:
+            return [record for _, record in self._marks]
 
     def write_control(self, data):
         """simple-websocket's writes (handshake, Ping, Pong, Close): queued whole, in order.

@@ -62,3 +62,22 @@ def test_a_retried_push_carries_its_attempt_count_in_status(make_broker, engine_
     consumer.wait_count(2, timeout=30)
     assert [(m["MessageCode"], m["Status"]) for m in consumer.messages] == [(big, 1), (after, 0)]
     assert running.broker.engine.dead_letters() == []
+
+
+def test_the_cursor_stays_below_a_frame_still_in_the_buffer(make_broker, engine_name):
+    """Without ack a message is done once written: one stuck in the connection's buffer is not,
+    and neither is anything after it, so a crash now would redeliver them."""
+    running = make_broker(engine_name, mq=LIMITS)
+    _subscribe_then_leave(running, "c")
+    running.publish_many("t", ["first", BIG, "after"])
+    raw = RawConsumer(running.port, "/ConsumersConn/t/c", recv_buffer=4096)
+    wait_for(lambda: running.broker.members(), what="the consumer")
+    member = running.broker.members()[0]
+    wait_for(lambda: member.conn.first_unwritten() == 2, what="the big message stuck")
+    assert running.broker.positions() == {("t", "c:c"): 1}
+    raw.abort()
+    wait_for(lambda: not running.broker.members(), what="the broker to notice the reset")
+    consumer = Collector(running.ws_url, "t", "c")
+    consumer.wait_count(2, timeout=30)
+    assert [(m["MessageData"][:5], m["Status"]) for m in consumer.messages] == [
+        ("zzzzz", 1), ("after", 0)]
