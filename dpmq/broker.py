@@ -159,14 +159,15 @@ class Broker:
         log.info("broker stopped")
 
     # -- publishing --------------------------------------------------------------------------
-    def _new_message(self, fields, now):
+    def _new_message(self, fields, now, code):
         mq = self.settings.mq
         topic, data = fields.get("topic"), fields.get("messageData")
         check_name("topic", topic, mq.maxTopicLength)
         if not isinstance(data, str):
             raise BadRequest("messageData is required and must be a string")
         try:
-            size = len(data.encode("utf-8")) if len(data) <= mq.maxMessageBytes else len(data)
+            size = len(data) if data.isascii() or len(data) > mq.maxMessageBytes \
+                else len(data.encode("utf-8"))
         except UnicodeEncodeError:
             raise BadRequest("messageData is not valid Unicode (it holds a lone surrogate)") from None
         if size > mq.maxMessageBytes:
@@ -176,7 +177,7 @@ class Broker:
         key = _optional_text("key", fields.get("key"), mq.maxKeyLength)
         idempotency_key = _optional_text("idempotencyKey", fields.get("idempotencyKey"),
                                          mq.maxKeyLength)
-        return message.NewMessage(message.new_code(), topic, data, now, key, idempotency_key,
+        return message.NewMessage(code, topic, data, now, key, idempotency_key,
                                   now + delay if delay else 0.0)
 
     def publish(self, items):
@@ -189,9 +190,9 @@ class Broker:
             raise BadRequest("no messages: send at least one")
         now = time.time()
         messages = []
-        for position, fields in enumerate(items):
+        for position, (fields, code) in enumerate(zip(items, message.new_codes(len(items)))):
             try:
-                messages.append(self._new_message(fields, now))
+                messages.append(self._new_message(fields, now, code))
             except (BadRequest, TooLarge) as exc:
                 if len(items) > 1:
                     exc.args = (f"messages[{position}]: {exc}",)
@@ -293,13 +294,18 @@ class Broker:
             if record.offset > pumped.get(record.topic, 0):   # from two sources, see _on_remote
                 pumped[record.topic] = record.offset
             observe(max(0.0, now - max(record.created, record.due)))
-        shards = self.shards
-        items = [(record, message.frame(record)) for record in batch
-                 if any(record.topic in shard.topics for shard in shards)]
-        for shard in shards:
-            mine = [item for item in items if item[0].topic in shard.topics]
-            if mine:
-                shard.post("msgs", mine)
+        targets, posts = {}, {}
+        for record in batch:
+            topic = record.topic
+            shards = targets.get(topic)
+            if shards is None:
+                shards = targets[topic] = [s for s in self.shards if topic in s.topics]
+            if shards:
+                item = (record, message.frame(record))
+                for shard in shards:
+                    posts.setdefault(shard, []).append(item)
+        for shard, mine in posts.items():
+            shard.post("msgs", mine)
         self.pushed += len(batch)
 
     def topic_counts(self):

@@ -44,15 +44,23 @@ class Appended(NamedTuple):
     records: list
 
 
-def new_code():
-    """A fresh MessageCode: 40 lowercase hex characters, unique without coordination.
+def new_codes(count):
+    """``count`` fresh MessageCodes: 40 lowercase hex characters, unique without coordination.
 
-    The first 16 are the time in nanoseconds and the other 24 random (96 bits, so codes made in
-    the same nanosecond, in any process, still differ). Codes made later sort later, so the
-    store's index on codes grows at its end instead of at random pages: with random codes that
-    index was most of the cost of inserting a message into SQLite.
+    The first 16 are the time in nanoseconds (plus the code's place in the list) and the other
+    24 random (96 bits, so codes made in the same nanosecond, in any process, still differ). Codes
+    made later sort later, so the store's index on codes grows at its end instead of at random
+    pages: with random codes that index was most of the cost of inserting a message into SQLite.
+    One call to the kernel's random source serves a whole batch.
     """
-    return f"{time.time_ns():016x}{os.urandom(12).hex()}"
+    now = time.time_ns()
+    noise = os.urandom(12 * count).hex()
+    return [f"{now + i:016x}{noise[24 * i:24 * i + 24]}" for i in range(count)]
+
+
+def new_code():
+    """One MessageCode (see :func:`new_codes`)."""
+    return new_codes(1)[0]
 
 
 def format_time(created):
