@@ -35,23 +35,9 @@ from .housekeeping import Housekeeping
 from .metrics import PUBLISHED, History, Metrics, TopicCounts, merge
 from .storage import open_engine
 from .subscription import Member
+from .validation import check_name, new_message
 
 log = logging.getLogger(__name__)
-
-
-def check_name(kind, value, max_length):
-    """Validate a topic, consumer id or group; raise BadRequest saying what is wrong with it."""
-    if not isinstance(value, str) or not value:
-        raise BadRequest(f"{kind} is required: 1 to {max_length} printable characters")
-    if len(value) > max_length:
-        raise BadRequest(f"{kind} is {len(value)} characters long; the limit is {max_length}")
-    if "|" in value or "/" in value:
-        raise BadRequest(f"{kind} must not contain '|' or '/'")
-    if not value.isprintable():
-        raise BadRequest(f"{kind} must contain printable characters only")
-    if "\ufffd" in value:      # what a URL path's bytes that are not UTF-8 decode to
-        raise BadRequest(f"{kind} is not valid UTF-8 (it holds U+FFFD); percent-encode UTF-8 bytes")
-    return value
 
 
 class Slots:
@@ -159,27 +145,6 @@ class Broker:
         log.info("broker stopped")
 
     # -- publishing --------------------------------------------------------------------------
-    def _new_message(self, fields, now, code):
-        mq = self.settings.mq
-        topic, data = fields.get("topic"), fields.get("messageData")
-        check_name("topic", topic, mq.maxTopicLength)
-        if not isinstance(data, str):
-            raise BadRequest("messageData is required and must be a string")
-        try:
-            size = len(data) if data.isascii() or len(data) > mq.maxMessageBytes \
-                else len(data.encode("utf-8"))
-        except UnicodeEncodeError:
-            raise BadRequest("messageData is not valid Unicode (it holds a lone surrogate)") from None
-        if size > mq.maxMessageBytes:
-            raise TooLarge(f"messageData is larger than mq.maxMessageBytes ({mq.maxMessageBytes}"
-                           " bytes); split it or raise the limit")
-        delay = _delay(fields.get("delay"), mq.maxDelaySeconds)
-        key = _optional_text("key", fields.get("key"), mq.maxKeyLength)
-        idempotency_key = _optional_text("idempotencyKey", fields.get("idempotencyKey"),
-                                         mq.maxKeyLength)
-        return message.NewMessage(code, topic, data, now, key, idempotency_key,
-                                  now + delay if delay else 0.0)
-
     def publish(self, items):
         """Accept messages (mappings with topic, messageData and optional delay, key,
         idempotencyKey) all or nothing; returns their MessageCodes once committed."""
@@ -192,7 +157,7 @@ class Broker:
         messages = []
         for position, (fields, code) in enumerate(zip(items, message.new_codes(len(items)))):
             try:
-                messages.append(self._new_message(fields, now, code))
+                messages.append(new_message(fields, now, code, self.settings.mq))
             except (BadRequest, TooLarge) as exc:
                 if len(items) > 1:
                     exc.args = (f"messages[{position}]: {exc}",)
@@ -436,23 +401,3 @@ class Broker:
             except queue.Empty:
                 log.warning("a delivery shard did not report its cursors in %ss", timeout)
         return positions
-
-
-def _delay(value, limit):
-    if value in (None, ""):
-        return 0.0
-    try:
-        delay = float(value)
-    except (TypeError, ValueError):
-        raise BadRequest(f"delay must be a number of seconds, got {value!r}") from None
-    if not 0 <= delay <= limit:
-        raise BadRequest(f"delay must be between 0 and {limit:g} seconds (mq.maxDelaySeconds)")
-    return delay
-
-
-def _optional_text(name, value, limit):
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value or len(value) > limit:
-        raise BadRequest(f"{name} must be a string of 1 to {limit} characters")
-    return value

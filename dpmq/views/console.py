@@ -4,10 +4,10 @@ import time
 
 from flask import Blueprint, request
 
-from ..broker import check_name
 from ..errors import BadRequest
 from ..message import format_time
 from ..metrics import EVENTS
+from ..validation import check_name
 from . import authorize, broker, json_or_none, reply
 
 bp = Blueprint("console", __name__, url_prefix="/Console")
