@@ -39,7 +39,7 @@ def create_app(settings=None, start=True):
     app.extensions["dpmq_rate"] = RateLimiter(settings.mq.publishRate, settings.mq.publishBurst)
     for blueprint in (producer.bp, consumer.bp, console.bp, health.bp, metrics.bp, web.bp):
         app.register_blueprint(blueprint)
-    app.wsgi_app = PublishFastPath(app, app.wsgi_app)
+    app.wsgi_app = app.extensions["dpmq_fastpath"] = PublishFastPath(app, app.wsgi_app)
     cors = frozenset(settings.server.corsOrigins)
 
     @app.after_request

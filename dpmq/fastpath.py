@@ -45,6 +45,11 @@ ROUTES = {
 }
 
 
+def mimetype_of(content_type):
+    """The media type of a Content-Type value, lowercased, without its parameters."""
+    return content_type.partition(";")[0].strip().lower()
+
+
 class PublishFastPath:
     def __init__(self, app, flask_wsgi):
         self.app = app
@@ -52,29 +57,45 @@ class PublishFastPath:
         self.max_body = app.config["MAX_CONTENT_LENGTH"]
         self.auth = app.extensions["dpmq_auth"]
 
-    def __call__(self, environ, start_response):
-        route = ROUTES.get(environ.get("PATH_INFO"))
-        if route is None or environ.get("REQUEST_METHOD") != "POST" or "HTTP_ORIGIN" in environ:
-            return self.flask_wsgi(environ, start_response)
+    def route(self, path, method, mimetype, length, origin):
+        """What answers this request here, or None when Flask should (anything but the common
+        case). Also asked by :mod:`dpmq.warm_publish` for requests read straight off a socket."""
+        route = ROUTES.get(path)
+        if route is None or method != "POST" or origin:
+            return None
         types, answer = route
-        mimetype = environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower()
-        length = environ.get("CONTENT_LENGTH", "")
         if (mimetype not in types or not (length.isascii() and length.isdigit())
                 or int(length) > self.max_body):
-            return self.flask_wsgi(environ, start_response)
-        token = bearer_token(environ.get("HTTP_AUTHORIZATION", ""))
+            return None
+        return answer
+
+    def respond(self, answer, mimetype, authorization, read_body, address):
+        """``(status, reply bytes, extra headers)`` of a routed request; ``read_body()`` is only
+        called once the token may publish at all."""
+        token = bearer_token(authorization)
         try:
             self.auth.require(token, "producer")
-            body = self._read(environ["wsgi.input"], int(length))
-            result = answer(self.app, mimetype, body, token, environ.get("REMOTE_ADDR"))
+            result = answer(self.app, mimetype, read_body(), token, address)
         except DPMQError as exc:
-            return self._reply(start_response, exc.status, reply_body(str(exc), code=-1),
-                               exc.headers())
+            return exc.status, _encode(reply_body(str(exc), code=-1)), exc.headers()
         except Exception:  # noqa: BLE001 - answer like Flask would, with the reply shape
             log.exception("publish failed")
-            return self._reply(start_response, 500,
-                               reply_body(InternalServerError.description, code=-1))
-        return self._reply(start_response, 200, result)
+            return 500, _encode(reply_body(InternalServerError.description, code=-1)), ()
+        return 200, _encode(result), ()
+
+    def __call__(self, environ, start_response):
+        mimetype = mimetype_of(environ.get("CONTENT_TYPE", ""))
+        length = environ.get("CONTENT_LENGTH", "")
+        answer = self.route(environ.get("PATH_INFO"), environ.get("REQUEST_METHOD"), mimetype,
+                            length, environ.get("HTTP_ORIGIN"))
+        if answer is None:
+            return self.flask_wsgi(environ, start_response)
+        status, data, headers = self.respond(
+            answer, mimetype, environ.get("HTTP_AUTHORIZATION", ""),
+            lambda: self._read(environ["wsgi.input"], int(length)), environ.get("REMOTE_ADDR"))
+        start_response(f"{status} {HTTP_STATUS_CODES[status].upper()}",
+                       [_JSON, ("Content-Length", str(len(data))), *headers])
+        return [data]
 
     @staticmethod
     def _read(stream, length):
@@ -85,11 +106,3 @@ class PublishFastPath:
         if len(body) != length:
             raise BadRequest("the body ended before its Content-Length; send it whole")
         return body
-
-    @staticmethod
-    def _reply(start_response, status, body, headers=()):
-        data = _encode(body)
-        start_response(f"{status} {HTTP_STATUS_CODES[status].upper()}",
-                       [_JSON, ("Content-Length", str(len(data))), *headers])
-        return [data]
-

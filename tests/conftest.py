@@ -15,7 +15,7 @@ from werkzeug.serving import make_server
 from dpmq import config
 from dpmq.app import create_app
 
-from helpers import drop_prefix, redis_prefix, require_redis
+from helpers import ServedBroker, drop_prefix, redis_prefix, require_redis
 
 ENGINES = ["sqlite", "memory", "redis"]
 CHROMIUM = "/usr/bin/chromium"
@@ -91,6 +91,21 @@ def make_broker(tmp_path):
         running.stop()
         if running.settings.storage.engine == "redis":
             drop_prefix(running.settings.storage.prefix)
+
+
+@pytest.fixture
+def served(tmp_path):
+    """``served(**sections)`` -> ServedBroker: ``dpmq serve`` under gunicorn, stopped after."""
+    started = []
+
+    def serve(**sections):
+        running = ServedBroker(tmp_path, **sections)
+        started.append(running)
+        return running.start()
+
+    yield serve
+    for running in started:
+        running.stop()
 
 
 @pytest.fixture

@@ -7,24 +7,9 @@ import sys
 import threading
 import time
 
-import pytest
 import requests
 
-from helpers import Collector, ServedBroker, connect_and_close_code, wait_for
-
-
-@pytest.fixture
-def served(tmp_path):
-    started = []
-
-    def serve(**sections):
-        running = ServedBroker(tmp_path, **sections)
-        started.append(running)
-        return running.start()
-
-    yield serve
-    for running in started:
-        running.stop()
+from helpers import Collector, connect_and_close_code, wait_for
 
 
 def _publisher(url, topic, prefix, accepted, stop):
