@@ -12,6 +12,7 @@ Transfer-Encoding, no header that matters given twice, nothing pipelined behind 
 so there is one place that decides what a malformed or unusual request gets.
 """
 
+import select
 import time
 from email.utils import formatdate
 
@@ -20,6 +21,8 @@ from werkzeug.http import HTTP_STATUS_CODES
 
 from .fastpath import mimetype_of
 
+#: The most read from the socket at once.
+READ = 65536
 #: Headers read here; any other is ignored, as the fast path would.
 _WANTED = frozenset((b"content-type", b"content-length", b"authorization", b"origin", b"expect",
                      b"transfer-encoding"))
@@ -30,17 +33,20 @@ _NOT_PLAIN = (b"origin", b"expect", b"transfer-encoding")
 class _Request:
     """What llhttp tells of one request (the parser calls these methods by name)."""
 
-    __slots__ = ("parser", "url", "headers", "body", "begun", "complete", "repeated", "plain")
+    __slots__ = ("parser", "fastpath", "url", "headers", "body", "begun", "complete", "repeated",
+                 "answer", "mimetype")
 
-    def __init__(self):
+    def __init__(self, fastpath):
         self.parser = httptools.HttpRequestParser(self)
-        self.plain = False
+        self.fastpath = fastpath
         self.url = b""
         self.headers = {}
         self.body = b""
         self.begun = 0
         self.complete = False
         self.repeated = False
+        self.answer = None          # what answers it, once the headers say it is a plain publish
+        self.mimetype = None
 
     def on_message_begin(self):
         self.begun += 1
@@ -55,10 +61,15 @@ class _Request:
             self.headers[name] = value
 
     def on_headers_complete(self):
-        parser = self.parser        # asked now: once the message is complete, llhttp has reset
-        self.plain = (parser.get_method() == b"POST" and parser.get_http_version() == "1.1"
-                      and parser.should_keep_alive() and not self.repeated
-                      and not any(name in self.headers for name in _NOT_PLAIN))
+        parser, headers = self.parser, self.headers     # asked now: llhttp resets at the end
+        if not (parser.get_method() == b"POST" and parser.get_http_version() == "1.1"
+                and parser.should_keep_alive() and not self.repeated and self.begun == 1
+                and not any(name in headers for name in _NOT_PLAIN)):
+            return
+        self.mimetype = mimetype_of(headers.get(b"content-type", b"").decode("latin-1"))
+        self.answer = self.fastpath.route(self.url.decode("latin-1"), "POST", self.mimetype,
+                                          headers.get(b"content-length", b"").decode("latin-1"),
+                                          None)
 
     def on_body(self, body):
         self.body += body
@@ -70,38 +81,46 @@ class _Request:
 class WarmPublish:
     """Serves plain publishes for one app's fast path; :meth:`serve` is called per request."""
 
-    def __init__(self, fastpath):
+    def __init__(self, fastpath, body_wait=5.0):
         self.fastpath = fastpath
+        self.body_wait = body_wait      # for the rest of a plain publish's body, then gunicorn's
         self._date = (0, b"")
 
-    def serve(self, sock, data, address):
-        """Answer the request held in ``data``: True if the connection stays open, False if it
-        must close, None if the request is not a plain publish (the caller gives it to gunicorn)."""
-        request = _Request()
+    def serve(self, sock, address):
+        """Read the connection's next request and answer it if it is a plain publish. Returns
+        (True or False: the connection stays open or must close, the bytes read), or (None, the
+        bytes read) if it is not a plain publish: the caller gives those to gunicorn."""
+        request, data = _Request(self.fastpath), b""
         try:
-            request.parser.feed_data(data)
+            while True:
+                chunk = sock.recv(READ)
+                if not chunk:
+                    return False, data
+                data += chunk
+                request.parser.feed_data(chunk)
+                # Many clients write the headers and the body separately: wait for the body.
+                if request.complete or request.answer is None or not self._more(sock):
+                    break
         except (httptools.HttpParserError, httptools.HttpParserUpgrade):
-            return None                     # malformed, or an upgrade: gunicorn's to answer
+            return None, data               # malformed, or an upgrade: gunicorn's to answer
         finally:
             request.parser = None           # no cycle left for the garbage collector
-        if not (request.plain and request.complete and request.begun == 1):
-            return None
-        headers = request.headers
-        fast = self.fastpath
-        mimetype = mimetype_of(headers.get(b"content-type", b"").decode("latin-1"))
-        length = headers.get(b"content-length", b"").decode("latin-1")
-        answer = fast.route(request.url.decode("latin-1"), "POST", mimetype, length, None)
-        if answer is None:
-            return None
-        status, body, extra = fast.respond(
-            answer, mimetype, headers.get(b"authorization", b"").decode("latin-1"),
-            lambda: request.body, address)
+        if not (request.complete and request.answer and request.begun == 1):
+            return None, data
+        status, body, extra = self.fastpath.respond(
+            request.answer, request.mimetype,
+            request.headers.get(b"authorization", b"").decode("latin-1"), lambda: request.body,
+            address)
         head = [b"HTTP/1.1 %d %s\r\nServer: gunicorn\r\nDate: %s\r\nConnection: keep-alive\r\n"
                 b"Content-Type: application/json\r\nContent-Length: %d\r\n"
                 % (status, HTTP_STATUS_CODES[status].upper().encode(), self._now(), len(body))]
         head += [f"{name}: {value}\r\n".encode("latin-1") for name, value in extra]
         sock.sendall(b"".join(head) + b"\r\n" + body)
-        return True
+        return True, data
+
+    def _more(self, sock):
+        readable, _, _ = select.select([sock], [], [], self.body_wait)
+        return bool(readable)
 
     def _now(self):
         """The Date header's value, formatted once a second."""

@@ -18,8 +18,6 @@ from .warm_publish import WarmPublish
 
 #: How long a pool thread waits for the next request of a keep-alive connection.
 LINGER = 0.005
-#: The most a warm connection's next request is read in one go; a bigger one goes to gunicorn.
-READ = 65536
 
 
 class DPMQWorker(ThreadWorker):
@@ -28,7 +26,11 @@ class DPMQWorker(ThreadWorker):
         self.warm = WarmPublish(self.wsgi.extensions["dpmq_fastpath"])
 
     def handle(self, conn):
-        keepalive = super().handle(conn)
+        if conn.initialized and not conn.is_http2 and not conn.parser.unreader.buf.getvalue():
+            conn.sock.setblocking(True)         # back from the poller, which saw it readable
+            keepalive = self._serve_warm(conn)
+        else:
+            keepalive = super().handle(conn)
         while keepalive is True and self.alive and conn.initialized and not conn.is_http2:
             if conn.parser.unreader.buf.getvalue():     # pipelined, already read by gunicorn
                 keepalive = super().handle(conn)
@@ -46,10 +48,7 @@ class DPMQWorker(ThreadWorker):
         """Serve the request that just arrived: a plain publish here, anything else by gunicorn
         (what was read is put back in front of its reader first)."""
         try:
-            data = conn.sock.recv(READ)
-            if not data:
-                return False
-            served = self.warm.serve(conn.sock, data, conn.client[0] if conn.client else None)
+            served, data = self.warm.serve(conn.sock, conn.client[0] if conn.client else None)
         except OSError:
             return False
         if served is not None:

@@ -3,6 +3,8 @@ is not a plain publish left to gunicorn, byte for byte."""
 
 import json
 import socket
+import threading
+import time
 
 import pytest
 import requests
@@ -29,17 +31,28 @@ def _from_kwargs(path, kwargs):
     return _raw(path.encode(), body, prepared.headers["Content-Type"].encode(), extra)
 
 
-def _serve(broker, data):
-    """What WarmPublish does with ``data``: (its answer, the reply the producer got)."""
-    warm = WarmPublish(broker.app.extensions["dpmq_fastpath"])
+def _serve(broker, *writes, pause=0.0):
+    """What WarmPublish does with a request written in ``writes``: (its answer, the bytes it read,
+    the reply the producer got)."""
+    warm = WarmPublish(broker.app.extensions["dpmq_fastpath"], body_wait=0.2)
     mine, theirs = socket.socketpair()
+
+    def write():
+        for n, data in enumerate(writes):
+            time.sleep(pause if n else 0)
+            theirs.sendall(data)
+
+    writer = threading.Thread(target=write)
     with mine, theirs:
-        served = warm.serve(mine, data, "127.0.0.1")
+        writer.start()
+        time.sleep(0.01)
+        served, read = warm.serve(mine, "127.0.0.1")
+        writer.join()
         mine.shutdown(socket.SHUT_WR)
         reply = b""
         while chunk := theirs.recv(65536):
             reply += chunk
-    return served, reply
+    return served, read, reply
 
 
 def _parsed(reply):
@@ -62,7 +75,7 @@ def _parsed(reply):
                                                        if n != "form"])
 def test_a_warm_publish_gets_the_reply_flask_gives(make_broker, path, name, kwargs):
     broker = make_broker("memory", mq={"maxMessageBytes": 256})
-    served, reply = _serve(broker, _from_kwargs(path, kwargs))
+    served, _, reply = _serve(broker, _from_kwargs(path, kwargs))
     assert served is True
     assert _parsed(reply) == _ask(broker, kwargs, flask=True, path=path)
 
@@ -74,11 +87,11 @@ def test_auth_refusals_and_the_rate_limit_are_the_same_warm(make_broker):
     form = {"topic": "orders.1", "messageData": "m"}
     for headers in ({}, {"Authorization": "Bearer nope"}):
         kwargs = {"data": form, "headers": headers}
-        served, reply = _serve(broker, _from_kwargs("/ProducerSend", kwargs))
+        reply = _serve(broker, _from_kwargs("/ProducerSend", kwargs))[2]
         assert _parsed(reply) == _ask(broker, kwargs, flask=True)
     producer = {"data": form, "headers": {"Authorization": "Bearer " + "p" * 24}}
-    assert _parsed(_serve(broker, _from_kwargs("/ProducerSend", producer))[1])[0] == 200
-    limited = _parsed(_serve(broker, _from_kwargs("/ProducerSend", producer))[1])
+    assert _parsed(_serve(broker, _from_kwargs("/ProducerSend", producer))[2])[0] == 200
+    limited = _parsed(_serve(broker, _from_kwargs("/ProducerSend", producer))[2])
     assert (limited[0], limited[2]) == (429, "1")
     assert broker.broker.heads.get("orders.1") == 1
 
@@ -113,15 +126,27 @@ NOT_PLAIN = {
 @pytest.mark.parametrize("data", NOT_PLAIN.values(), ids=NOT_PLAIN.keys())
 def test_what_is_not_a_plain_publish_is_left_to_gunicorn_untouched(make_broker, data):
     broker = make_broker("memory", mq={"maxBodyBytes": 4096})
-    served, reply = _serve(broker, data)
-    assert (served, reply) == (None, b"")
+    assert _serve(broker, data) == (None, data, b"")
     assert broker.broker.heads.get("t") is None and broker.broker.heads.get("u") is None
 
 
 def test_a_body_over_max_body_bytes_is_left_to_flask_for_its_413(make_broker):
     broker = make_broker("memory", mq={"maxBodyBytes": 64})
-    assert _serve(broker, _raw(b"/ProducerSend", b"topic=t&messageData=" + b"x" * 100)) == (None, b"")
+    big = _raw(b"/ProducerSend", b"topic=t&messageData=" + b"x" * 100)
+    assert _serve(broker, big) == (None, big, b"")
     assert _serve(broker, _raw(b"/ProducerSend", BODY))[0] is True
+
+
+def test_a_body_written_after_its_headers_is_waited_for(make_broker):
+    broker = make_broker("memory")
+    request = _raw(b"/ProducerSend", BODY)
+    head, body = request[:-len(BODY)], request[-len(BODY):]
+    served, read, reply = _serve(broker, head, body[:5], body[5:], pause=0.05)
+    assert (served, read) == (True, request) and _parsed(reply)[0] == 200
+    assert broker.broker.heads.get("t") == 1
+    late = _serve(broker, head, body, pause=0.5)        # later than body_wait: gunicorn's
+    assert late == (None, head, b"")    # the body stays on the socket, for gunicorn to read
+    assert broker.broker.heads.get("t") == 1
 
 
 def _exchange(sock, data, replies=1):
