@@ -1,16 +1,16 @@
-"""Publishes on a warm keep-alive connection, answered from the bytes the socket gave.
+"""Publishes on a warm keep-alive connection, answered from the bytes the socket gives.
 
 A producer publishing one message after another keeps its connection on a pool thread (see
-:mod:`dpmq.worker`). For each request gunicorn then builds a Request, an environ and a Response in
-Python: two thirds of the interpreter's time per publish, more than DPMQ's own work. When a whole
-request is already in hand and is a plain publish, it is answered here instead: llhttp (through
-httptools, the parser uvicorn uses) reads it, the publish fast path answers it, one ``sendall``
+:mod:`dpmq.worker`). For each request gunicorn would build a Request, an environ and a Response in
+Python: two thirds of the interpreter's time per publish, more than DPMQ's own work. Here llhttp
+(through httptools, the parser uvicorn uses) reads the request instead; if its headers make it a
+plain publish, the rest of its body is read, the publish fast path answers it and one ``sendall``
 writes the reply. "Plain" is narrow on purpose: HTTP/1.1, keep-alive, ``POST /ProducerSend`` or
-``/ProducerSendBatch``, a Content-Length body of a type the fast path reads, no Origin, Expect or
-Transfer-Encoding, no header that matters given twice, nothing pipelined behind it. Anything else
-(or a parse error) goes to gunicorn untouched: its bytes are put back in front of gunicorn's reader,
-so there is one place that decides what a malformed or unusual request gets.
-"""
+``/ProducerSendBatch``, a Content-Length body of a type the fast path reads and no larger than
+``mq.maxBodyBytes``, no Origin, Expect or Transfer-Encoding, no header that matters given twice,
+nothing pipelined behind it. Anything else (a parse error, a body that stalls) goes to gunicorn
+untouched: the bytes read are put back in front of gunicorn's reader, so there is one place that
+decides what a malformed or unusual request gets."""
 
 import select
 import time
@@ -33,18 +33,19 @@ _NOT_PLAIN = (b"origin", b"expect", b"transfer-encoding")
 class _Request:
     """What llhttp tells of one request (the parser calls these methods by name)."""
 
-    __slots__ = ("parser", "fastpath", "url", "headers", "body", "begun", "complete", "repeated",
+    __slots__ = ("parser", "warm", "url", "headers", "body", "begun", "complete", "fields", "odd",
                  "answer", "mimetype")
 
-    def __init__(self, fastpath):
+    def __init__(self, warm):
         self.parser = httptools.HttpRequestParser(self)
-        self.fastpath = fastpath
+        self.warm = warm
         self.url = b""
         self.headers = {}
         self.body = b""
         self.begun = 0
         self.complete = False
-        self.repeated = False
+        self.fields = 0
+        self.odd = False            # a header that matters given twice, too many, one too long
         self.answer = None          # what answers it, once the headers say it is a plain publish
         self.mimetype = None
 
@@ -55,19 +56,22 @@ class _Request:
         self.url += url
 
     def on_header(self, name, value):
+        self.fields += 1
+        if self.fields > self.warm.max_fields or len(name) + len(value) > self.warm.max_field_size:
+            self.odd = True         # gunicorn refuses it: let it say so
         name = name.lower()
         if name in _WANTED:
-            self.repeated = self.repeated or name in self.headers
+            self.odd = self.odd or name in self.headers
             self.headers[name] = value
 
     def on_headers_complete(self):
         parser, headers = self.parser, self.headers     # asked now: llhttp resets at the end
         if not (parser.get_method() == b"POST" and parser.get_http_version() == "1.1"
-                and parser.should_keep_alive() and not self.repeated and self.begun == 1
+                and parser.should_keep_alive() and not self.odd and self.begun == 1
                 and not any(name in headers for name in _NOT_PLAIN)):
             return
         self.mimetype = mimetype_of(headers.get(b"content-type", b"").decode("latin-1"))
-        self.answer = self.fastpath.route(self.url.decode("latin-1"), "POST", self.mimetype,
+        self.answer = self.warm.fastpath.route(self.url.decode("latin-1"), "POST", self.mimetype,
                                           headers.get(b"content-length", b"").decode("latin-1"),
                                           None)
 
@@ -81,16 +85,18 @@ class _Request:
 class WarmPublish:
     """Serves plain publishes for one app's fast path; :meth:`serve` is called per request."""
 
-    def __init__(self, fastpath, body_wait=5.0):
+    def __init__(self, fastpath, body_wait=5.0, max_fields=100, max_field_size=8190):
         self.fastpath = fastpath
         self.body_wait = body_wait      # for the rest of a plain publish's body, then gunicorn's
+        self.max_fields = max_fields    # gunicorn's limits: a request over them is refused there
+        self.max_field_size = max_field_size
         self._date = (0, b"")
 
     def serve(self, sock, address):
         """Read the connection's next request and answer it if it is a plain publish. Returns
         (True or False: the connection stays open or must close, the bytes read), or (None, the
         bytes read) if it is not a plain publish: the caller gives those to gunicorn."""
-        request, data = _Request(self.fastpath), b""
+        request, data = _Request(self), b""
         try:
             while True:
                 chunk = sock.recv(READ)

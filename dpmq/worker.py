@@ -23,7 +23,9 @@ LINGER = 0.005
 class DPMQWorker(ThreadWorker):
     def load_wsgi(self):
         super().load_wsgi()
-        self.warm = WarmPublish(self.wsgi.extensions["dpmq_fastpath"])
+        self.warm = WarmPublish(self.wsgi.extensions["dpmq_fastpath"], body_wait=self.cfg.keepalive,
+                                max_fields=self.cfg.limit_request_fields,
+                                max_field_size=self.cfg.limit_request_field_size)
 
     def handle(self, conn):
         if conn.initialized and not conn.is_http2 and not conn.parser.unreader.buf.getvalue():

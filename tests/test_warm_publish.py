@@ -118,6 +118,9 @@ NOT_PLAIN = {
     "upgrade": b"GET /ConsumersConn/t/c HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
                b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
                b"Sec-WebSocket-Version: 13\r\n\r\n",
+    "too many headers": _raw(b"/ProducerSend", BODY, extra=b"".join(b"X-%d: a\r\n" % n
+                                                                   for n in range(100))),
+    "a header too long": _raw(b"/ProducerSend", BODY, extra=b"X-Long: " + b"a" * 8190 + b"\r\n"),
     "garbage": b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
     "bad length": _raw(b"/ProducerSend", BODY).replace(b"Content-Length: 21", b"Content-Length: x"),
 }
@@ -149,11 +152,23 @@ def test_a_body_written_after_its_headers_is_waited_for(make_broker):
     assert broker.broker.heads.get("t") == 1
 
 
+def _whole_replies(data):
+    """How many whole replies ``data`` holds (each with a Content-Length)."""
+    count = 0
+    while b"\r\n\r\n" in data:
+        head, _, rest = data.partition(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        if len(rest) < length:
+            break
+        count, data = count + 1, rest[length:]
+    return count
+
+
 def _exchange(sock, data, replies=1):
     """Send ``data``; read until ``replies`` whole replies came (or the broker closed)."""
     sock.sendall(data)
     got = b""
-    while got.count(b"HTTP/1.1 ") < replies or not got.endswith(b"\n"):
+    while _whole_replies(got) < replies:
         chunk = sock.recv(65536)
         if not chunk:
             break
