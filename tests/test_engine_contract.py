@@ -64,6 +64,15 @@ def test_concurrent_appends_get_unique_contiguous_offsets_in_commit_order(engine
     assert [r.data for r in engine.read("t", 0, 1000)] == [r.data for r in committed]
 
 
+def test_batches_of_every_size_to_a_started_topic_keep_offsets_contiguous(engine, committed):
+    engine.append(_msgs("t", "first"))
+    for size in (1, 2, 1000, 1001, 3):     # around the sqlite engine's one-statement limit
+        engine.append(_msgs("t", *(f"{size}-{i}" for i in range(size))))
+    assert [r.offset for r in committed] == list(range(1, 2009))
+    assert engine.head("t") == 2008
+    assert [r.data for r in engine.read("t", 0, 5000)] == [r.data for r in committed]
+
+
 def test_cursors_are_saved_and_only_move_forward(engine):
     assert engine.cursor("t", "c:x") is None
     engine.save_cursors({("t", "c:x"): 5, ("t", "c:y"): 0})

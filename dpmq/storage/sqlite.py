@@ -55,16 +55,19 @@ SCHEMA = [
         primary key (topic, key)) without rowid""",
 ]
 _RECORD = "offset, code, topic, data, created, key"
+#: The most messages inserted by one statement (6 values each, well under SQLite's 32,766).
+_ONE_INSERT = 1000
 
 
 class _Job:
     """One write waiting for a commit; ``run(db)`` executes inside the shared transaction."""
 
-    __slots__ = ("run", "appends", "finished", "result", "error")
+    __slots__ = ("run", "appends", "alone", "finished", "result", "error")
 
-    def __init__(self, run, appends=False):
+    def __init__(self, run, appends=False, alone=False):
         self.run = run
         self.appends = appends  # the result is a list of new records to hand to on_commit
+        self.alone = alone      # one statement: if no other job waits, it commits by itself
         self.finished = False   # set under the commit lock
         self.result = None
         self.error = None
@@ -80,6 +83,7 @@ class SQLiteEngine(BrowseQueries, Engine):
         self._jobs = queue.SimpleQueue()
         self._commit_lock = threading.Lock()
         self._heads = {}            # topic -> newest offset; touched under the commit lock only
+        self._inserts = {}          # n -> the statement inserting n messages
         self._read_lock = threading.Lock()
         self._reader = None
         self._writer = None
@@ -130,10 +134,10 @@ class SQLiteEngine(BrowseQueries, Engine):
                     pass
 
     # -- group commit ------------------------------------------------------------------------
-    def _write(self, run, appends=False):
+    def _write(self, run, appends=False, alone=False):
         if self._closed.is_set():
             raise StoreError("the store is closed: the broker is shutting down")
-        job = _Job(run, appends)
+        job = _Job(run, appends, alone)
         self._jobs.put(job)
         with self._commit_lock:
             if not job.finished:
@@ -175,12 +179,17 @@ class SQLiteEngine(BrowseQueries, Engine):
         heads = dict(self._heads)
         committed = []
         try:
-            db.execute("begin immediate")
+            # A lone single-statement job is its own transaction: no begin and commit around it,
+            # each of which would let the interpreter go to another thread and wait to get it back.
+            alone = len(batch) == 1 and batch[0].alone
+            if not alone:
+                db.execute("begin immediate")
             for job in batch:
                 job.result = job.run(db, heads)
                 if job.appends:
                     committed.append(job.result.records)
-            db.execute("commit")
+            if not alone:
+                db.execute("commit")
         except BaseException as exc:
             try:
                 db.execute("rollback")
@@ -218,8 +227,27 @@ class SQLiteEngine(BrowseQueries, Engine):
                            [(topic, heads[topic]) for topic in set(new_topics)])
         return records
 
+    def _insert_at_once(self, db, heads, rows):
+        """``_insert`` for rows of topics that have started, as one statement."""
+        records = []
+        for code, topic, data, created, key in rows:
+            heads[topic] = offset = heads[topic] + 1
+            records.append(Record(offset, code, topic, data, created, key))
+        sql = self._inserts.get(len(records))
+        if sql is None:
+            sql = self._inserts[len(records)] = (f"insert into messages ({_RECORD}) values "
+                                                 + ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(records)))
+        db.execute(sql, [value for record in records for value in record[:6]])
+        return records
+
     def append(self, messages):
         now = time.time()
+        if len(messages) <= _ONE_INSERT and all(
+                m.idempotency_key is None and not m.due and m.topic in self._heads for m in messages):
+            rows = [(m.code, m.topic, m.data, m.created, m.key) for m in messages]
+            return self._write(lambda db, heads: Appended([m.code for m in messages],
+                                                          self._insert_at_once(db, heads, rows)),
+                               appends=True, alone=True)
 
         def run(db, heads):
             codes, fresh, delayed, seen = [], [], [], {}
