@@ -5,7 +5,9 @@ takes the lock: if an earlier holder already committed the job, it is done; if n
 job waiting at that moment in one transaction, its own and those of everyone queued behind it, so
 many producers share one fsync (with ``synchronous=FULL`` a commit survives power loss, and any
 setting survives ``kill -9``). A lone producer commits on its own thread, with no hand-off to a
-committer thread and back. Reads use a second connection: WAL lets them run beside a commit.
+committer thread and back; when its append is plain (messages due now, no idempotency keys, topics
+that have started) it is one multi-row insert that SQLite commits by itself. Reads use a second
+connection: WAL lets them run beside a commit.
 """
 
 import logging
