@@ -41,7 +41,7 @@ class _Request:
         self.warm = warm
         self.url = b""
         self.headers = {}
-        self.body = b""
+        self.body = []
         self.begun = 0
         self.complete = False
         self.fields = 0
@@ -71,12 +71,12 @@ class _Request:
                 and not any(name in headers for name in _NOT_PLAIN)):
             return
         self.mimetype = mimetype_of(headers.get(b"content-type", b"").decode("latin-1"))
+        length = headers.get(b"content-length", b"").decode("latin-1")
         self.answer = self.warm.fastpath.route(self.url.decode("latin-1"), "POST", self.mimetype,
-                                          headers.get(b"content-length", b"").decode("latin-1"),
-                                          None)
+                                               length, None)
 
     def on_body(self, body):
-        self.body += body
+        self.body.append(body)
 
     def on_message_complete(self):
         self.complete = True
@@ -96,26 +96,27 @@ class WarmPublish:
         """Read the connection's next request and answer it if it is a plain publish. Returns
         (True or False: the connection stays open or must close, the bytes read), or (None, the
         bytes read) if it is not a plain publish: the caller gives those to gunicorn."""
-        request, data = _Request(self), b""
+        request, chunks = _Request(self), []
         try:
             while True:
                 chunk = sock.recv(READ)
                 if not chunk:
-                    return False, data
-                data += chunk
+                    return False, b"".join(chunks)
+                chunks.append(chunk)
                 request.parser.feed_data(chunk)
                 # Many clients write the headers and the body separately: wait for the body.
                 if request.complete or request.answer is None or not self._more(sock):
                     break
         except (httptools.HttpParserError, httptools.HttpParserUpgrade):
-            return None, data               # malformed, or an upgrade: gunicorn's to answer
+            return None, b"".join(chunks)   # malformed, or an upgrade: gunicorn's to answer
         finally:
             request.parser = None           # no cycle left for the garbage collector
+        data = b"".join(chunks)
         if not (request.complete and request.answer and request.begun == 1):
             return None, data
         status, body, extra = self.fastpath.respond(
             request.answer, request.mimetype,
-            request.headers.get(b"authorization", b"").decode("latin-1"), lambda: request.body,
+            request.headers.get(b"authorization", b"").decode("latin-1"), lambda: b"".join(request.body),
             address)
         head = [b"HTTP/1.1 %d %s\r\nServer: gunicorn\r\nDate: %s\r\nConnection: keep-alive\r\n"
                 b"Content-Type: application/json\r\nContent-Length: %d\r\n"

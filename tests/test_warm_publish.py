@@ -205,3 +205,15 @@ def test_a_warm_producer_publishes_in_order_and_nothing_is_lost(served):
                           params={"topic": "t", "limit": 500}).json()["data"]
     in_order = sorted(listed, key=lambda m: m["offset"])
     assert [(m["MessageCode"], m["MessageData"]) for m in in_order] == list(zip(codes, map(str, range(200))))
+
+
+def test_a_big_batch_arriving_in_many_reads_is_served_warm_and_whole(served):
+    broker = served(mq={"messageChanBuffer": 10000})
+    session = requests.Session()
+    assert session.post(broker.url + "/ProducerSend",
+                        data={"topic": "t", "messageData": "warm up"}).json()["code"] == 0
+    messages = [f"{n:05d}" + "x" * 200 for n in range(5000)]       # about 1 MB of JSON
+    reply = session.post(broker.url + "/ProducerSendBatch", json={"topic": "t", "messages": messages})
+    assert reply.json()["code"] == 0 and len(set(reply.json()["data"])) == 5000
+    topics = requests.get(broker.url + "/Console/GetTopics").json()["data"]
+    assert [(t["topic"], t["published"]) for t in topics] == [("t", 5001)]
