@@ -177,9 +177,9 @@ class SQLiteEngine(BrowseQueries, Engine):
 
     # -- writes ------------------------------------------------------------------------------
     @staticmethod
-    def _insert(db, heads, rows):
-        """Give ``rows`` of (code, topic, data, created, key[, due]) offsets and insert them;
-        returns records."""
+    def _numbered(heads, rows):
+        """Records of ``rows`` of (code, topic, data, created, key[, due]), each given the offset
+        after its topic's head (``heads`` moves on), and the topics that start here."""
         records, new_topics = [], []
         for code, topic, data, created, key, *due in rows:
             offset = heads.get(topic, 0) + 1
@@ -187,6 +187,11 @@ class SQLiteEngine(BrowseQueries, Engine):
                 new_topics.append(topic)
             heads[topic] = offset
             records.append(Record(offset, code, topic, data, created, key, *due))
+        return records, new_topics
+
+    def _insert(self, db, heads, rows):
+        """Number ``rows`` and insert them; returns records."""
+        records, new_topics = self._numbered(heads, rows)
         db.executemany(f"insert into messages ({_RECORD}) values (?, ?, ?, ?, ?, ?)",
                        [record[:6] for record in records])
         # A topic's row is written when it starts, and its head when messages are purged (see
@@ -200,10 +205,7 @@ class SQLiteEngine(BrowseQueries, Engine):
 
     def _insert_at_once(self, db, heads, rows):
         """``_insert`` for rows of topics that have started, as one statement."""
-        records = []
-        for code, topic, data, created, key in rows:
-            heads[topic] = offset = heads[topic] + 1
-            records.append(Record(offset, code, topic, data, created, key))
+        records, _ = self._numbered(heads, rows)
         sql = self._inserts.get(len(records))
         if sql is None:
             sql = self._inserts[len(records)] = (f"insert into messages ({_RECORD}) values "
