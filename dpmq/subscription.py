@@ -89,6 +89,7 @@ class Subscription:
         self.sticky = collections.OrderedDict()     # ordering key -> Member
         self.sent = 0               # messages handed out or dead-lettered, to tell progress from a stall
         self._retry = []            # heap of (offset, seq, record, attempts, requeued)
+        self._reads = 1 << 20       # the most one catch-up read asks for (see _fetch)
         self._seq = itertools.count()
         for record in requeued:
             self._push_retry(record, 0, True)
@@ -189,13 +190,22 @@ class Subscription:
         return self._fetch(read, upto, limit, now)
 
     def _fetch(self, read, upto, limit, now):
-        """Read up to ``limit`` messages after ``next`` and hand them out; True if caught up."""
+        """Read up to ``limit`` messages after ``next`` and hand them out; True if caught up.
+
+        A member's buffer is bounded in bytes, not messages: with large messages a read of a
+        whole batch could end after one or two sends, and the next pass would read the same
+        batch again. So a read that stopped early makes the next one ask for about what was
+        sent (doubling again as reads are used up), and a slow consumer costs the store what it
+        takes, not a batch per message."""
+        limit = min(limit, self._reads)
         records = read(self.topic, self.next - 1, limit, upto)
         if records and records[0].offset > self.next:
             self.next = records[0].offset      # the ones between were purged by retention
-        for record in records:
+        for sent, record in enumerate(records):
             if not self._send(record, None, self.attempts.get(record.offset, 0), False, now):
+                self._reads = max(1, 2 * sent)
                 return False
+        self._reads = min(2 * max(self._reads, len(records)), 1 << 20)
         if len(records) < limit:
             self.behind = False
         return not self.behind
