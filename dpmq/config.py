@@ -40,7 +40,7 @@ SCHEMA = {
         "consumerBufferBytes": (4_194_304, int, 1024, 1 << 31),
         "catchUpBatch": (500, int, 1, 100_000),
         "fanoutWorkers": (2, int, 1, 64),
-        "writeCoalesce": (0.004, float, 0, 0.1),
+        "writeCoalesce": (0.01, float, 0, 0.1),
         "cursorFlushInterval": (0.5, float, 0.01, 60),
         "ackTimeout": (30.0, float, 0.01, 86400),
         "maxInFlight": (100, int, 1, 100_000),

@@ -52,3 +52,23 @@ def test_the_last_message_of_a_burst_is_written_when_the_window_closes(make_brok
     # the window's end woke the shard, not some later event.
     assert consumer.arrivals[-1] - sent < 0.8
     assert consumer.datas == [str(i) for i in range(5)]
+
+
+def test_messages_at_a_moderate_rate_are_written_at_once_not_held_for_the_window(make_broker):
+    """A window only opens when the rate would fill it with several messages: one every 30 ms
+    expects about three in a 100 ms window, so none may wait for one (they would arrive 50 ms
+    late on average if they did)."""
+    running = make_broker("memory", mq={"writeCoalesce": 0.1})
+    consumer = Collector(running.ws_url, "t", "c")
+    wait_for(lambda: running.broker.members(), what="the consumer")
+    sent = []
+    with requests.Session() as http:
+        for i in range(15):
+            sent.append(time.monotonic())
+            assert http.post(running.url + "/ProducerSend",
+                             data={"topic": "t", "messageData": str(i)}).json()["code"] == 0
+            time.sleep(0.03)
+    consumer.wait_count(15)
+    assert consumer.datas == [str(i) for i in range(15)]
+    delays = sorted(arrived - at for arrived, at in zip(consumer.arrivals, sent))
+    assert delays[len(delays) // 2] < 0.025, delays
