@@ -13,6 +13,7 @@ writes them with :meth:`Connection.flush`; when the socket is not writable it is
 """
 
 import collections
+import operator
 import select
 import socket
 import threading
@@ -20,6 +21,7 @@ import threading
 _DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 _COMPACT_AT = 1 << 16
 _CONTROL_SLACK = 1 << 16        # Pongs and Closes may exceed the buffer limit by this much
+_RECORD = operator.itemgetter(1)    # of a mark: (stream position where a message ends, record)
 
 
 def _has_close_frame(data):
@@ -106,6 +108,21 @@ class Connection:
             self._marks.append((self._queued, record))
             return True
 
+    def offer_all(self, data, ends, records):
+        """Queue several message frames at once (``data``; the i-th ends at ``ends[i]`` in it):
+        all of them, or none (False) when the connection is closing or :meth:`offer` would not
+        take the last of them either."""
+        with self._lock:
+            before_last = ends[-2] if len(ends) > 1 else 0
+            if (self.closing or self.closed
+                    or len(self._out) - self._head + before_last >= self.limit):
+                return False
+            base = self._queued
+            self._out += data
+            self._queued += len(data)
+            self._marks.extend(zip(map(base.__add__, ends), records))
+            return True
+
     def send_text(self, frame):
         """Queue a frame that is not a message (an error reply); False if closing."""
         with self._lock:
@@ -150,6 +167,11 @@ class Connection:
     def _advance(self):
         written = self._queued - (len(self._out) - self._head)
         marks = self._marks
+        if marks and marks[-1][0] <= written:      # all of them, as most writes go
+            self._written += map(_RECORD, marks)
+            self.delivered += len(marks)
+            marks.clear()
+            return
         while marks and marks[0][0] <= written:
             self._written.append(marks.popleft()[1])
             self.delivered += 1

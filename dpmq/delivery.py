@@ -31,7 +31,7 @@ import socket
 import time
 
 from .errors import CLOSE_BAD_INPUT, CLOSE_TRY_AGAIN, Refused, StoreError
-from .message import text_frame
+from .message import Run, text_frame
 from .metrics import ACKED, DEAD_LETTERED, DELIVERED, TopicCounts
 from .shared_group import SharedGroup
 from .subscription import Subscription
@@ -167,29 +167,37 @@ class Shard:
             pass
 
     def _take_inbox(self, now):
-        arrived = 0
+        live, arrived = [], 0       # messages posted one after another are offered together
         while True:
             try:
                 kind, item = self._inbox.get_nowait()
             except queue.Empty:
                 break
             if kind == "msgs":
-                self._offer(item, now)
-                arrived += len(item)
-            elif kind == "watch":
-                self._dirty.add(item)
-            elif kind == "reply":
-                self._reply(*item, now)
-            elif kind == "join":
-                self._join(item)
-            elif kind == "leave":
-                self._leave(item)
-            elif kind == "requeue":
-                self._requeue(*item)
-            elif kind == "positions":
-                self._positions(*item)
+                live += item
+                continue
+            if live:
+                arrived += self._offer(live, now)
+                live = []
+            self._handle(kind, item, now)
+        if live:
+            arrived += self._offer(live, now)
         if arrived:
             self._gather(arrived, now)
+
+    def _handle(self, kind, item, now):
+        if kind == "watch":
+            self._dirty.add(item)
+        elif kind == "reply":
+            self._reply(*item, now)
+        elif kind == "join":
+            self._join(item)
+        elif kind == "leave":
+            self._leave(item)
+        elif kind == "requeue":
+            self._requeue(*item)
+        elif kind == "positions":
+            self._positions(*item)
 
     def _gather(self, arrived, now):
         """Open a gathering window when messages come fast enough to fill one with several
@@ -200,14 +208,19 @@ class Shard:
             self._quiet_until = now + self.coalesce
 
     def _offer(self, items, now):
-        """Live messages from the broker: offer each to the subscriptions of its topic."""
-        touched = set()
-        for record, frame in items:
-            for sub in self.topics.get(record.topic, ()):
-                sub.offer_live(record, frame, now)
-                touched.add(sub)
-        for sub in touched:
-            self._touch(sub)
+        """Live messages from the broker: offer each topic's run of them to the subscriptions of
+        the topic. Returns how many there were."""
+        runs = {}
+        for item in items:
+            runs.setdefault(item[0].topic, []).append(item)
+        for topic, mine in runs.items():
+            subs = self.topics.get(topic)
+            if subs:
+                run = Run(mine)
+                for sub in subs:
+                    sub.offer_live(run, now)
+                    self._touch(sub)
+        return len(items)
 
     def _touch(self, sub):
         self._moved.add(sub)

@@ -2,9 +2,11 @@
 
 Server-to-client frames are never masked, so the bytes of one frame are the same for every consumer:
 the pump builds them once and every connection shares them (only a redelivery, whose ``Status``
-differs, gets a frame of its own).
+differs, gets a frame of its own). Messages of one topic handed out together go further: their
+frames are joined once (:class:`Run`) and a consumer that takes them all gets them in one append.
 """
 
+import itertools
 import json
 import os
 import struct
@@ -94,3 +96,35 @@ def text_frame(data):
 def frame(record, status=0):
     """The complete frame that delivers ``record`` with the given ``Status``."""
     return text_frame(payload(record, status))
+
+
+class Run:
+    """Messages of one topic handed out together, in log order: ``items`` are (record, frame)."""
+
+    __slots__ = ("items", "first", "last", "_contiguous", "_joined")
+
+    def __init__(self, items):
+        self.items = items
+        self.first = items[0][0].offset
+        self.last = items[-1][0].offset
+        self._contiguous = None
+        self._joined = None
+
+    @property
+    def contiguous(self):
+        """Whether each offset is the one after the previous: none missing, repeated or out of
+        order (messages from several processes sharing a store can come in any order)."""
+        if self._contiguous is None:
+            self._contiguous = (self.last - self.first + 1 == len(self.items) and all(
+                record.offset == offset
+                for (record, _), offset in zip(self.items, itertools.count(self.first))))
+        return self._contiguous
+
+    def joined(self):
+        """``(every frame in one bytes, where each ends in it, the records)``, built once for
+        all the consumers that take the whole run."""
+        if self._joined is None:
+            frames = [frame for _, frame in self.items]
+            self._joined = (b"".join(frames), list(itertools.accumulate(map(len, frames))),
+                            [record for record, _ in self.items])
+        return self._joined

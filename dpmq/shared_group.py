@@ -29,8 +29,8 @@ class SharedGroup(Subscription):
     def _settle(self, items, retry=False):
         self.cursor = max(self.cursor, self.store.settle(self.topic, self.key, items, retry))
 
-    def offer_live(self, record, frame, now):
-        """A new message: it is claimed from the store like the others, by whichever process
+    def offer_live(self, run, now):
+        """New messages: they are claimed from the store like the others, by whichever process
         asks first."""
         self.behind = True
 

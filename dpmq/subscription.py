@@ -153,15 +153,26 @@ class Subscription:
         return len(failed)
 
     # -- handing out -------------------------------------------------------------------------
-    def offer_live(self, record, frame, now):
-        """A message the pump just handed out: send it if it is the one this subscription expects."""
+    def offer_live(self, run, now):
+        """Messages the broker just handed out (a :class:`~dpmq.message.Run`): send those this
+        subscription expects. A lone consumer without ack that is caught up, most of a busy
+        broker's, takes the whole run with one append to its buffer."""
         if self._retry:
             self.redeliver(now)
-        if record.offset < self.next:
+        members = self.members
+        if (run.first == self.next and not (self.behind or self._retry or self.attempts)
+                and len(members) == 1 and not (self.is_group or members[0].ack)
+                and run.contiguous and members[0].conn.offer_all(*run.joined())):
+            self.sent += len(run.items)
+            self.next = run.last + 1
             return
-        if record.offset > self.next or self.behind or not self._send(
-                record, frame, self.attempts.get(record.offset, 0), False, now):
-            self.behind = True
+        for record, frame in run.items:
+            if record.offset < self.next:
+                continue
+            if record.offset > self.next or self.behind or not self._send(
+                    record, frame, self.attempts.get(record.offset, 0), False, now):
+                self.behind = True
+                return
 
     def redeliver(self, now):
         """Send what waits for redelivery, lowest offset first, while members can take it."""

@@ -1,0 +1,110 @@
+"""The outgoing side of a consumer socket (dpmq.connection.Connection) over a real socket pair:
+a run of frames queued at once is written, counted and bounded exactly like frames queued one
+by one."""
+
+import socket
+
+import pytest
+
+from dpmq.connection import Connection
+from dpmq.message import Record, Run, frame
+
+
+def records(count, first=1, size=10):
+    return [Record(offset, f"code{offset}", "t", "x" * size, 0.0) for offset in range(first, first + count)]
+
+
+def run_of(recs):
+    return Run([(record, frame(record)) for record in recs])
+
+
+@pytest.fixture
+def pair():
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    yield ours, theirs
+    ours.close()
+    theirs.close()
+
+
+def receive(sock, size):
+    data = b""
+    while len(data) < size:
+        data += sock.recv(size - len(data))
+    return data
+
+
+def test_a_run_is_written_as_the_frames_one_after_another_and_every_record_counted(pair):
+    ours, theirs = pair
+    conn = Connection(ours, limit=1 << 20)
+    recs = records(5)
+    run = run_of(recs)
+    data, ends, taken = run.joined()
+    assert conn.offer_all(data, ends, taken)
+    assert conn.flush()
+    assert receive(theirs, len(data)) == b"".join(frame(record) for record in recs)
+    assert conn.take_written() == recs
+    assert conn.delivered == 5
+    assert conn.unwritten() == []
+
+
+def test_a_run_after_single_frames_keeps_the_order_and_the_stream_positions(pair):
+    ours, theirs = pair
+    conn = Connection(ours, limit=1 << 20)
+    first, rest = records(2), records(3, first=3)
+    for record in first:
+        assert conn.offer(frame(record), record)
+    assert conn.offer_all(*run_of(rest).joined())
+    assert conn.unwritten() == first + rest
+    assert conn.flush()
+    assert conn.take_written() == first + rest
+
+
+def test_a_run_is_taken_whole_or_not_at_all_with_the_limit_that_single_offers_have(pair):
+    ours, _ = pair
+    recs = records(4, size=50)
+    size = len(frame(recs[0]))
+    run = run_of(recs)
+    # One by one, a frame is taken while the buffer holds less than the limit: with a limit
+    # just over three frames all four go in; just under three frames, only three.
+    for limit, taken_one_by_one in ((3 * size + 1, 4), (3 * size, 3)):
+        single = Connection(ours, limit=limit)
+        assert sum(single.offer(frame(r), r) for r in recs) == taken_one_by_one
+        whole = Connection(ours, limit=limit)
+        assert whole.offer_all(*run.joined()) == (taken_one_by_one == 4)
+        assert whole.pending_bytes == (4 * size if taken_one_by_one == 4 else 0)
+
+
+def test_a_closing_connection_takes_no_run(pair):
+    ours, _ = pair
+    conn = Connection(ours, limit=1 << 20)
+    conn.write_control(b"\x88\x02\x03\xe8")        # a Close frame
+    assert not conn.offer_all(*run_of(records(2)).joined())
+    assert conn.unwritten() == []
+
+
+def test_a_run_written_in_part_reports_only_the_frames_written_whole(pair):
+    ours, theirs = pair
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    conn = Connection(ours, limit=1 << 22)
+    recs = records(400, size=1000)
+    run = run_of(recs)
+    assert conn.offer_all(*run.joined())
+    assert not conn.flush()                         # the peer reads nothing yet
+    written = conn.take_written()
+    assert written == recs[:len(written)] and len(written) < 400
+    received = b""
+    while not conn.flush() or len(received) < len(run.joined()[0]):
+        received += theirs.recv(1 << 16)
+        written += conn.take_written()
+    written += conn.take_written()
+    assert written == recs
+    assert received == run.joined()[0]
+
+
+def test_a_run_knows_whether_its_offsets_follow_one_another():
+    assert run_of(records(3, first=7)).contiguous
+    recs = records(4)
+    assert not run_of([recs[0], recs[2]]).contiguous
+    assert not run_of([recs[0], recs[2], recs[1]]).contiguous
+    assert not run_of([recs[0], recs[1], recs[1], recs[3]]).contiguous   # a repeat hides a gap
