@@ -63,10 +63,12 @@ class Peer:
         self.proc.wait(10)
 
 
-def measure(target, url, pid, protocol, idle):
+def measure(target, url, pid, protocol, idle, producers=None):
     results = {}
     for name in SCENARIOS:
         overrides = {"consumers": idle} if name == "idle" else {}
+        if producers and name != "idle":
+            overrides["producers"] = producers
         print(f"{target}: {name}", file=sys.stderr, flush=True)
         try:
             results[name] = run_scenario(name, url, pid=pid, protocol=protocol,
@@ -81,6 +83,8 @@ def main():
     parser.add_argument("--peer-python", default=sys.executable)
     parser.add_argument("--idle", type=int, default=2000)
     parser.add_argument("--json", default="bench-compare.json")
+    parser.add_argument("--producers", type=int,
+                        help="producer processes per scenario instead of its default (2; latency 1)")
     args = parser.parse_args()
     everything = {}
 
@@ -92,7 +96,7 @@ def main():
         broker = LocalBroker(engine, args.idle)
         try:
             everything[f"dpmq-{engine}"] = measure(f"dpmq-{engine}", broker.url, broker.pid, "dpmq",
-                                                   args.idle)
+                                                   args.idle, args.producers)
         finally:
             broker.stop()
         save()
@@ -105,7 +109,7 @@ def main():
     for name, (command, worker_is_child, protocol) in peers.items():
         peer = Peer(command, HERE, worker_is_child)
         try:
-            everything[name] = measure(name, peer.url, peer.pid, protocol, args.idle)
+            everything[name] = measure(name, peer.url, peer.pid, protocol, args.idle, args.producers)
         finally:
             peer.stop()
         save()

@@ -198,7 +198,7 @@ def run_scenario(name, url, token=None, pid=None, size=100, progress=print, idle
     latencies = [ms for r in reports for ms in (r["latencies"] or [])]
     result = {
         "scenario": name, "messages": per_producer * producers, "consumers": spec["consumers"],
-        "topics": len(topics), "accepted": accepted,
+        "topics": len(topics), "producers": producers, "accepted": accepted,
         "refused": sum(p["refused"] for p in published),
         "publishPerSecond": round(accepted / publish_seconds, 1),
         "delivered": received,
@@ -267,6 +267,8 @@ def main(args):
             overrides = {"consumers": args.idle} if name == "idle" else {}
             if args.messages and name != "idle":
                 overrides["messages"] = args.messages
+            if args.producers and name != "idle":
+                overrides["producers"] = args.producers
             results.append(run_scenario(name, url, token=args.token, pid=pid,
                                         progress=lambda text: print(text, file=sys.stderr),
                                         protocol=args.protocol, **overrides))

@@ -107,6 +107,8 @@ def _parser():
     bench.add_argument("--pid", type=int, help="the broker's process id, for RSS and CPU with --url")
     bench.add_argument("--idle", type=int, default=2000, help="idle consumers to connect")
     bench.add_argument("--messages", type=int, help="messages per scenario instead of its default")
+    bench.add_argument("--producers", type=int,
+                       help="producer processes per scenario instead of its default (2; latency 1)")
     bench.add_argument("--protocol", default="dpmq", choices=("dpmq", "socketio"),
                        help="consumers speak DPMQ's WebSocket, or Socket.IO to bench/socketio_peer.py")
     bench.add_argument("--json", help="also write the results to this JSON file")

@@ -35,9 +35,10 @@ def test_batch_topics_and_idle_scenarios(make_broker):
 def test_bench_command_starts_its_own_broker_and_writes_json(tmp_path):
     out = tmp_path / "bench.json"
     command = [sys.executable, "-m", "dpmq.cli", "bench", "--scenario", "publish", "--engine",
-               "memory", "--messages", "500", "--json", str(out)]
+               "memory", "--messages", "500", "--producers", "4", "--json", str(out)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "publishPerSecond" in result.stdout
     (publish,) = json.loads(out.read_text())["results"]
     assert publish["accepted"] == 500 and publish["refused"] == 0
+    assert publish["producers"] == 4
