@@ -26,13 +26,12 @@ import heapq
 import json
 import logging
 import queue
-import selectors
-import socket
 import time
 
 from .errors import CLOSE_BAD_INPUT, CLOSE_TRY_AGAIN, Refused, StoreError
 from .message import Run, text_frame
 from .metrics import ACKED, DEAD_LETTERED, DELIVERED, TopicCounts
+from .shard_waits import ShardWaits
 from .shared_group import SharedGroup
 from .subscription import Subscription
 
@@ -59,11 +58,7 @@ class Shard:
         self.coalesce = self.limits.writeCoalesce
         self.counts = TopicCounts()     # what this shard delivered, acked, failed…
         self._inbox = queue.SimpleQueue()
-        self._asleep = False
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._selector = selectors.DefaultSelector()
-        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._waits = ShardWaits()
         self._subs = {}                 # (topic, key) -> Subscription
         # topic -> [Subscription]. The hand-out reads its keys to skip shards without a
         # subscription to a message's topic: a key is added before the new subscription's first
@@ -77,7 +72,6 @@ class Shard:
         self._retry_at = 0.0            # after a store error, no catch-up before this time
         self._stalled = False           # the last catch-up pass sent nothing: wait for an event
         self._shared = set()            # shared groups (their messages may come back from the store)
-        self._watched = set()           # members registered in the selector for writability
         self._next_poll = 0.0
         self._quiet_until = 0.0         # until then, gather messages instead of writing each
         self._last_msgs = 0.0           # when messages last came in
@@ -85,11 +79,7 @@ class Shard:
     # -- the thread-safe side ----------------------------------------------------------------
     def post(self, kind, item=None):
         self._inbox.put((kind, item))
-        if self._asleep:
-            try:
-                self._wake_w.send(b"\0")
-            except OSError:
-                pass
+        self._waits.wake()
 
     def join(self, member, timeout=30.0):
         """Attach a connected member; raises Refused if it cannot join."""
@@ -114,9 +104,7 @@ class Shard:
             except Exception:  # noqa: BLE001 - a delivery thread must never die silently
                 log.exception("delivery shard %d failed; continuing in 0.5 s", self.index)
                 stop.wait(0.5)
-        self._selector.close()
-        self._wake_r.close()
-        self._wake_w.close()
+        self._waits.close()
 
     def _once(self):
         now = time.monotonic()
@@ -129,18 +117,13 @@ class Shard:
         if quiet > 0:
             timeout = min(timeout, quiet)     # gathering: posts do not wake the shard
         else:
-            self._asleep = True
+            self._waits.asleep = True   # before the inbox is looked at: a post after it wakes us
             if not self._inbox.empty():
                 timeout = 0
-        events = self._selector.select(timeout)
-        self._asleep = False
-        if events or timeout or not self._inbox.empty():
+        happened, writable = self._waits.sleep(timeout)
+        if happened or timeout or not self._inbox.empty():
             self._stalled = False       # something happened (or time passed): look again
-        for key, _ in events:
-            if key.data is None:
-                self._drain_wake()
-            else:
-                self._dirty.add(key.data)
+        self._dirty.update(writable)
         now = time.monotonic()
         self._take_inbox(now)
         self._fire_timers(now)
@@ -158,13 +141,6 @@ class Shard:
             sub.poll()
             if sub.has_work:
                 self._active.add(sub)
-
-    def _drain_wake(self):
-        try:
-            while self._wake_r.recv(4096):
-                pass
-        except OSError:
-            pass
 
     def _take_inbox(self, now):
         live, arrived = [], 0       # messages posted one after another are offered together
@@ -289,7 +265,7 @@ class Shard:
             log.error("could not record what %s left unfinished: %s", member.consumer_id, exc)
         finally:
             self._dirty.discard(member)
-            self._unwatch(member)
+            self._waits.unwatch(member)
             member.removed.set()
 
     def _drop(self, sub):
@@ -374,9 +350,9 @@ class Shard:
             if conn.closed:
                 continue
             if conn.flush():
-                self._unwatch(member)
+                self._waits.unwatch(member)
             else:
-                self._watch(member)
+                self._waits.watch(member)
             written = conn.take_written()
             sub = member.subscription
             if written and sub is not None:
@@ -385,31 +361,3 @@ class Shard:
                 self._moved.add(sub)
                 if sub.has_work:
                     self._active.add(sub)
-
-    def _watch(self, member):
-        if member in self._watched:
-            return
-        self._watched.add(member)
-        raw = member.conn.raw
-        try:
-            self._selector.register(raw, selectors.EVENT_WRITE, member)
-        except KeyError:
-            key = self._selector.get_key(raw)
-            if key.data is not member:      # a stale entry for a reused descriptor
-                self._selector.unregister(key.fileobj)
-                self._selector.register(raw, selectors.EVENT_WRITE, member)
-        except (ValueError, OSError):
-            pass                            # the socket is closed; the route will remove it
-
-    def _unwatch(self, member):
-        # Most flushes empty the buffer: the set answers "not watched" without asking the
-        # selector, whose KeyError would format the socket's repr every time.
-        if member not in self._watched:
-            return
-        self._watched.discard(member)
-        try:
-            key = self._selector.get_key(member.conn.raw)
-        except (KeyError, ValueError):
-            return
-        if key.data is member:
-            self._selector.unregister(key.fileobj)
