@@ -115,6 +115,7 @@ def main():
         save()
     rows = [("fanout delivered/s", "fanout", "deliveredPerSecond"),
             ("fanout publish/s", "fanout", "publishPerSecond"),
+            ("fanout broker CPU µs/msg", "fanout", "brokerCpuUsPerMessage"),
             ("topics publish/s", "topics", "publishPerSecond"),
             ("publish only/s", "publish", "publishPerSecond"),
             ("latency p99 ms", "latency", "latencyP99Ms"),

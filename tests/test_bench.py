@@ -15,6 +15,7 @@ def test_fanout_and_latency_scenarios_account_for_every_message(make_broker):
     assert result["delivered"] == 2000 and result["accepted"] == 400
     assert (result["lost"], result["duplicated"], result["outOfOrder"]) == (0, 0, 0)
     assert result["deliveredPerSecond"] > 0 and result["publishPerSecond"] > 0
+    assert "brokerCpuUsPerMessage" not in result        # no --pid: nothing to measure it by
     latency = run_scenario("latency", running.url, progress=lambda text: None, consumers=3,
                            messages=100, rate=200)
     assert latency["lost"] == 0 and 0 < latency["latencyP50Ms"] <= latency["latencyMaxMs"]
@@ -42,3 +43,5 @@ def test_bench_command_starts_its_own_broker_and_writes_json(tmp_path):
     (publish,) = json.loads(out.read_text())["results"]
     assert publish["accepted"] == 500 and publish["refused"] == 0
     assert publish["producers"] == 4
+    # the broker it started is measured: accepting 500 messages costs it CPU and thread switches
+    assert publish["brokerCpuUsPerMessage"] > 0 and publish["brokerSwitchesPerMessage"] > 0
