@@ -10,13 +10,13 @@ consumer that cannot keep up never blocks the shard: its subscription falls behi
 from the store later, up to what the broker has already handed out, so pacing holds for catch-up
 too.
 
-When messages come fast enough to fill a gathering window (``mq.writeCoalesce``, 10 ms) with
-several (``GATHER``), the shard opens one: it does not wake for each message but takes them all
+When messages have lately come fast enough to fill a gathering window (``mq.writeCoalesce``,
+10 ms) with several (``GATHER``), the shard opens one: it does not wake for each message but takes them all
 when the window closes and writes them to each socket with one send. A window's cost (a wake-up
 and a send per consumer) is the same for 2 messages or 30, so under load the cost per message
 falls as the rate rises, which leaves the cores to the producers. Below that rate, at 200 messages
-a second for instance, and after a pause, each message is written at once: latency at moderate
-rates does not change.
+a second for instance, after a pause, and in a short burst after a pause, each message is
+written at once: latency at moderate rates does not change.
 
 Everything else a shard does comes through :meth:`Shard.post`: members joining and leaving, acks,
 requeued dead letters, and requests for the cursors to save.
@@ -25,6 +25,7 @@ requeued dead letters, and requests for the cursors to save.
 import heapq
 import json
 import logging
+import math
 import queue
 import time
 
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 SHARED_POLL = 1.0
 #: How many messages a gathering window must expect at the current rate before one opens.
 GATHER = 4
+#: Over how many windows' time the rate that opens one is measured.
+RECENT = 5
 
 
 def subscription_key(member):
@@ -75,6 +78,7 @@ class Shard:
         self._next_poll = 0.0
         self._quiet_until = 0.0         # until then, gather messages instead of writing each
         self._last_msgs = 0.0           # when messages last came in
+        self._recent = 0.0              # how many came lately, decaying (see _gather)
 
     # -- the thread-safe side ----------------------------------------------------------------
     def post(self, kind, item=None):
@@ -177,10 +181,19 @@ class Shard:
 
     def _gather(self, arrived, now):
         """Open a gathering window when messages come fast enough to fill one with several
-        (``GATHER`` or more at the rate since the last ones): below that rate each message is
-        written at once, above it the wake-ups and sends per message fall with the rate."""
+        (``GATHER`` or more at the recent rate): below that rate each message is written at
+        once, above it the wake-ups and sends per message fall with the rate.
+
+        The rate is a count that decays over ``RECENT`` windows, not the gap since the last
+        messages: a producer that paused (a busy machine stops any process for a few
+        milliseconds) sends what it held back in a burst, and a window opened for that burst
+        would add its length to messages that are already late."""
+        horizon = RECENT * self.coalesce
+        if horizon <= 0:
+            return
         elapsed, self._last_msgs = now - self._last_msgs, now
-        if arrived * self.coalesce >= GATHER * elapsed:
+        self._recent = self._recent * math.exp(-elapsed / horizon) + arrived
+        if self._recent >= GATHER * RECENT:
             self._quiet_until = now + self.coalesce
 
     def _offer(self, items, now):

@@ -43,15 +43,15 @@ def test_the_last_message_of_a_burst_is_written_when_the_window_closes(make_brok
     running = make_broker("memory", mq={"writeCoalesce": 0.08})
     consumer = Collector(running.ws_url, "t", "c")
     wait_for(lambda: running.broker.members(), what="the consumer")
-    with requests.Session() as http:
-        for i in range(5):
+    with requests.Session() as http:       # enough, fast enough, to open a window on the way
+        for i in range(60):
             http.post(running.url + "/ProducerSend", data={"topic": "t", "messageData": str(i)})
         sent = time.monotonic()
-    consumer.wait_count(5)
+    consumer.wait_count(60)
     # The window is 0.08 s; the shard's idle tick is 1 s. Arriving well before that tick shows
     # the window's end woke the shard, not some later event.
     assert consumer.arrivals[-1] - sent < 0.8
-    assert consumer.datas == [str(i) for i in range(5)]
+    assert consumer.datas == [str(i) for i in range(60)]
 
 
 def test_messages_at_a_moderate_rate_are_written_at_once_not_held_for_the_window(make_broker):
@@ -72,3 +72,22 @@ def test_messages_at_a_moderate_rate_are_written_at_once_not_held_for_the_window
     assert consumer.datas == [str(i) for i in range(15)]
     delays = sorted(arrived - at for arrived, at in zip(consumer.arrivals, sent))
     assert delays[len(delays) // 2] < 0.025, delays
+
+
+def test_a_short_burst_is_written_at_once_not_held_for_a_window(make_broker):
+    """A producer that paused sends what it held back in a burst; a few messages close together
+    are not a rate that fills a 100 ms window, so none waits for one (held, the last ones would
+    arrive up to 100 ms late)."""
+    running = make_broker("memory", mq={"writeCoalesce": 0.1})
+    consumer = Collector(running.ws_url, "t", "c")
+    wait_for(lambda: running.broker.members(), what="the consumer")
+    sent = []
+    with requests.Session() as http:
+        for i in range(4):
+            sent.append(time.monotonic())
+            assert http.post(running.url + "/ProducerSend",
+                             data={"topic": "t", "messageData": str(i)}).json()["code"] == 0
+    consumer.wait_count(4)
+    assert consumer.datas == [str(i) for i in range(4)]
+    delays = [arrived - at for arrived, at in zip(consumer.arrivals, sent)]
+    assert max(delays) < 0.06, delays
