@@ -14,10 +14,12 @@ Everything hangs off one :class:`Broker` object, so one process can run several 
 """
 
 import concurrent.futures
+import itertools
 import logging
 import queue
 import threading
 import time
+from operator import attrgetter
 
 from . import message
 from .delivery import Shard, subscription_key
@@ -39,6 +41,17 @@ from .validation import check_name, new_message
 
 log = logging.getLogger(__name__)
 
+
+
+def _per_topic(records):
+    """(topic, how many) for each run of ``records`` of one topic: a batch's are one run."""
+    return ((topic, len(list(run))) for topic, run in itertools.groupby(records, attrgetter("topic")))
+
+
+def _per_time(records):
+    """(when each became due, how many) for each run of ``records`` that share that time."""
+    for (created, due), run in itertools.groupby(records, attrgetter("created", "due")):
+        yield max(created, due), len(list(run))
 
 class Slots:
     """Room in the buffer, reserved before a commit so an accepted message always fits."""
@@ -154,10 +167,10 @@ class Broker:
         if not items:
             raise BadRequest("no messages: send at least one")
         now = time.time()
-        messages = []
+        messages, checked = [], set()
         for position, (fields, code) in enumerate(zip(items, message.new_codes(len(items)))):
             try:
-                messages.append(new_message(fields, now, code, self.settings.mq))
+                messages.append(new_message(fields, now, code, self.settings.mq, checked))
             except (BadRequest, TooLarge) as exc:
                 if len(items) > 1:
                     exc.args = (f"messages[{position}]: {exc}",)
@@ -183,9 +196,11 @@ class Broker:
         return appended.codes
 
     def _on_commit(self, records):
+        heads = self.heads
         for record in records:
-            self.heads[record.topic] = record.offset
-            self.counts.of(record.topic)[PUBLISHED] += 1
+            heads[record.topic] = record.offset
+        for topic, count in _per_topic(records):
+            self.counts.of(topic)[PUBLISHED] += count
         if not self._paced:
             self._hand_out_now(records)
             self.slots.release(len(records))
@@ -258,7 +273,8 @@ class Broker:
         for record in batch:
             if record.offset > pumped.get(record.topic, 0):   # from two sources, see _on_remote
                 pumped[record.topic] = record.offset
-            observe(max(0.0, now - max(record.created, record.due)))
+        for since, count in _per_time(batch):
+            observe(max(0.0, now - since), count)
         targets, posts = {}, {}
         for record in batch:
             topic = record.topic

@@ -65,9 +65,10 @@ class OneWriterHistogram:
         self.counts = [0] * (len(self.bounds) + 1)      # the last one: above every bound
         self.sum = 0.0
 
-    def observe(self, value):
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
-        self.sum += value
+    def observe(self, value, count=1):
+        """``count`` observations of ``value`` (the messages of a batch share theirs)."""
+        self.counts[bisect.bisect_left(self.bounds, value)] += count
+        self.sum += value * count
 
     def family(self):
         cumulative = list(itertools.accumulate(self.counts))

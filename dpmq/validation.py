@@ -22,11 +22,14 @@ def check_name(kind, value, max_length):
     return value
 
 
-def new_message(fields, now, code, mq):
+def new_message(fields, now, code, mq, checked):
     """A producer's fields as a :class:`~dpmq.message.NewMessage`, or BadRequest / TooLarge
-    saying what is wrong with them (``mq``: the limits)."""
+    saying what is wrong with them (``mq``: the limits). ``checked`` holds the topics found
+    good so far: a batch's messages mostly share one, checked once."""
     topic, data = fields.get("topic"), fields.get("messageData")
-    check_name("topic", topic, mq.maxTopicLength)
+    if type(topic) is not str or topic not in checked:
+        check_name("topic", topic, mq.maxTopicLength)
+        checked.add(topic)
     if not isinstance(data, str):
         raise BadRequest("messageData is required and must be a string")
     try:

@@ -116,6 +116,9 @@ def test_batch_publish_is_all_or_nothing_in_order(broker):
     bad = broker.http.post(broker.url + "/ProducerSendBatch", json={"messages": [
         {"topic": "t", "messageData": "never"}, {"topic": "t|x", "messageData": "f"}]})
     assert bad.status_code == 400 and "messages[1]" in bad.json()["msg"]
+    unhashable = broker.http.post(broker.url + "/ProducerSendBatch", json={"messages": [
+        {"topic": "t", "messageData": "never"}, {"topic": ["t"], "messageData": "g"}]})
+    assert unhashable.status_code == 400 and "messages[1]: topic" in unhashable.json()["msg"]
     consumer.wait_count(4)
     time.sleep(0.2)
     assert consumer.datas == ["a", "b", "c", "d"]
