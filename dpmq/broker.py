@@ -35,12 +35,12 @@ from .errors import (
 )
 from .housekeeping import Housekeeping
 from .metrics import PUBLISHED, History, Metrics, TopicCounts, merge
+from .slots import Slots
 from .storage import open_engine
 from .subscription import Member
 from .validation import check_name, new_message
 
 log = logging.getLogger(__name__)
-
 
 
 def _per_topic(records):
@@ -52,34 +52,6 @@ def _per_time(records):
     """(when each became due, how many) for each run of ``records`` that share that time."""
     for (created, due), run in itertools.groupby(records, attrgetter("created", "due")):
         yield max(created, due), len(list(run))
-
-class Slots:
-    """Room in the buffer, reserved before a commit so an accepted message always fits."""
-
-    def __init__(self, capacity):
-        self.capacity = capacity
-        self.used = 0
-        self._cond = threading.Condition()
-
-    def acquire(self, count, timeout):
-        with self._cond:
-            if not self._cond.wait_for(lambda: self.used + count <= self.capacity, timeout):
-                return False
-            self.used += count
-            return True
-
-    def acquire_up_to(self, count):
-        """Take as many as are free now, at most ``count``; returns how many."""
-        with self._cond:
-            taken = max(0, min(count, self.capacity - self.used))
-            self.used += taken
-            return taken
-
-    def release(self, count):
-        if count:
-            with self._cond:
-                self.used -= count
-                self._cond.notify_all()
 
 
 class Broker:
