@@ -54,23 +54,29 @@ def test_the_last_message_of_a_burst_is_written_when_the_window_closes(make_brok
     assert consumer.datas == [str(i) for i in range(60)]
 
 
-def test_messages_at_a_moderate_rate_are_written_at_once_not_held_for_the_window(make_broker):
-    """A window only opens when the rate would fill it with several messages: one every 30 ms
-    expects about three in a 100 ms window, so none may wait for one (they would arrive 50 ms
-    late on average if they did)."""
+def _delays(make_broker, count, gap):
+    """Publish ``count`` messages ``gap`` seconds apart through a 100 ms window; each one's time
+    from the moment its request left to the moment the consumer had it."""
     running = make_broker("memory", mq={"writeCoalesce": 0.1})
     consumer = Collector(running.ws_url, "t", "c")
     wait_for(lambda: running.broker.members(), what="the consumer")
     sent = []
     with requests.Session() as http:
-        for i in range(15):
+        for i in range(count):
             sent.append(time.monotonic())
             assert http.post(running.url + "/ProducerSend",
                              data={"topic": "t", "messageData": str(i)}).json()["code"] == 0
-            time.sleep(0.03)
-    consumer.wait_count(15)
-    assert consumer.datas == [str(i) for i in range(15)]
-    delays = sorted(arrived - at for arrived, at in zip(consumer.arrivals, sent))
+            time.sleep(gap)
+    consumer.wait_count(count)
+    assert consumer.datas == [str(i) for i in range(count)]
+    return [arrived - at for arrived, at in zip(consumer.arrivals, sent)]
+
+
+def test_messages_at_a_moderate_rate_are_written_at_once_not_held_for_the_window(make_broker):
+    """A window only opens when the rate would fill it with several messages: one every 30 ms
+    expects about three in a 100 ms window, so none may wait for one (they would arrive 50 ms
+    late on average if they did)."""
+    delays = sorted(_delays(make_broker, 15, 0.03))
     assert delays[len(delays) // 2] < 0.025, delays
 
 
@@ -78,16 +84,5 @@ def test_a_short_burst_is_written_at_once_not_held_for_a_window(make_broker):
     """A producer that paused sends what it held back in a burst; a few messages close together
     are not a rate that fills a 100 ms window, so none waits for one (held, the last ones would
     arrive up to 100 ms late)."""
-    running = make_broker("memory", mq={"writeCoalesce": 0.1})
-    consumer = Collector(running.ws_url, "t", "c")
-    wait_for(lambda: running.broker.members(), what="the consumer")
-    sent = []
-    with requests.Session() as http:
-        for i in range(4):
-            sent.append(time.monotonic())
-            assert http.post(running.url + "/ProducerSend",
-                             data={"topic": "t", "messageData": str(i)}).json()["code"] == 0
-    consumer.wait_count(4)
-    assert consumer.datas == [str(i) for i in range(4)]
-    delays = [arrived - at for arrived, at in zip(consumer.arrivals, sent)]
+    delays = _delays(make_broker, 4, 0)
     assert max(delays) < 0.06, delays
