@@ -43,11 +43,6 @@ from .validation import check_name, new_message
 log = logging.getLogger(__name__)
 
 
-def _per_topic(records):
-    """(topic, how many) for each run of ``records`` of one topic: a batch's are one run."""
-    return ((topic, len(list(run))) for topic, run in itertools.groupby(records, attrgetter("topic")))
-
-
 def _per_time(records):
     """(when each became due, how many) for each run of ``records`` that share that time."""
     for (created, due), run in itertools.groupby(records, attrgetter("created", "due")):
@@ -168,11 +163,10 @@ class Broker:
         return appended.codes
 
     def _on_commit(self, records):
-        heads = self.heads
-        for record in records:
-            heads[record.topic] = record.offset
-        for topic, count in _per_topic(records):
-            self.counts.of(topic)[PUBLISHED] += count
+        for topic, run in itertools.groupby(records, attrgetter("topic")):   # a batch: one run
+            run = list(run)
+            self.heads[topic] = run[-1].offset
+            self.counts.of(topic)[PUBLISHED] += len(run)
         if not self._paced:
             self._hand_out_now(records)
             self.slots.release(len(records))

@@ -11,8 +11,8 @@ from the store later, up to what the broker has already handed out, so pacing ho
 too.
 
 When messages have lately come fast enough to fill a gathering window (``mq.writeCoalesce``,
-10 ms) with several (``GATHER``), the shard opens one: it does not wake for each message but takes them all
-when the window closes and writes them to each socket with one send. A window's cost (a wake-up
+10 ms) with several (``GATHER``), the shard opens one: it does not wake for each message but
+takes them all when the window closes and writes them to each socket with one send. A window's cost (a wake-up
 and a send per consumer) is the same for 2 messages or 30, so under load the cost per message
 falls as the rate rises, which leaves the cores to the producers. Below that rate, at 200 messages
 a second for instance, after a pause, and in a short burst after a pause, each message is
@@ -39,7 +39,7 @@ from .subscription import Subscription
 log = logging.getLogger(__name__)
 
 SHARED_POLL = 1.0
-#: How many messages a gathering window must expect at the current rate before one opens.
+#: How many messages a gathering window must expect at the recent rate before one opens.
 GATHER = 4
 #: Over how many windows' time the rate that opens one is measured.
 RECENT = 5
