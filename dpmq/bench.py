@@ -144,6 +144,30 @@ def _per_message(before, after, accepted):
             "brokerSwitchesPerMessage": round((after[1] - before[1]) / accepted, 2)}
 
 
+def _load_cost(published, consumers_cpu, accepted, received):
+    """What the load generators themselves cost: on a small machine they share its cores with
+    the broker, so a heavier client would be measured as a slower broker."""
+    cost = {}
+    if accepted:
+        cost["producersCpuUsPerMessage"] = round(
+            sum(p["cpu"] for p in published) * 1e6 / accepted, 1)
+    if received:
+        cost["consumersCpuUsPerFrame"] = round(consumers_cpu * 1e6 / received, 2)
+    return cost
+
+
+def _finish(consumers):
+    """Stop the consumer processes: what each connection saw, and the processes' CPU seconds."""
+    reports, cpu = [], 0.0
+    for process, pipe in consumers:
+        pipe.send("finish")
+        report = pipe.recv()[1]
+        reports.extend(report["trackers"])
+        cpu += report["cpu"]
+        process.join(10)
+    return reports, cpu
+
+
 def _percentile(values, fraction):
     if not values:
         return None
@@ -215,11 +239,7 @@ def run_scenario(name, url, token=None, pid=None, size=100, progress=print, idle
         time.sleep(0.2)
     delivered_seconds = time.perf_counter() - started
     after = _broker_use(pid)
-    reports = []
-    for process, pipe in consumers:
-        pipe.send("finish")
-        reports.extend(pipe.recv()[1])
-        process.join(10)
+    reports, consumers_cpu = _finish(consumers)
     for process, _ in feeders:
         process.join(10)
     unique = sum(r["unique"] for r in reports)
@@ -236,6 +256,7 @@ def run_scenario(name, url, token=None, pid=None, size=100, progress=print, idle
         "outOfOrder": sum(r["outOfOrder"] for r in reports),
     }
     result.update(_per_message(before, after, accepted))
+    result.update(_load_cost(published, consumers_cpu, accepted, received))
     if latencies:
         result.update({f"latencyP{p}Ms": _percentile(latencies, p / 100) for p in (50, 90, 99)})
         result["latencyMaxMs"] = round(max(latencies), 2)
@@ -258,10 +279,7 @@ def _idle(url, count, pid, progress, seconds, protocol):
         result.update({"rssBeforeKb": before, "rssAfterKb": after,
                        "rssPerConnectionKb": round((after - before) / count, 1),
                        "idleCpuPercent": round((_cpu_seconds(pid) - cpu_before) / seconds * 100, 2)})
-    for process, pipe in consumers:
-        pipe.send("finish")
-        pipe.recv()
-        process.join(10)
+    _finish(consumers)
     return result
 
 

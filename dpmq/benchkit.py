@@ -1,17 +1,17 @@
 """The load generators behind ``dpmq bench``: producer and consumer processes.
 
 Consumers are asyncio WebSocket clients (many connections per process, a buffered frame parser,
-no per-message JSON decoding), producers are keep-alive HTTP clients; both run in processes of
-their own, so that the broker is what is measured. Each message carries
+no per-message JSON decoding), producers are lean keep-alive HTTP clients; both run in processes
+of their own, so that the broker is what is measured. Each message carries
 ``<producer>:<sequence>:<send time in ns>:<padding>``; consumers check it for loss, duplicates and
 order (per producer) and collect end-to-end latencies.
 """
 
 import asyncio
 import base64
-import http.client
 import json
 import os
+import socket
 import struct
 import time
 import urllib.parse
@@ -166,6 +166,7 @@ def consumer_process(url, paths, producers, per_producer, keep_latency, conn, pr
                 return
             await asyncio.sleep(0.01)
         conn.send(("connected", len(paths)))
+        cpu = time.process_time()
         while True:
             await asyncio.sleep(0.1)
             if conn.poll():
@@ -174,27 +175,103 @@ def consumer_process(url, paths, producers, per_producer, keep_latency, conn, pr
                     conn.send(("report", sum(t.received for t in trackers)))
                 elif command == "finish":
                     break
-        conn.send(("done", [{"received": t.received, "unique": t.unique(),
-                             "duplicated": t.duplicated, "outOfOrder": t.out_of_order,
-                             "latencies": t.latencies} for t in trackers]))
+        conn.send(("done", {"cpu": time.process_time() - cpu, "trackers": [
+            {"received": t.received, "unique": t.unique(), "duplicated": t.duplicated,
+             "outOfOrder": t.out_of_order, "latencies": t.latencies} for t in trackers]}))
         for task in tasks:
             task.cancel()
 
     asyncio.run(main())
 
 
+class KeepAlive:
+    """One keep-alive HTTP/1.1 connection that posts and reads the reply, and little else.
+
+    The load generator shares the machine with the broker it measures: a producer built on
+    ``http.client`` spent ~290 µs of CPU per single publish here, about as much as the broker
+    spends serving it; this one spends ~90. It builds the request in one string and reads only
+    the status, the reply's framing (``Content-Length``, chunked, or until the server closes)
+    and the body.
+    """
+
+    def __init__(self, host, port, timeout=30):
+        self.address, self.timeout = (host, port), timeout
+        self.head = f"Host: {host}:{port}\r\n"
+        self.sock = None
+
+    def post(self, path, body, content_type, token=None):
+        """Send one request and return ``(status, body)``."""
+        if self.sock is None:
+            self.sock = socket.create_connection(self.address, timeout=self.timeout)
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.buffer = b""
+        body = body.encode() if isinstance(body, str) else body
+        auth = f"Authorization: Bearer {token}\r\n" if token else ""
+        self.sock.sendall(f"POST {path} HTTP/1.1\r\n{self.head}{auth}Content-Type: {content_type}"
+                          f"\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+        head = self._until(b"\r\n\r\n")
+        fields = {}
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            fields[name.strip().lower()] = value.strip().lower()
+        if b"content-length" in fields:
+            reply = self._exactly(int(fields[b"content-length"]))
+        elif fields.get(b"transfer-encoding") == b"chunked":
+            reply = self._chunked()
+        else:
+            reply, fields[b"connection"] = self._rest(), b"close"
+        if fields.get(b"connection") == b"close":
+            self.sock.close()
+            self.sock = None
+        return int(head[9:12]), reply
+
+    def _until(self, marker):
+        while marker not in self.buffer:
+            self._fill()
+        found, _, self.buffer = self.buffer.partition(marker)
+        return found
+
+    def _exactly(self, size):
+        while len(self.buffer) < size:
+            self._fill()
+        found, self.buffer = self.buffer[:size], self.buffer[size:]
+        return found
+
+    def _chunked(self):
+        parts = []
+        while True:
+            size = int(self._until(b"\r\n").split(b";")[0], 16)
+            if size == 0:
+                self._until(b"\r\n")      # no trailers are expected; the blank line ends it
+                return b"".join(parts)
+            parts.append(self._exactly(size))
+            self._exactly(2)
+
+    def _rest(self):
+        while chunk := self.sock.recv(65536):
+            self.buffer += chunk
+        found, self.buffer = self.buffer, b""
+        return found
+
+    def _fill(self):
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("the server closed the connection before its reply ended")
+        self.buffer += chunk
+
+
 def producer_process(url, index, topics, count, size, batch, rate, token, conn):
     """Run in a child process: publish ``count`` messages (``batch`` per request), round-robin
     over ``topics``, at most ``rate`` per second if given; report accepted and refused."""
     parts = urllib.parse.urlsplit(url)
-    client = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
-    headers = {"Content-Type": "application/x-www-form-urlencoded"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
+    client = KeepAlive(parts.hostname, parts.port)
+    # a form body is the topic's part, built once, and the payload, whose only reserved
+    # character is ":" (urlencode per message cost 17 µs, a tenth of the client's time)
+    forms = {topic: urllib.parse.urlencode({"topic": topic}) + "&messageData=" for topic in topics}
     conn.send(("ready", index))
     conn.recv()                         # wait for "go"
     accepted = refused = 0
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     seq = 0
     while seq < count:
         if rate:
@@ -206,22 +283,17 @@ def producer_process(url, index, topics, count, size, batch, rate, token, conn):
             n = min(batch, count - seq)
             body = json.dumps({"topic": topic, "messages": [payload(index, seq + i, size)
                                                             for i in range(n)]})
-            status, reply = _post(client, "/ProducerSendBatch", body,
-                                  dict(headers, **{"Content-Type": "application/json"}))
+            status, reply = client.post("/ProducerSendBatch", body, "application/json", token)
         else:
             n = 1
-            body = urllib.parse.urlencode({"topic": topic, "messageData": payload(index, seq, size)})
-            status, reply = _post(client, "/ProducerSend", body, headers)
+            body = forms[topic] + payload(index, seq, size).replace(":", "%3A")
+            status, reply = client.post("/ProducerSend", body,
+                                        "application/x-www-form-urlencoded", token)
         if status == 200 and reply.startswith(b'{"code":0'):
             accepted += n
         else:
             refused += n
         seq += n
     conn.send(("done", {"accepted": accepted, "refused": refused,
-                        "seconds": time.perf_counter() - started}))
-
-
-def _post(client, path, body, headers):
-    client.request("POST", path, body, headers)
-    response = client.getresponse()
-    return response.status, response.read()
+                        "seconds": time.perf_counter() - started,
+                        "cpu": time.process_time() - cpu}))
