@@ -11,10 +11,13 @@ import asyncio
 import base64
 import json
 import os
+import re
 import socket
 import struct
 import time
 import urllib.parse
+
+_PAYLOAD = re.compile(rb'"MessageData":"(\d+):(\d+):(\d+):')
 
 
 def payload(producer, seq, size):
@@ -32,10 +35,8 @@ class Tracker:
         self.latencies = [] if keep_latency else None
 
     def frame(self, data, now_ns):
-        start = data.find(b'"MessageData":"') + 15
-        end = data.find(b":", data.find(b":", start) + 1)
-        producer, seq = data[start:end].split(b":")
-        producer, seq = int(producer), int(seq)
+        fields = _PAYLOAD.search(data)
+        producer, seq = int(fields[1]), int(fields[2])
         self.received += 1
         seen = self.seen[producer]
         if seen[seq]:
@@ -46,15 +47,15 @@ class Tracker:
             self.out_of_order += 1
         self.last[producer] = seq
         if self.latencies is not None:
-            sent = int(data[end + 1:data.find(b":", end + 1)])
-            self.latencies.append((now_ns - sent) / 1e6)
+            self.latencies.append((now_ns - int(fields[3])) / 1e6)
 
     def unique(self):
         return sum(sum(bitmap) for bitmap in self.seen)
 
 
 def _frames(buffer):
-    """Complete server frames at the start of ``buffer``: ([(opcode, payload)], bytes used)."""
+    """Complete server frames at the start of ``buffer`` (bytes, so that each payload is copied
+    once): ([(opcode, payload)], bytes used)."""
     frames, pos, size = [], 0, len(buffer)
     while size - pos >= 2:
         length, header = buffer[pos + 1] & 0x7F, 2
@@ -66,10 +67,11 @@ def _frames(buffer):
             if size - pos < 10:
                 break
             length, header = struct.unpack_from("!Q", buffer, pos + 2)[0], 10
-        if size - pos < header + length:
+        end = pos + header + length
+        if size < end:
             break
-        frames.append((buffer[pos] & 0x0F, bytes(buffer[pos + header:pos + header + length])))
-        pos += header + length
+        frames.append((buffer[pos] & 0x0F, buffer[pos + header:end]))
+        pos = end
     return frames, pos
 
 
@@ -114,15 +116,15 @@ async def _consume(host, port, path, tracker, connected, protocol, gate):
         writer.write(_client_frame(1, b'420["join",' + json.dumps(topic).encode() + b"]"))
     else:
         connected()
-    buffer = bytearray()
+    rest = b""
     while True:
         chunk = await reader.read(262144)
         if not chunk:
             return
-        buffer += chunk
+        buffer = rest + chunk if rest else chunk
         now = time.time_ns()
         frames, used = _frames(buffer)
-        del buffer[:used]
+        rest = buffer[used:]
         for opcode, body in frames:
             if opcode == 8:
                 return
