@@ -5,6 +5,10 @@ Peers: Flask-SocketIO 5 in threading mode under gunicorn gthread (bench/socketio
 (bench/ws_ceiling.js; needs `npm install` in bench/). DPMQ runs on a temporary store per engine.
 
     python bench/compare.py --peer-python /path/to/venv-with-flask-socketio/bin/python
+
+The four servers run side by side and take turns, scenario by scenario; with ``--rounds N`` each
+scenario is measured N times and medians are reported, with each round's ratio, so that the
+minutes when a shared machine is slow fall on every server alike.
 """
 
 import argparse
@@ -12,6 +16,7 @@ import json
 import os
 import pathlib
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -63,19 +68,82 @@ class Peer:
         self.proc.wait(10)
 
 
-def measure(target, url, pid, protocol, idle, producers=None):
-    results = {}
-    for name in SCENARIOS:
-        overrides = {"consumers": idle} if name == "idle" else {}
-        if producers and name != "idle":
-            overrides["producers"] = producers
-        print(f"{target}: {name}", file=sys.stderr, flush=True)
-        try:
-            results[name] = run_scenario(name, url, pid=pid, protocol=protocol,
-                                         progress=lambda text: None, **overrides)
-        except RuntimeError as exc:         # a peer that cannot do a scenario
-            results[name] = {"error": str(exc)}
-    return results
+def _one(name, server, scenario, idle, producers):
+    overrides = {"consumers": idle} if scenario == "idle" else {}
+    if producers and scenario != "idle":
+        overrides["producers"] = producers
+    print(f"{name}: {scenario}", file=sys.stderr, flush=True)
+    try:
+        return run_scenario(scenario, server.url, pid=server.pid, protocol=server.protocol,
+                            progress=lambda text: None, **overrides)
+    except RuntimeError as exc:         # a peer that cannot do a scenario
+        return {"error": str(exc)}
+
+
+def _servers(args):
+    """All four at once, each idle while another is measured."""
+    servers = {}
+    try:
+        for engine in ("sqlite", "memory"):
+            servers[f"dpmq-{engine}"] = LocalBroker(engine, args.idle)
+            servers[f"dpmq-{engine}"].protocol = "dpmq"
+        _start_peers(args, servers)
+    except BaseException:
+        for server in servers.values():
+            server.stop()
+        raise
+    return servers
+
+
+def _start_peers(args, servers):
+    peers = {
+        "flask-socketio": ([args.peer_python, "-m", "gunicorn", "-k", "gthread", "--threads",
+                            str(args.idle + 200), "-w", "1", "-b", "127.0.0.1:PORT",
+                            "socketio_peer:app"], True, "socketio"),
+        "node-ws": (["node", "ws_ceiling.js", "PORT"], False, "dpmq"),
+    }
+    for name, (command, worker_is_child, protocol) in peers.items():
+        servers[name] = Peer(command, HERE, worker_is_child)
+        servers[name].protocol = protocol
+
+
+def _median(runs, key):
+    values = [run[key] for run in runs if run.get(key) is not None]
+    return round(statistics.median(values), 2) if values else None
+
+
+def _ratio(everything, scenario, key, peer):
+    """The median of each round's ratio: a round's runs are minutes apart, the rounds are not."""
+    pairs = zip(everything["dpmq-sqlite"][scenario], everything[peer][scenario])
+    ratios = [mine[key] / theirs[key] for mine, theirs in pairs if mine.get(key) and theirs.get(key)]
+    if not ratios:
+        return "-"
+    each = f" ({', '.join(f'{r:.2f}' for r in ratios)})" if len(ratios) > 1 else ""
+    return f"{statistics.median(ratios):.2f}{each}"
+
+
+ROWS = [("fanout delivered/s", "fanout", "deliveredPerSecond"),
+        ("fanout publish/s", "fanout", "publishPerSecond"),
+        ("fanout broker CPU µs/msg", "fanout", "brokerCpuUsPerMessage"),
+        ("topics publish/s", "topics", "publishPerSecond"),
+        ("publish only/s", "publish", "publishPerSecond"),
+        ("latency p99 ms", "latency", "latencyP99Ms"),
+        ("idle KB/connection", "idle", "rssPerConnectionKb"),
+        ("idle CPU %", "idle", "idleCpuPercent")]
+
+
+def _table(everything):
+    targets = list(everything)
+    print("| measure | " + " | ".join(targets) + " | dpmq-sqlite ÷ flask-socketio | "
+          "dpmq-sqlite ÷ node-ws |")
+    print("|---" * (len(targets) + 3) + "|")
+    for label, scenario, key in ROWS:
+        if scenario not in everything["dpmq-sqlite"]:
+            continue
+        values = [_median(everything[t][scenario], key) for t in targets]
+        ratios = [_ratio(everything, scenario, key, peer) for peer in ("flask-socketio", "node-ws")]
+        print(f"| {label} | " + " | ".join("failed" if v is None else str(v) for v in values)
+              + " | " + " | ".join(ratios) + " |")
 
 
 def main():
@@ -85,54 +153,29 @@ def main():
     parser.add_argument("--json", default="bench-compare.json")
     parser.add_argument("--producers", type=int,
                         help="producer processes per scenario instead of its default (2; latency 1)")
+    parser.add_argument("--scenario", default=",".join(SCENARIOS),
+                        help=f"a comma-separated list of: {', '.join(SCENARIOS)}")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run each scenario this many times, every server in turn each time, "
+                             "and report medians (idle runs once, in the last round)")
     args = parser.parse_args()
-    everything = {}
-
-    def save():
-        with open(args.json, "w") as handle:
-            json.dump(everything, handle, indent=2)
-
-    for engine in ("sqlite", "memory"):
-        broker = LocalBroker(engine, args.idle)
-        try:
-            everything[f"dpmq-{engine}"] = measure(f"dpmq-{engine}", broker.url, broker.pid, "dpmq",
-                                                   args.idle, args.producers)
-        finally:
-            broker.stop()
-        save()
-    peers = {
-        "flask-socketio": ([args.peer_python, "-m", "gunicorn", "-k", "gthread", "--threads",
-                            str(args.idle + 200), "-w", "1", "-b", "127.0.0.1:PORT",
-                            "socketio_peer:app"], True, "socketio"),
-        "node-ws": (["node", "ws_ceiling.js", "PORT"], False, "dpmq"),
-    }
-    for name, (command, worker_is_child, protocol) in peers.items():
-        peer = Peer(command, HERE, worker_is_child)
-        try:
-            everything[name] = measure(name, peer.url, peer.pid, protocol, args.idle, args.producers)
-        finally:
-            peer.stop()
-        save()
-    rows = [("fanout delivered/s", "fanout", "deliveredPerSecond"),
-            ("fanout publish/s", "fanout", "publishPerSecond"),
-            ("fanout broker CPU µs/msg", "fanout", "brokerCpuUsPerMessage"),
-            ("topics publish/s", "topics", "publishPerSecond"),
-            ("publish only/s", "publish", "publishPerSecond"),
-            ("latency p99 ms", "latency", "latencyP99Ms"),
-            ("idle KB/connection", "idle", "rssPerConnectionKb"),
-            ("idle CPU %", "idle", "idleCpuPercent")]
-    targets = list(everything)
-    print("| measure | " + " | ".join(targets) + " | dpmq-sqlite ÷ flask-socketio | "
-          "dpmq-sqlite ÷ node-ws |")
-    print("|---" * (len(targets) + 3) + "|")
-    for label, scenario, key in rows:
-        values = [everything[t][scenario].get(key, "failed") for t in targets]
-        base = everything["dpmq-sqlite"][scenario].get(key)
-        ratios = []
-        for peer in ("flask-socketio", "node-ws"):
-            other = everything[peer][scenario].get(key)
-            ratios.append(f"{base / other:.2f}" if base and other else "-")
-        print(f"| {label} | " + " | ".join(str(v) for v in values) + " | " + " | ".join(ratios) + " |")
+    names = [name for name in SCENARIOS if name in args.scenario.split(",")]
+    servers = _servers(args)
+    everything = {name: {} for name in servers}
+    try:
+        for round_ in range(args.rounds):
+            for scenario in names:
+                if scenario == "idle" and round_ < args.rounds - 1:
+                    continue
+                for name, server in servers.items():
+                    everything[name].setdefault(scenario, []).append(
+                        _one(name, server, scenario, args.idle, args.producers))
+            with open(args.json, "w") as handle:
+                json.dump(everything, handle, indent=2)
+    finally:
+        for server in servers.values():
+            server.stop()
+    _table(everything)
 
 
 if __name__ == "__main__":
