@@ -83,6 +83,10 @@ def test_messages_at_a_moderate_rate_are_written_at_once_not_held_for_the_window
 def test_a_short_burst_is_written_at_once_not_held_for_a_window(make_broker):
     """A producer that paused sends what it held back in a burst; a few messages close together
     are not a rate that fills a 100 ms window, so none waits for one (held, the last ones would
-    arrive up to 100 ms late)."""
-    delays = _delays(make_broker, 4, 0)
-    assert max(delays) < 0.06, delays
+    arrive up to 100 ms late). Held, every burst would be late; a stall of the machine or of
+    this process (a collection of the test run's garbage) makes one burst late, so a burst on
+    time out of three is what is asked."""
+    bursts = []
+    while len(bursts) < 3 and not any(max(delays) < 0.06 for delays in bursts):
+        bursts.append(_delays(make_broker, 4, 0))
+    assert any(max(delays) < 0.06 for delays in bursts), bursts
