@@ -73,8 +73,9 @@ def _one(name, server, scenario, idle, producers):
     if producers and scenario != "idle":
         overrides["producers"] = producers
     print(f"{name}: {scenario}", file=sys.stderr, flush=True)
+    protocol = "socketio" if name == "flask-socketio" else "dpmq"
     try:
-        return run_scenario(scenario, server.url, pid=server.pid, protocol=server.protocol,
+        return run_scenario(scenario, server.url, pid=server.pid, protocol=protocol,
                             progress=lambda text: None, **overrides)
     except RuntimeError as exc:         # a peer that cannot do a scenario
         return {"error": str(exc)}
@@ -86,7 +87,6 @@ def _servers(args):
     try:
         for engine in ("sqlite", "memory"):
             servers[f"dpmq-{engine}"] = LocalBroker(engine, args.idle)
-            servers[f"dpmq-{engine}"].protocol = "dpmq"
         _start_peers(args, servers)
     except BaseException:
         for server in servers.values():
@@ -99,12 +99,11 @@ def _start_peers(args, servers):
     peers = {
         "flask-socketio": ([args.peer_python, "-m", "gunicorn", "-k", "gthread", "--threads",
                             str(args.idle + 200), "-w", "1", "-b", "127.0.0.1:PORT",
-                            "socketio_peer:app"], True, "socketio"),
-        "node-ws": (["node", "ws_ceiling.js", "PORT"], False, "dpmq"),
+                            "socketio_peer:app"], True),
+        "node-ws": (["node", "ws_ceiling.js", "PORT"], False),
     }
-    for name, (command, worker_is_child, protocol) in peers.items():
+    for name, (command, worker_is_child) in peers.items():
         servers[name] = Peer(command, HERE, worker_is_child)
-        servers[name].protocol = protocol
 
 
 def _median(runs, key):
