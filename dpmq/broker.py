@@ -38,7 +38,7 @@ from .metrics import PUBLISHED, History, Metrics, TopicCounts, merge
 from .slots import Slots
 from .storage import open_engine
 from .subscription import Member
-from .validation import check_name, new_message
+from .validation import check_name, new_messages
 
 log = logging.getLogger(__name__)
 
@@ -127,21 +127,14 @@ class Broker:
     # -- publishing --------------------------------------------------------------------------
     def publish(self, items):
         """Accept messages (mappings with topic, messageData and optional delay, key,
-        idempotencyKey) all or nothing; returns their MessageCodes once committed."""
+        idempotencyKey, or a :class:`~dpmq.validation.Uniform` batch) all or nothing; returns
+        their MessageCodes once committed."""
         if not self.accepting:
             raise Unavailable("DPMQ is shutting down and accepts no messages; retry on another"
                               " instance or after the restart")
         if not items:
             raise BadRequest("no messages: send at least one")
-        now = time.time()
-        messages, checked = [], set()
-        for position, (fields, code) in enumerate(zip(items, message.new_codes(len(items)))):
-            try:
-                messages.append(new_message(fields, now, code, self.settings.mq, checked))
-            except (BadRequest, TooLarge) as exc:
-                if len(items) > 1:
-                    exc.args = (f"messages[{position}]: {exc}",)
-                raise
+        messages = new_messages(items, time.time(), self.settings.mq)
         immediate = sum(1 for m in messages if not m.due)
         if immediate > self.slots.capacity:
             raise TooLarge(f"a batch of {immediate} messages is larger than the whole buffer"

@@ -3,8 +3,27 @@
 Checked before anything is stored or registered, each error saying what to change.
 """
 
+from itertools import repeat
+from typing import NamedTuple
+
 from . import message
 from .errors import BadRequest, TooLarge
+
+
+class Uniform(NamedTuple):
+    """A batch whose messages share every field but messageData: ``{"topic": "t", "messages":
+    ["a", "b"]}``, the shape busy producers send. Its shared fields are checked once and its
+    texts in bulk, instead of message by message."""
+
+    fields: dict    # topic, delay, key: the same for every message
+    texts: list     # each message's messageData, every one a str
+
+    def __len__(self):
+        return len(self.texts)
+
+    def expanded(self):
+        """The batch as one mapping of fields per message."""
+        return [dict(self.fields, messageData=text) for text in self.texts]
 
 
 def check_name(kind, value, max_length):
@@ -20,6 +39,43 @@ def check_name(kind, value, max_length):
     if "\ufffd" in value:      # what a URL path's bytes that are not UTF-8 decode to
         raise BadRequest(f"{kind} is not valid UTF-8 (it holds U+FFFD); percent-encode UTF-8 bytes")
     return value
+
+
+def new_messages(items, now, mq):
+    """The :class:`~dpmq.message.NewMessage` of each of ``items`` (mappings of a publish's
+    fields, or a :class:`Uniform` batch), or BadRequest / TooLarge naming the first bad one."""
+    if isinstance(items, Uniform):
+        messages = _uniform(items, now, mq)
+        if messages is not None:
+            return messages
+        items = items.expanded()    # one is bad (say which) or holds non-ASCII text
+    messages, checked = [], set()
+    for position, (fields, code) in enumerate(zip(items, message.new_codes(len(items)))):
+        try:
+            messages.append(new_message(fields, now, code, mq, checked))
+        except (BadRequest, TooLarge) as exc:
+            if len(items) > 1:
+                exc.args = (f"messages[{position}]: {exc}",)
+            raise
+    return messages
+
+
+def _uniform(batch, now, mq):
+    """The messages of a uniform batch if they are all good and ASCII (the size of such a text is
+    its length), else None. Checked and built without a Python call per message (``tuple.__new__``
+    makes each named tuple in C): message by message, a batch of a hundred spent more of the
+    interpreter's time here than SQLite spent storing it."""
+    texts = batch.texts
+    if (not texts or not all(map(str.isascii, texts))
+            or max(map(len, texts)) > mq.maxMessageBytes):
+        return None
+    try:
+        shared = new_message(dict(batch.fields, messageData=""), now, "", mq, set())
+    except (BadRequest, TooLarge):
+        return None
+    return list(map(tuple.__new__, repeat(message.NewMessage), zip(
+        message.new_codes(len(texts)), repeat(shared.topic), texts, repeat(now),
+        repeat(shared.key), repeat(None), repeat(shared.due))))
 
 
 def new_message(fields, now, code, mq, checked):

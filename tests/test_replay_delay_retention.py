@@ -64,6 +64,21 @@ def test_delayed_message_arrives_after_its_delay_and_does_not_hold_up_others(bro
     assert consumer.arrivals[1] - started >= 1.4
 
 
+def test_a_delayed_batch_arrives_after_its_delay_in_order(broker):
+    consumer = Collector(broker.ws_url, "t", "c")
+    _joined(broker)
+    started = time.monotonic()
+    late = broker.http.post(broker.url + "/ProducerSendBatch",
+                            json={"topic": "t", "messages": ["l1", "l2", "l3"], "delay": 1}).json()
+    assert late["code"] == 0
+    broker.publish("t", "now")
+    consumer.wait_count(1)
+    assert consumer.datas == ["now"]
+    consumer.wait_count(4, timeout=10)
+    assert consumer.datas == ["now", "l1", "l2", "l3"] and consumer.codes[1:] == late["data"]
+    assert consumer.arrivals[1] - started >= 0.9
+
+
 def test_bad_delays_are_refused(make_broker, engine_name):
     running = make_broker(engine_name, mq={"maxDelaySeconds": 10})
     for delay in ("-1", "11", "soon"):
@@ -123,6 +138,45 @@ def test_batch_publish_is_all_or_nothing_in_order(broker):
     time.sleep(0.2)
     assert consumer.datas == ["a", "b", "c", "d"]
     assert consumer.codes[:3] == reply["data"]
+
+
+def test_batches_of_topics_under_way_number_each_topic_on_from_its_head(broker):
+    broker.publish_many("a", ["a1"])
+    broker.publish_many("b", ["b1"])
+    reply = broker.http.post(broker.url + "/ProducerSendBatch", json={"messages": [
+        {"topic": "a", "messageData": "a2"}, {"topic": "b", "messageData": "b2"},
+        {"topic": "a", "messageData": "a3"}]}).json()
+    assert reply["code"] == 0
+    uniform = broker.http.post(broker.url + "/ProducerSendBatch",
+                               json={"topic": "b", "messages": ["b3", "b4"]}).json()
+    assert uniform["code"] == 0
+    engine = broker.broker.engine
+    assert [(r.offset, r.data) for r in engine.read("a", 0, 10)] == [(1, "a1"), (2, "a2"), (3, "a3")]
+    assert [(r.offset, r.data, r.code) for r in engine.read("b", 0, 10)][1:] == [
+        (2, "b2", reply["data"][1]), (3, "b3", uniform["data"][0]), (4, "b4", uniform["data"][1])]
+
+
+@pytest.mark.parametrize("texts, position, says", [
+    (["ok", "é" * 200], 1, "larger than mq.maxMessageBytes"),     # 400 bytes in UTF-8
+    (["ok", "fine", "\ud800"], 2, "lone surrogate"),
+    (["ok", "x" * 301], 1, "larger than mq.maxMessageBytes"),
+])
+def test_a_batch_of_strings_names_its_first_bad_message_and_stores_none(make_broker, engine_name,
+                                                                          texts, position, says):
+    running = make_broker(engine_name, mq={"maxMessageBytes": 300})
+    running.publish_many("t", ["before"])
+    reply = running.http.post(running.url + "/ProducerSendBatch",
+                              json={"topic": "t", "messages": texts, "key": "k"})
+    assert reply.status_code in (400, 413)
+    assert reply.json()["msg"].startswith(f"messages[{position}]: ") and says in reply.json()["msg"]
+    assert [r.data for r in running.broker.engine.read("t", 0, 10)] == ["before"]
+    for accepted in (["a", "b"], ["é" * 150]):      # ASCII texts are checked in bulk
+        reply = running.http.post(running.url + "/ProducerSendBatch",
+                                  json={"topic": "t", "messages": accepted, "key": "k"})
+        assert reply.json()["code"] == 0
+    stored = running.broker.engine.read("t", 0, 10)
+    assert [(r.data, r.key) for r in stored] == [
+        ("before", None), ("a", "k"), ("b", "k"), ("é" * 150, "k")]
 
 
 @pytest.mark.parametrize("body", [{}, {"messages": "a"}, {"topic": "t", "messages": [5]},

@@ -10,6 +10,7 @@ that have started) it is one multi-row insert that SQLite commits by itself. Rea
 connection: WAL lets them run beside a commit.
 """
 
+import itertools
 import logging
 import os
 import queue
@@ -203,24 +204,40 @@ class SQLiteEngine(BrowseQueries, Engine):
                            [(topic, heads[topic]) for topic in set(new_topics)])
         return records
 
-    def _insert_at_once(self, db, heads, rows):
-        """``_insert`` for rows of topics that have started, as one statement."""
-        records, _ = self._numbered(heads, rows)
-        sql = self._inserts.get(len(records))
+    def _insert_at_once(self, db, heads, columns):
+        """``_insert`` in one statement, for messages of topics that have started; ``columns``:
+        their codes, topics, texts, creation times and keys. Records are built from columns
+        without a Python call per message: for a batch of a hundred that was a third of its cost
+        outside SQLite."""
+        codes, topics, texts, created, keys = columns
+        topic = topics[0]
+        if topics.count(topic) == len(topics):      # a batch of one topic, the usual case
+            first = heads[topic] + 1
+            offsets = range(first, first + len(codes))
+            heads[topic] = offsets[-1]
+        else:
+            offsets = []
+            for topic in topics:
+                heads[topic] += 1
+                offsets.append(heads[topic])
+        sql = self._inserts.get(len(codes))
         if sql is None:
-            sql = self._inserts[len(records)] = (f"insert into messages ({_RECORD}) values "
-                                                 + ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(records)))
-        db.execute(sql, [value for record in records for value in record[:6]])
-        return records
+            sql = self._inserts[len(codes)] = (f"insert into messages ({_RECORD}) values "
+                                               + ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(codes)))
+        db.execute(sql, list(itertools.chain.from_iterable(
+            zip(offsets, codes, topics, texts, created, keys))))
+        return list(map(tuple.__new__, itertools.repeat(Record),
+                        zip(offsets, codes, topics, texts, created, keys, itertools.repeat(0.0))))
 
     def append(self, messages):
         now = time.time()
-        if len(messages) <= _ONE_INSERT and all(
-                m.idempotency_key is None and not m.due and m.topic in self._heads for m in messages):
-            rows = [(m.code, m.topic, m.data, m.created, m.key) for m in messages]
-            return self._write(lambda db, heads: Appended([m.code for m in messages],
-                                                          self._insert_at_once(db, heads, rows)),
-                               appends=True, alone=True)
+        if len(messages) <= _ONE_INSERT:
+            codes, topics, texts, created, keys, idempotency_keys, dues = zip(*messages)
+            if (not any(dues) and idempotency_keys.count(None) == len(messages)
+                    and self._heads.keys() >= set(topics)):
+                columns = (codes, topics, texts, created, keys)
+                return self._write(lambda db, heads: Appended(
+                    list(codes), self._insert_at_once(db, heads, columns)), appends=True, alone=True)
 
         def run(db, heads):
             codes, fresh, delayed, seen = [], [], [], {}

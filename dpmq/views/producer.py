@@ -6,6 +6,7 @@ from flask import Blueprint, current_app, request
 
 from ..auth import bearer
 from ..errors import BadRequest
+from ..validation import Uniform
 from . import authorize, json_or_none, reply
 
 bp = Blueprint("producer", __name__)
@@ -79,12 +80,15 @@ def producer_send_batch():
 
 
 def batch_items(mimetype, body):
-    """The messages of a batch body, each a mapping of a single publish's fields."""
+    """The messages of a batch body: each a mapping of a single publish's fields, or a
+    :class:`~dpmq.validation.Uniform` batch when they are all plain strings."""
     body = json_or_none(body) if mimetype == "application/json" else None
     if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
         raise BadRequest('send a JSON object {"topic": "t", "messages": ["a", "b"]} or'
                          ' {"messages": [{"topic": "t", "messageData": "a"}, ...]}')
     shared = {name: body.get(name) for name in ("topic", "delay", "key")}
+    if set(map(type, body["messages"])) == {str}:
+        return Uniform(shared, body["messages"])
     items = []
     for position, entry in enumerate(body["messages"]):
         if isinstance(entry, str):
@@ -100,7 +104,8 @@ def send_batch(app, items, token, address):
     """Publish a batch once its token may publish at all; returns the MessageCodes. Shared by the
     view above and :mod:`dpmq.fastpath`."""
     auth = app.extensions["dpmq_auth"]
-    for topic in {item.get("topic") for item in items if isinstance(item.get("topic"), str)}:
+    topics = [items.fields] if isinstance(items, Uniform) else items
+    for topic in {item.get("topic") for item in topics if isinstance(item.get("topic"), str)}:
         auth.require(token, "producer", topic)
     within_rate(app, token, address, len(items))
     return app.extensions["dpmq"].publish(items)
