@@ -8,6 +8,7 @@ frames are joined once (:class:`Run`) and a consumer that takes them all gets th
 
 import itertools
 import json
+import operator
 import os
 import struct
 import time
@@ -53,13 +54,13 @@ def new_codes(count):
     24 random (96 bits, so codes made in the same nanosecond, in any process, still differ). Codes
     made later sort later, so the store's index on codes grows at its end instead of at random
     pages: with random codes that index was most of the cost of inserting a message into SQLite.
-    One call to the kernel's random source, and one to the hex encoder for the times, serve a
-    whole batch.
+    One call to the kernel's random source serves a whole batch, and the hex encoder cuts both
+    halves into pieces, so that making a code is one C-level concatenation.
     """
     now = time.time_ns()
-    stamps = struct.pack(f">{count}Q", *range(now, now + count)).hex()
-    noise = os.urandom(12 * count).hex()
-    return [stamps[16 * i:16 * i + 16] + noise[24 * i:24 * i + 24] for i in range(count)]
+    stamps = struct.pack(f">{count}Q", *range(now, now + count)).hex(" ", 8).split()
+    noise = os.urandom(12 * count).hex(" ", 12).split()
+    return list(map(operator.add, stamps, noise))
 
 
 def new_code():
