@@ -43,6 +43,9 @@ from .validation import check_name, new_messages
 log = logging.getLogger(__name__)
 
 
+_TOPIC, _OFFSET, _DUE = attrgetter("topic"), attrgetter("offset"), attrgetter("due")
+
+
 def _per_time(records):
     """(when each became due, how many) for each run of ``records`` that share that time."""
     for (created, due), run in itertools.groupby(records, attrgetter("created", "due")):
@@ -135,7 +138,7 @@ class Broker:
         if not items:
             raise BadRequest("no messages: send at least one")
         messages = new_messages(items, time.time(), self.settings.mq)
-        immediate = sum(1 for m in messages if not m.due)
+        immediate = list(map(_DUE, messages)).count(0.0)
         if immediate > self.slots.capacity:
             raise TooLarge(f"a batch of {immediate} messages is larger than the whole buffer"
                            f" (mq.messageChanBuffer={self.slots.capacity}); send smaller batches")
@@ -156,7 +159,7 @@ class Broker:
         return appended.codes
 
     def _on_commit(self, records):
-        for topic, run in itertools.groupby(records, attrgetter("topic")):   # a batch: one run
+        for topic, run in itertools.groupby(records, _TOPIC):   # a batch: one run
             run = list(run)
             self.heads[topic] = run[-1].offset
             self.counts.of(topic)[PUBLISHED] += len(run)
@@ -226,24 +229,25 @@ class Broker:
                               " store", len(records))
 
     def _hand_out(self, batch):
+        """Post ``batch`` to the shards whose consumers take its topics, a run of one topic at a
+        time (a batch publish is one run)."""
         now = time.time()
         observe = self.metrics.push_seconds.observe
-        pumped = self.pumped
-        for record in batch:
-            if record.offset > pumped.get(record.topic, 0):   # from two sources, see _on_remote
-                pumped[record.topic] = record.offset
         for since, count in _per_time(batch):
             observe(max(0.0, now - since), count)
-        targets, posts = {}, {}
-        for record in batch:
-            topic = record.topic
+        pumped, targets, posts = self.pumped, {}, {}
+        for topic, run in itertools.groupby(batch, _TOPIC):
+            run = list(run)
+            newest = max(map(_OFFSET, run))
+            if newest > pumped.get(topic, 0):      # from two sources, see _on_remote
+                pumped[topic] = newest
             shards = targets.get(topic)
             if shards is None:
                 shards = targets[topic] = [s for s in self.shards if topic in s.topics]
             if shards:
-                item = (record, message.frame(record))
+                items = [(record, message.frame(record)) for record in run]
                 for shard in shards:
-                    posts.setdefault(shard, []).append(item)
+                    posts.setdefault(shard, []).extend(items)
         for shard, mine in posts.items():
             shard.post("msgs", mine)
         self.pushed += len(batch)

@@ -30,15 +30,25 @@ def _encode(body):
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
 
 
+def _codes_reply(codes):
+    """``{"code":0,"msg":"ok","data":[…codes]}`` as :func:`_encode` writes it. MessageCodes are
+    hex, so they are joined as they are: escaping a hundred of them one by one cost a
+    twentieth of a batch publish."""
+    text = "".join(codes)
+    if not (text.isascii() and text.isalnum()):
+        return _encode(reply_body("ok", data=codes))
+    return b'{"code":0,"msg":"ok","data":["' + '","'.join(codes).encode() + b'"]}\n'
+
+
 def _single(app, mimetype, body, token, address):
-    return reply_body(send_one(app, parse_fields(mimetype, body), token, address))
+    return _encode(reply_body(send_one(app, parse_fields(mimetype, body), token, address)))
 
 
 def _batch(app, mimetype, body, token, address):
-    return reply_body("ok", data=send_batch(app, batch_items(mimetype, body), token, address))
+    return _codes_reply(send_batch(app, batch_items(mimetype, body), token, address))
 
 
-#: path -> (the body types served here, what answers them)
+#: path -> (the body types served here, what answers them with the reply's bytes)
 ROUTES = {
     "/ProducerSend": (PARSED_TYPES, _single),
     "/ProducerSendBatch": (("application/json",), _batch),
@@ -75,13 +85,13 @@ class PublishFastPath:
         token = bearer_token(authorization)
         try:
             self.auth.require(token, "producer")
-            result = answer(self.app, mimetype, read_body(), token, address)
+            reply = answer(self.app, mimetype, read_body(), token, address)
         except DPMQError as exc:
             return exc.status, _encode(reply_body(str(exc), code=-1)), exc.headers()
         except Exception:  # noqa: BLE001 - answer like Flask would, with the reply shape
             log.exception("publish failed")
             return 500, _encode(reply_body(InternalServerError.description, code=-1)), ()
-        return 200, _encode(result), ()
+        return 200, reply, ()
 
     def __call__(self, environ, start_response):
         mimetype = mimetype_of(environ.get("CONTENT_TYPE", ""))

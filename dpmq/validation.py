@@ -62,9 +62,9 @@ def new_messages(items, now, mq):
 
 def _uniform(batch, now, mq):
     """The messages of a uniform batch if they are all good and ASCII (the size of such a text is
-    its length), else None. Checked and built without a Python call per message (``tuple.__new__``
-    makes each named tuple in C): message by message, a batch of a hundred spent more of the
-    interpreter's time here than SQLite spent storing it."""
+    its length), else None. Checked and built without a Python call per message: message by
+    message, a batch of a hundred spent more of the interpreter's time here than SQLite spent
+    storing it."""
     texts = batch.texts
     if (not texts or not all(map(str.isascii, texts))
             or max(map(len, texts)) > mq.maxMessageBytes):
@@ -73,9 +73,9 @@ def _uniform(batch, now, mq):
         shared = new_message(dict(batch.fields, messageData=""), now, "", mq, set())
     except (BadRequest, TooLarge):
         return None
-    return list(map(tuple.__new__, repeat(message.NewMessage), zip(
-        message.new_codes(len(texts)), repeat(shared.topic), texts, repeat(now),
-        repeat(shared.key), repeat(None), repeat(shared.due))))
+    return message.from_columns(message.NewMessage, message.new_codes(len(texts)),
+                                repeat(shared.topic), texts, repeat(now), repeat(shared.key),
+                                repeat(None), repeat(shared.due))
 
 
 def new_message(fields, now, code, mq, checked):

@@ -1,6 +1,7 @@
 """The publish fast path answers exactly as the Flask view does, and hands over what it does not do."""
 
 import io
+import json
 import socket
 
 import pytest
@@ -71,6 +72,20 @@ def test_batches_get_the_same_reply_both_ways(make_broker, name, kwargs):
     assert fast == _ask(broker, kwargs, flask=True, path="/ProducerSendBatch")
     published = broker.broker.heads.get("t", 0)
     assert published == (4 if name == "strings" else 2 if name == "objects" else 0)
+
+
+def test_a_batch_reply_is_byte_for_byte_what_flask_writes(make_broker):
+    broker = make_broker("memory")
+    body = {"topic": "t", "messages": ["a", "b", "c"]}
+    replies = [broker.http.post(broker.url + "/ProducerSendBatch", json=body, headers=headers)
+               for headers in ({}, THROUGH_FLASK)]
+    for reply in replies:
+        parsed = reply.json()
+        assert parsed["code"] == 0 and len(parsed["data"]) == 3
+        assert reply.content == json.dumps(parsed, separators=(",", ":")).encode() + b"\n"
+    fast, flask = (reply.content for reply in replies)
+    assert len(fast) == len(flask) and fast != flask     # the same shape, other codes
+    assert list(json.loads(fast)) == list(json.loads(flask)) == ["code", "msg", "data"]
 
 
 def test_refusals_of_auth_and_rate_are_the_same_both_ways(make_broker):

@@ -19,7 +19,7 @@ import threading
 import time
 
 from ..errors import StoreError
-from ..message import Appended, Record
+from ..message import Appended, Record, from_columns
 from .base import Engine
 from .sqlite_browse import BrowseQueries
 from .sqlite_schema import SCHEMA
@@ -229,8 +229,8 @@ class SQLiteEngine(BrowseQueries, Engine):
             values = list(itertools.chain.from_iterable(
                 zip(offsets, codes, topics, texts, created, keys)))
         db.execute(self._insert_sql(count, shared), values)
-        return list(map(tuple.__new__, itertools.repeat(Record),
-                        zip(offsets, codes, topics, texts, created, keys, itertools.repeat(0.0))))
+        return from_columns(Record, offsets, codes, topics, texts, created, keys,
+                            itertools.repeat(0.0))
 
     def _insert_sql(self, count, shared):
         """The statement inserting ``count`` messages: six values each or, when they ``shared``
