@@ -34,8 +34,7 @@ def _codes_reply(codes):
     """``{"code":0,"msg":"ok","data":[…codes]}`` as :func:`_encode` writes it. MessageCodes are
     hex, so they are joined as they are: escaping a hundred of them one by one cost a
     twentieth of a batch publish."""
-    text = "".join(codes)
-    if not (text.isascii() and text.isalnum()):
+    if not "".join(codes).encode().isalnum():      # bytes: ASCII letters and digits only
         return _encode(reply_body("ok", data=codes))
     return b'{"code":0,"msg":"ok","data":["' + '","'.join(codes).encode() + b'"]}\n'
 

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from dpmq.fastpath import PublishFastPath
+from dpmq.fastpath import PublishFastPath, _codes_reply
 
 # An Origin header (not in server.corsOrigins) sends a request through Flask without changing its
 # answer, so each case below is asked both ways and must get the same reply.
@@ -86,6 +86,13 @@ def test_a_batch_reply_is_byte_for_byte_what_flask_writes(make_broker):
     fast, flask = (reply.content for reply in replies)
     assert len(fast) == len(flask) and fast != flask     # the same shape, other codes
     assert list(json.loads(fast)) == list(json.loads(flask)) == ["code", "msg", "data"]
+
+
+@pytest.mark.parametrize("codes", [["ab12", "cd"], ['a","b'], ["a\\b", "é", "\n"]])
+def test_a_codes_reply_is_the_json_encoders_for_any_codes(codes):
+    expected = json.dumps({"code": 0, "msg": "ok", "data": codes}, ensure_ascii=False,
+                          separators=(",", ":")).encode() + b"\n"
+    assert _codes_reply(codes) == expected
 
 
 def test_refusals_of_auth_and_rate_are_the_same_both_ways(make_broker):
