@@ -72,13 +72,14 @@ class MemoryEngine(Engine):
         return records
 
     def append(self, messages):
-        codes, topics, texts, created, keys, idempotency_keys, dues = zip(*messages)
-        if (not any(dues) and idempotency_keys.count(None) == len(messages)
-                and topics.count(topics[0]) == len(topics)):
-            with self._lock:
-                records = self._add_run(topics[0], codes, texts, created, keys)
-                self._on_commit(records)
-            return Appended(list(codes), records)
+        if messages:
+            codes, topics, texts, created, keys, idempotency_keys, dues = zip(*messages)
+            if (not any(dues) and idempotency_keys.count(None) == len(messages)
+                    and topics.count(topics[0]) == len(topics)):
+                with self._lock:
+                    records = self._add_run(topics[0], codes, texts, created, keys)
+                    self._on_commit(records)
+                return Appended(list(codes), records)
         with self._lock:
             codes, records, seen = [], [], {}
             for message in messages:

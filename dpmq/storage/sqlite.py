@@ -206,9 +206,8 @@ class SQLiteEngine(BrowseQueries, Engine):
 
     def _insert_at_once(self, db, heads, columns):
         """``_insert`` in one statement, for messages of topics that have started; ``columns``:
-        their codes, topics, texts, creation times and keys. Records are built from columns
-        without a Python call per message: for a batch of a hundred that was a third of its cost
-        outside SQLite."""
+        their codes, topics, texts, creation times and keys, of which the records are built without
+        a Python call per message."""
         codes, topics, texts, created, keys = columns
         count, topic = len(codes), topics[0]
         if topics.count(topic) == count:        # one topic, the usual batch
@@ -235,7 +234,8 @@ class SQLiteEngine(BrowseQueries, Engine):
     def _insert_sql(self, count, shared):
         """The statement inserting ``count`` messages: six values each or, when they ``shared``
         one topic, time and key (a batch), the first offset, the topic, time and key once, then
-        a code and a text each. Binding a third as many values took a quarter off the insert."""
+        a code and a text each. Binding a third as many values took 29 % off the instructions of
+        a 100-message insert."""
         sql = self._inserts.get((count, shared))
         if sql is None:
             rows = ([f"(?1 + {n}, ?{5 + 2 * n}, ?2, ?{6 + 2 * n}, ?3, ?4)" for n in range(count)]
@@ -246,7 +246,7 @@ class SQLiteEngine(BrowseQueries, Engine):
 
     def append(self, messages):
         now = time.time()
-        if len(messages) <= _ONE_INSERT:
+        if 0 < len(messages) <= _ONE_INSERT:
             codes, topics, texts, created, keys, idempotency_keys, dues = zip(*messages)
             if (not any(dues) and idempotency_keys.count(None) == len(messages)
                     and self._heads.keys() >= set(topics)):
