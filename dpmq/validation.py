@@ -4,19 +4,21 @@ Checked before anything is stored or registered, each error saying what to chang
 """
 
 from itertools import repeat
-from typing import NamedTuple
 
 from . import message
 from .errors import BadRequest, TooLarge
 
 
-class Uniform(NamedTuple):
+class Uniform:
     """A batch whose messages share every field but messageData: ``{"topic": "t", "messages":
     ["a", "b"]}``, the shape busy producers send. Its shared fields are checked once and its
     texts in bulk, instead of message by message."""
 
-    fields: dict    # topic, delay, key: the same for every message
-    texts: list     # each message's messageData, every one a str
+    __slots__ = ("fields", "texts")
+
+    def __init__(self, fields, texts):
+        self.fields = fields    # topic, delay, key: the same for every message
+        self.texts = texts      # each message's messageData, every one a str
 
     def __len__(self):
         return len(self.texts)

@@ -210,7 +210,8 @@ class SQLiteEngine(BrowseQueries, Engine):
         a Python call per message."""
         codes, topics, texts, created, keys = columns
         count, topic = len(codes), topics[0]
-        if topics.count(topic) == count:        # one topic, the usual batch
+        one_topic = topics.count(topic) == count    # the usual batch
+        if one_topic:
             first = heads[topic] + 1
             offsets = range(first, first + count)
             heads[topic] = offsets[-1]
@@ -219,7 +220,7 @@ class SQLiteEngine(BrowseQueries, Engine):
             for topic in topics:
                 heads[topic] += 1
                 offsets.append(heads[topic])
-        shared = (isinstance(offsets, range) and created.count(created[0]) == count
+        shared = (one_topic and created.count(created[0]) == count
                   and keys.count(keys[0]) == count)
         if shared:
             values = [offsets[0], topic, created[0], keys[0]]
