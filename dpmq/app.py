@@ -28,10 +28,8 @@ def create_app(settings=None, start=True):
     app.json.ensure_ascii = False
     app.config["MAX_CONTENT_LENGTH"] = settings.mq.maxBodyBytes
     app.config["SOCK_SERVER_OPTIONS"] = {
-        "ping_interval": settings.server.pingInterval or None,
         "max_message_size": 65536,
-        "thread_class": consumer.InlineReader,
-        "event_class": consumer.InputSignal,
+        "thread_class": consumer.NoReaderThread,    # the broker's inbound thread reads and pings
     }
     broker = Broker(settings)
     app.extensions["dpmq"] = broker

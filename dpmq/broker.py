@@ -34,6 +34,7 @@ from .errors import (
     Unavailable,
 )
 from .housekeeping import Housekeeping
+from .inbound import Inbound
 from .metrics import PUBLISHED, History, Metrics, TopicCounts, merge
 from .slots import Slots
 from .storage import open_engine
@@ -82,6 +83,7 @@ class Broker:
         self._hand_lock = threading.Lock()     # unpaced: one hand-out at a time, in order
         self._pump_thread = None
         self.housekeeping = Housekeeping(self)
+        self.inbound = Inbound(settings.server.pingInterval)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self):
@@ -94,6 +96,7 @@ class Broker:
             self._pump_thread = threading.Thread(target=self._pump, name="dpmq-pump", daemon=True)
             self._pump_thread.start()
         self.housekeeping.start()
+        self.inbound.start()
         self.accepting = True
         log.info("broker started engine=%s buffer=%d pace=%s retries=%d auth=%s",
                  self.engine.name, self.slots.capacity, self.settings.mq.pushMessagesSpeed,
@@ -120,6 +123,7 @@ class Broker:
         while self._members and time.monotonic() < deadline:
             time.sleep(0.01)
         self.housekeeping.stop()
+        self.inbound.stop()
         self._stop_delivery.set()
         for shard in self.shards:
             shard.post("stop")
@@ -345,7 +349,7 @@ class Broker:
         """Close a consumer's WebSocket from any thread; its route thread then unsubscribes it.
 
         The close frame is queued first; then the socket's reading side is shut, so that the
-        route thread, waiting in the reader loop for the consumer's answer, wakes up now.
+        inbound thread sees the connection end now, without waiting for the consumer's answer.
         """
         try:
             member.ws.close(code, reason)

@@ -4,14 +4,14 @@ Before flask-sock builds its simple-websocket ``Server``, the request's socket i
 :class:`~dpmq.connection.GuardedSocket`, so that the Connection is the only writer of the socket,
 and the permessage-deflate offer is dropped: every consumer then receives the same prebuilt frame
 bytes (declining an extension is allowed by RFC 6455, and DPMQ's small JSON objects gain little).
-The route thread also runs simple-websocket's reader loop itself (:class:`InlineReader` stands in
-for the reader thread it would start), so a consumer costs one thread, not two; what the consumer
-sends (acks and nacks with ``?ack=1``) is handled as it arrives, through :class:`InputSignal`.
+simple-websocket would start a reader thread per connection (:class:`NoReaderThread` stands in for
+it): the broker's :class:`~dpmq.inbound.Inbound` reads every consumer and pings them instead, and
+the route thread only waits for its connection to end. What the consumer sends (acks and nacks
+with ``?ack=1``) is handled on the inbound thread as it arrives.
 """
 
 import json
 import logging
-import threading
 
 from flask import Blueprint, request
 from flask_sock import Sock
@@ -28,31 +28,15 @@ sock = Sock()
 _SOCKET_KEYS = ("gunicorn.socket", "werkzeug.socket")
 
 
-class InlineReader:
-    """Given to simple-websocket as its ``thread_class``: it does not start a thread; the route
-    calls :meth:`run` and reads on its own thread instead."""
+class NoReaderThread:
+    """Given to simple-websocket as its ``thread_class``: the thread it makes is never started,
+    as the broker's inbound thread reads the connection instead."""
 
     def __init__(self, target):
-        self.target = target
         self.name = "dpmq-consumer-reader"
 
     def start(self):
         pass
-
-    def run(self):
-        self.target()
-
-
-class InputSignal(threading.Event):
-    """Given to simple-websocket as its ``event_class``: its reader sets it when a frame arrived
-    (or the connection ended); with the reader on the route thread, ``on_data`` runs right there."""
-
-    on_data = None
-
-    def set(self):
-        super().set()
-        if self.on_data is not None:
-            self.on_data()
 
 
 def _close_reason(text):
@@ -93,9 +77,8 @@ def consumers_conn(ws, topic, consumer_id):
         _refuse(ws, getattr(exc, "close_code", CLOSE_BAD_INPUT), str(exc))
         return
     try:
-        ws.event.on_data = lambda: _take_input(b, member, ws)
-        _take_input(b, member, ws)      # what arrived before the consumer was registered
-        ws.thread.run()                 # simple-websocket's reader loop, until the connection ends
+        reader = b.inbound.add(ws, member.conn, lambda: _take_input(b, member, ws))
+        reader.ended.wait()
     finally:
         code = ws.close_reason
         reason = "closed by the consumer" if code in (1000, 1005) else f"closed with code {code}"
