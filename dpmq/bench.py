@@ -7,7 +7,9 @@ Scenarios (``--scenario``, default all):
 - ``publish``: publishing only, no consumers;
 - ``batch``: publishing 100 messages per request;
 - ``latency``: 200 messages/s for 10 s to 50 consumers, end-to-end percentiles;
-- ``idle``: many idle consumers: the broker's RSS per connection and CPU while idle.
+- ``idle``: many idle consumers: the broker's RSS per connection and CPU while idle, over
+  ``--idle-seconds`` (30, longer than the default ``server.pingInterval``, so that every
+  connection's keep-alive Ping and Pong fall inside the window).
 
 Against ``--url`` (any running broker; for RSS and CPU also give ``--pid``), or, by default, a
 broker it starts itself with ``dpmq serve`` on a temporary store (``--engine``). Results print as
@@ -34,6 +36,8 @@ SCENARIOS = {
     "latency": dict(topics=1, consumers=50, messages=2_000, producers=1, rate=200),
     "idle": dict(consumers=2_000),
 }
+#: How long the idle scenario measures CPU: past one default ping interval (25 s).
+IDLE_SECONDS = 30
 
 
 def _free_port():
@@ -193,8 +197,8 @@ def _start_consumers(ctx, url, paths, producers, per_producer, keep_latency, per
     return workers
 
 
-def run_scenario(name, url, token=None, pid=None, size=100, progress=print, idle_seconds=5,
-                 protocol="dpmq", **overrides):
+def run_scenario(name, url, token=None, pid=None, size=100, progress=print,
+                 idle_seconds=IDLE_SECONDS, protocol="dpmq", **overrides):
     """Run one scenario against ``url``; returns a dict of results."""
     spec = dict(SCENARIOS[name], **overrides)
     if name == "idle":
@@ -275,6 +279,7 @@ def _idle(url, count, pid, progress, seconds, protocol):
     if pid:
         after = _rss_kb(pid)
         cpu_before = _cpu_seconds(pid)
+        progress(f"  idle: measuring for {seconds:g} s")
         time.sleep(seconds)
         result.update({"rssBeforeKb": before, "rssAfterKb": after,
                        "rssPerConnectionKb": round((after - before) / count, 1),
@@ -318,7 +323,8 @@ def main(args):
                 overrides["producers"] = args.producers
             results.append(run_scenario(name, url, token=args.token, pid=pid,
                                         progress=lambda text: print(text, file=sys.stderr),
-                                        protocol=args.protocol, **overrides))
+                                        idle_seconds=args.idle_seconds, protocol=args.protocol,
+                                        **overrides))
     finally:
         if local:
             local.stop()

@@ -106,6 +106,9 @@ def _parser():
                        help="engine of the broker bench starts when no --url is given")
     bench.add_argument("--pid", type=int, help="the broker's process id, for RSS and CPU with --url")
     bench.add_argument("--idle", type=int, default=2000, help="idle consumers to connect")
+    bench.add_argument("--idle-seconds", type=float, default=30.0,
+                       help="how long the idle scenario measures CPU (default 30: past one ping"
+                            " interval)")
     bench.add_argument("--messages", type=int, help="messages per scenario instead of its default")
     bench.add_argument("--producers", type=int,
                        help="producer processes per scenario instead of its default (2; latency 1)")

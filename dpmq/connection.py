@@ -2,10 +2,11 @@
 
 simple-websocket writes to its socket from whichever thread calls it, with no lock: ``send`` and
 ``close`` from the caller, Pong and Close answers from whoever reads (here the broker's inbound
-thread), and it ignores short writes. Two writers can interleave a Pong inside a data frame. DPMQ therefore hands simple-websocket a :class:`GuardedSocket` instead of
-the real one: every write, simple-websocket's own included, is appended whole to the connection's
-outgoing buffer under one lock and written from there with non-blocking sends, so frames never
-interleave and a short write simply leaves the rest for later.
+thread), and it ignores short writes. Two writers can interleave a Pong inside a data frame.
+DPMQ therefore hands simple-websocket a :class:`GuardedSocket` instead of the real one: every
+write, simple-websocket's own included, is appended whole to the connection's outgoing buffer
+under one lock and written from there with non-blocking sends, so frames never interleave and a
+short write simply leaves the rest for later.
 
 A delivery thread (see :mod:`dpmq.delivery`) queues data frames with :meth:`Connection.offer` and
 writes them with :meth:`Connection.flush`; when the socket is not writable it is told through

@@ -2,10 +2,15 @@
 
 simple-websocket reads each connection on a thread of its own and pings from that thread too. With
 10,000 idle consumers and pings every 25 s, that is 800 thread wake-ups a second (a ping sent, a
-Pong read), and it cost 5.7–7.4 % of a core on the benchmark machine with nothing to deliver. Here
+Pong read), and it cost 5.4 % of a core on the benchmark machine with nothing to deliver. Here
 one thread waits on every consumer socket in one selector and sends the pings that are due in
 rounds, at most one a second, so that their Pongs come back together and are read in a few passes.
-A consumer's route thread only waits for its connection to end.
+
+A consumer's route thread still holds its connection (gunicorn serves it on that thread), but only
+waits for the end, in :meth:`Reader.wait`: in ``poll`` for the socket's hang-up alone, which data
+arriving does not wake. Waiting on a lock instead put 10,000 sleepers in the kernel's futex table,
+and every hand-over of the interpreter's lock then paid for walking them: connecting 10,000
+consumers took a third more CPU.
 
 The frames are still parsed by simple-websocket's own event handling (over its wsproto
 connection), so Close, Ping, fragmented and oversized messages are answered as they always were;
@@ -14,7 +19,7 @@ every write goes through the consumer's :class:`~dpmq.connection.Connection`, wh
 
 import collections
 import logging
-import queue
+import select
 import selectors
 import socket
 import threading
@@ -26,22 +31,35 @@ log = logging.getLogger(__name__)
 
 PING = b"\x89\x00"          # a server's Ping frame: unmasked, no payload
 CLOSE_PING_TIMEOUT = 1008   # what simple-websocket closes a silent peer with
+_HANGUP = getattr(select, "POLLRDHUP", 0)
 
 
 class Reader:
-    """One consumer connection as :class:`Inbound` sees it. ``ended`` is set once, when the
-    connection has ended (the peer closed or vanished, a Close was exchanged, it stopped
-    answering pings, or the broker is stopping)."""
+    """One consumer connection as :class:`Inbound` sees it; ``done`` once it has ended (the peer
+    closed or vanished, a Close was exchanged, it stopped answering pings, or the broker is
+    stopping)."""
 
     __slots__ = ("ws", "conn", "on_input", "due", "done", "ended")
 
     def __init__(self, ws, conn, on_input, due):
         self.ws = ws                # the simple-websocket Server: its wsproto state and handling
         self.conn = conn
-        self.on_input = on_input    # called on the inbound thread when messages arrived
+        self.on_input = on_input    # called when messages arrived
         self.due = due              # when it is next pinged
         self.done = False
         self.ended = threading.Event()
+
+    def wait(self):
+        """Return once the connection has ended. Any end the inbound thread sees also shuts the
+        socket's reading side, which is what the hang-up wait wakes on."""
+        if _HANGUP and not self.done:
+            waiter = select.poll()
+            try:
+                waiter.register(self.conn.raw, _HANGUP)
+                waiter.poll()
+            except (OSError, ValueError):
+                pass
+        self.ended.wait()
 
 
 class Inbound:
@@ -55,10 +73,9 @@ class Inbound:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
-        self._arriving = queue.SimpleQueue()
         self._pings = collections.deque()  # readers in the order of their due times
         self._readers = set()
-        self._lock = threading.Lock()      # between add and the thread's last look at arrivals
+        self._lock = threading.Lock()      # between add and the end of the thread
         self._stopping = False
         self._closed = False
         self._thread = None
@@ -75,15 +92,31 @@ class Inbound:
             self._thread.join(timeout)
 
     def add(self, ws, conn, on_input):
-        """Read ``ws`` from now on; returns its :class:`Reader`, whose ``ended`` the caller waits
-        for. A reader added while the inbound thread is stopping ends at once."""
+        """Read ``ws`` from now on; returns its :class:`Reader`, for the caller to :meth:`wait`
+        on. The caller registers the socket itself (the selector takes that from any thread), so
+        that a burst of new consumers does not wake the inbound thread once each."""
         reader = Reader(ws, conn, on_input, time.monotonic() + self.interval)
         with self._lock:
-            if not self._closed:
-                self._arriving.put(reader)
-                self._wake()
+            if self._closed:
+                _finish(reader)
                 return reader
-        _finish(reader)
+            raw = conn.raw
+            try:
+                self._selector.register(raw, selectors.EVENT_READ, reader)
+            except KeyError:                    # a stale entry for a reused descriptor
+                self._end(self._selector.get_key(raw).data)
+                self._selector.register(raw, selectors.EVENT_READ, reader)
+            except (ValueError, OSError):       # already closed
+                _finish(reader)
+                return reader
+            self._readers.add(reader)
+            if self.interval:
+                first = not self._pings
+                self._pings.append(reader)
+                if first:       # the thread may be waiting with no timeout: give it one
+                    self._wake()
+        if ws.input_buffer:                     # what arrived with the handshake
+            on_input()
         return reader
 
     def _wake(self):
@@ -104,10 +137,9 @@ class Inbound:
         finally:
             with self._lock:
                 self._closed = True
-                self._take_arrivals()
-            for reader in list(self._readers):
-                self._end(reader)
-            self._selector.close()
+                for reader in list(self._readers):
+                    self._end(reader)
+                self._selector.close()
             self._wake_r.close()
             self._wake_w.close()
 
@@ -118,7 +150,6 @@ class Inbound:
         for key, _ in self._selector.select(timeout):
             if key.data is None:
                 self._drain()
-                self._take_arrivals()
             else:
                 self._read(key.data)
         if self.interval:
@@ -130,29 +161,6 @@ class Inbound:
                 pass
         except OSError:
             pass
-
-    def _take_arrivals(self):
-        while True:
-            try:
-                reader = self._arriving.get_nowait()
-            except queue.Empty:
-                return
-            if reader.done:
-                continue
-            raw = reader.conn.raw
-            try:
-                self._selector.register(raw, selectors.EVENT_READ, reader)
-            except KeyError:                    # a stale entry for a reused descriptor
-                self._end(self._selector.get_key(raw).data)
-                self._selector.register(raw, selectors.EVENT_READ, reader)
-            except (ValueError, OSError):       # already closed
-                self._end(reader)
-                continue
-            self._readers.add(reader)
-            if self.interval:
-                self._pings.append(reader)
-            if reader.ws.input_buffer:          # what arrived with the handshake
-                reader.on_input()
 
     def _read(self, reader):
         """What the socket holds now, through simple-websocket's handling, as its reader thread
@@ -202,6 +210,7 @@ class Inbound:
                 self._selector.unregister(key.fileobj)
         except (KeyError, ValueError):
             pass
+        reader.conn.stop_reading()      # wakes the route thread in Reader.wait
         _finish(reader)
 
 

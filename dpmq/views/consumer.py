@@ -78,7 +78,7 @@ def consumers_conn(ws, topic, consumer_id):
         return
     try:
         reader = b.inbound.add(ws, member.conn, lambda: _take_input(b, member, ws))
-        reader.ended.wait()
+        reader.wait()
     finally:
         code = ws.close_reason
         reason = "closed by the consumer" if code in (1000, 1005) else f"closed with code {code}"
