@@ -68,7 +68,7 @@ class Peer:
         self.proc.wait(10)
 
 
-def _one(name, server, scenario, idle, producers):
+def _one(name, server, scenario, idle, producers, idle_seconds):
     overrides = {"consumers": idle} if scenario == "idle" else {}
     if producers and scenario != "idle":
         overrides["producers"] = producers
@@ -76,7 +76,7 @@ def _one(name, server, scenario, idle, producers):
     protocol = "socketio" if name == "flask-socketio" else "dpmq"
     try:
         return run_scenario(scenario, server.url, pid=server.pid, protocol=protocol,
-                            progress=lambda text: None, **overrides)
+                            progress=lambda text: None, idle_seconds=idle_seconds, **overrides)
     except RuntimeError as exc:         # a peer that cannot do a scenario
         return {"error": str(exc)}
 
@@ -149,6 +149,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--peer-python", default=sys.executable)
     parser.add_argument("--idle", type=int, default=2000)
+    parser.add_argument("--idle-seconds", type=float, default=30,
+                        help="how long the idle scenario measures CPU (past one ping interval)")
     parser.add_argument("--json", default="bench-compare.json")
     parser.add_argument("--producers", type=int,
                         help="producer processes per scenario instead of its default (2; latency 1)")
@@ -168,7 +170,8 @@ def main():
                     continue
                 for name, server in servers.items():
                     everything[name].setdefault(scenario, []).append(
-                        _one(name, server, scenario, args.idle, args.producers))
+                        _one(name, server, scenario, args.idle, args.producers,
+                             args.idle_seconds))
             with open(args.json, "w") as handle:
                 json.dump(everything, handle, indent=2)
     finally:
