@@ -27,6 +27,8 @@ import time
 
 from wsproto.utilities import LocalProtocolError
 
+from .shard_waits import drain
+
 log = logging.getLogger(__name__)
 
 PING = b"\x89\x00"          # a server's Ping frame: unmasked, no payload
@@ -149,18 +151,11 @@ class Inbound:
             timeout = max(0.0, self._pings[0].due - time.monotonic())
         for key, _ in self._selector.select(timeout):
             if key.data is None:
-                self._drain()
+                drain(self._wake_r)
             else:
                 self._read(key.data)
         if self.interval:
             self._ping(time.monotonic())
-
-    def _drain(self):
-        try:
-            while self._wake_r.recv(4096):
-                pass
-        except OSError:
-            pass
 
     def _read(self, reader):
         """What the socket holds now, through simple-websocket's handling, as its reader thread

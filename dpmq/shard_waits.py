@@ -9,6 +9,15 @@ import selectors
 import socket
 
 
+def drain(wake_r):
+    """Empty a non-blocking wake-up socket: any number of wake-ups count as one."""
+    try:
+        while wake_r.recv(4096):
+            pass
+    except OSError:
+        pass
+
+
 class ShardWaits:
     def __init__(self):
         self.asleep = False             # set by the shard before it last looks at its inbox
@@ -34,17 +43,10 @@ class ShardWaits:
         writable = []
         for key, _ in events:
             if key.data is None:
-                self._drain()
+                drain(self._wake_r)
             else:
                 writable.append(key.data)
         return bool(events), writable
-
-    def _drain(self):
-        try:
-            while self._wake_r.recv(4096):
-                pass
-        except OSError:
-            pass
 
     def watch(self, member):
         """Wake the shard when ``member``'s socket can take more."""
