@@ -15,6 +15,8 @@ consumers took a third more CPU.
 The frames are still parsed by simple-websocket's own event handling (over its wsproto
 connection), so Close, Ping, fragmented and oversized messages are answered as they always were;
 every write goes through the consumer's :class:`~dpmq.connection.Connection`, which never blocks.
+That handling (``_handle_events``) is the reader loop's own step, not a public call, which is why
+setup.cfg keeps simple-websocket below 2.
 """
 
 import collections
