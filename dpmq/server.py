@@ -40,13 +40,19 @@ def post_worker_init(worker):
     """Stop the broker gracefully on SIGTERM, SIGINT and SIGQUIT, then let the worker exit."""
     broker = worker.wsgi.extensions["dpmq"]
     stopper = threading.Thread(target=broker.stop, name="dpmq-stop", daemon=True)
-    lock = threading.Lock()
+    begun = []
 
     def begin_stop(signum, frame):
-        with lock:
-            if not stopper.is_alive() and stopper.ident is None:
-                log.info("signal %d: stopping gracefully", signum)
+        # This runs on the main thread between two bytecodes, and a second signal can run it again
+        # inside the first (systemd's stop sends SIGTERM to the worker, and the master forwards its
+        # own): so no lock, which the inner call would wait for for ever, and the flag goes first.
+        if not begun:
+            begun.append(signum)
+            log.info("signal %d: stopping gracefully", signum)
+            try:
                 stopper.start()
+            except RuntimeError:    # an inner call started it between the check and the flag
+                pass
         worker.handle_exit(signum, frame)
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):

@@ -1,5 +1,6 @@
 """``dpmq serve`` for real: gunicorn gthread, SIGKILL mid-stream, SIGTERM, bad configuration."""
 
+import os
 import signal
 import socket
 import subprocess
@@ -79,6 +80,22 @@ def test_sigterm_closes_consumers_with_1001_and_a_restart_resumes(served):
     again = Collector(broker.ws_url, "t", "x")
     again.wait_count(1)
     assert again.datas == ["two"]
+
+
+def test_sigterm_to_master_and_worker_at_once_stops_promptly(served):
+    """systemd's stop signals every process of the service: the worker gets SIGTERM twice (its
+    own and the master's), and must not wait out the graceful timeout (here 15 s) to exit."""
+    broker = served()
+    consumer = Collector(broker.ws_url, "t", "x")
+    wait_for(lambda: requests.get(broker.url + "/Console/GetConsumers").json()["data"],
+             what="the consumer")
+    started = time.monotonic()
+    os.killpg(broker.proc.pid, signal.SIGTERM)
+    assert broker.proc.wait(30) == 0
+    assert time.monotonic() - started < 10, "the worker hung until the master killed it"
+    wait_for(lambda: consumer.closed, what="the close frame")
+    assert consumer.closed[0] == 1001
+    assert "was sent SIGKILL" not in broker.log.read_text()
 
 
 def test_consumers_up_to_max_consumers_connect_and_the_next_is_refused_not_hung(served):
