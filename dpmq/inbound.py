@@ -78,7 +78,6 @@ class Inbound:
         self._wake_r.setblocking(False)
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._pings = collections.deque()  # readers in the order of their due times
-        self._readers = set()
         self._lock = threading.Lock()      # between add and the end of the thread
         self._stopping = False
         self._closed = False
@@ -113,7 +112,6 @@ class Inbound:
             except (ValueError, OSError):       # already closed
                 _finish(reader)
                 return reader
-            self._readers.add(reader)
             if self.interval:
                 first = not self._pings
                 self._pings.append(reader)
@@ -141,8 +139,9 @@ class Inbound:
         finally:
             with self._lock:
                 self._closed = True
-                for reader in list(self._readers):
-                    self._end(reader)
+                for key in list(self._selector.get_map().values()):
+                    if key.data is not None:
+                        self._end(key.data)
                 self._selector.close()
             self._wake_r.close()
             self._wake_w.close()
@@ -200,7 +199,6 @@ class Inbound:
     def _end(self, reader):
         if reader.done:
             return
-        self._readers.discard(reader)
         try:
             key = self._selector.get_key(reader.conn.raw)
             if key.data is reader:
