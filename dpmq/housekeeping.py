@@ -5,7 +5,8 @@ Two threads, each stopped through an Event, logging and backing off on errors, n
 - the scheduler sleeps until the earliest delayed message is due (or a new, earlier one arrives),
   then moves due messages into their logs, as many at a time as the buffer has room for;
 - the sweeper saves the cursors that moved every ``mq.cursorFlushInterval`` seconds, and every
-  ``mq.sweepInterval`` seconds purges what retention says is expired, at most ``mq.sweepBatch``
+  ``mq.sweepInterval`` seconds refreshes those of connected subscriptions before retention would
+  forget them and purges what retention says is expired, at most ``mq.sweepBatch``
   messages at a time so that a sweep never holds the store for long.
 """
 
@@ -102,14 +103,21 @@ class Housekeeping:
             log.exception("final cursor save failed")
 
     def save_cursors(self, everything=False):
-        """Save the cursors that moved (all of them with ``everything``, so that connected but
-        quiet subscriptions are never taken for idle ones by retention)."""
+        """Save the cursors that moved; with ``everything``, also those last saved more than
+        half the retention ago, so that connected but quiet subscriptions are never taken for
+        idle ones by retention. Rewriting every one of them at each sweep cost 10,000 writes
+        every 30 s with 10,000 idle consumers."""
         positions = self.broker.positions(everything)
-        changed = {key: offset for key, offset in positions.items()
-                   if everything or self._saved.get(key) != offset}
+        now = time.time()      # the clock of the stores' ``updated``, which retention compares
+        stale = now - self.broker.settings.mq.retentionSeconds / 2
+        changed = {}
+        for key, offset in positions.items():
+            saved = self._saved.get(key)
+            if saved is None or saved[0] != offset or (everything and saved[1] <= stale):
+                changed[key] = offset
         if changed:
             self.broker.engine.save_cursors(changed)
-            self._saved.update(changed)
+            self._saved.update((key, (offset, now)) for key, offset in changed.items())
         if everything:
             for key in [key for key in self._saved if key not in positions]:
                 del self._saved[key]

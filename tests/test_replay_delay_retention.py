@@ -1,5 +1,6 @@
 """Replay with since, delayed messages, idempotent and batch publish, retention."""
 
+import sqlite3
 import time
 
 import pytest
@@ -218,3 +219,46 @@ def test_a_consumer_behind_retention_skips_the_purged_gap(make_broker, engine_na
     again = Collector(running.ws_url, "t", "away")
     again.wait_count(2)
     assert again.codes == codes[-2:]
+
+
+def test_retention_keeps_a_connected_quiet_subscription_and_forgets_a_departed_one(
+        make_broker, engine_name):
+    running = make_broker(engine_name, mq={"retentionSeconds": 1, "maxDelaySeconds": 0.5,
+                                           "sweepInterval": 0.1})
+    quiet, gone = Collector(running.ws_url, "t", "quiet"), Collector(running.ws_url, "t", "gone")
+    _joined(running, 2)
+    running.publish_many("t", ["a"])
+    quiet.wait_count(1)
+    gone.wait_count(1)
+    gone.close()
+    engine = running.broker.engine
+    wait_for(lambda: engine.cursor("t", "c:gone") is None, timeout=10,
+             what="retention to forget the departed subscription")
+    time.sleep(1.5)     # past the retention again, with nothing delivered to the quiet one
+    assert engine.cursor("t", "c:quiet") == 1
+
+
+def test_a_quiet_subscription_is_refreshed_before_retention_not_at_every_sweep(make_broker):
+    """Its row is rewritten once half the retention has passed, not at each sweep: with many
+    idle consumers every sweep used to write all of their cursors."""
+    running = make_broker("sqlite", mq={"retentionSeconds": 3, "maxDelaySeconds": 1,
+                                      "sweepInterval": 0.05})
+    quiet = Collector(running.ws_url, "t", "quiet")
+    _joined(running)
+    running.publish_many("t", ["a"])
+    quiet.wait_count(1)
+    store = sqlite3.connect(running.broker.engine.path)
+
+    def updated():
+        rows = store.execute("select updated from subscriptions where topic = 't' and sub = ?",
+                             ("c:quiet",)).fetchall()
+        return rows[0][0] if rows else None
+
+    wait_for(lambda: updated() is not None, what="the cursor to be saved")
+    seen, until = set(), time.monotonic() + 4.5
+    while time.monotonic() < until:
+        seen.add(updated())
+        time.sleep(0.05)
+    store.close()
+    # About 90 sweeps in 4.5 s; the row is rewritten every 1.5 s or so: 3 or 4 distinct times.
+    assert 2 <= len(seen) <= 5, sorted(seen)
