@@ -369,18 +369,25 @@ class Broker:
             self.shard_for(t, key).post("requeue", ((t, key), records))
         return sum(len(records) for records in requeued.values())
 
-    def positions(self, everything=True, timeout=5.0):
-        """The cursors of the active subscriptions as the shards compute them now: all of them,
-        or only those that may have moved since the last call without ``everything``."""
+    def positions(self, timeout=5.0):
+        """The cursors of the active subscriptions as the shards compute them now, to show."""
+        return self._ask_shards("positions", lambda reply: reply, timeout)
+
+    def cursors_to_save(self, stale=None, timeout=5.0):
+        """The cursors that moved since the last call, and those last taken at or before
+        ``stale`` (a ``time.time()``), for the housekeeping thread to save."""
+        return self._ask_shards("cursors", lambda reply: (reply, stale), timeout)
+
+    def _ask_shards(self, kind, item, timeout):
         replies = []
         for shard in self.shards:
             reply = queue.SimpleQueue()
-            shard.post("positions", (reply, everything))
+            shard.post(kind, item(reply))
             replies.append(reply)
-        positions = {}
+        merged = {}
         for reply in replies:
             try:
-                positions.update(reply.get(timeout=timeout))
+                merged.update(reply.get(timeout=timeout))
             except queue.Empty:
                 log.warning("a delivery shard did not report its cursors in %ss", timeout)
-        return positions
+        return merged

@@ -70,7 +70,8 @@ class Shard:
         self.topics = {}
         self._active = set()            # subscriptions with messages to catch up or redeliver
         self._dirty = set()             # members whose sockets need a flush
-        self._moved = set()             # subscriptions touched since the cursors were last read
+        self._moved = set()             # subscriptions touched since the cursors were last taken
+        self._saved = {}                # (topic, key) -> (cursor, time.time()) last taken to save
         self._timers = []               # ack deadlines: (deadline, seq, subscription, flight)
         self._retry_at = 0.0            # after a store error, no catch-up before this time
         self._stalled = False           # the last catch-up pass sent nothing: wait for an event
@@ -177,7 +178,9 @@ class Shard:
         elif kind == "requeue":
             self._requeue(*item)
         elif kind == "positions":
-            self._positions(*item)
+            item.put({key: sub.position() for key, sub in self._subs.items()})
+        elif kind == "cursors":
+            self._cursors(*item)
 
     def _gather(self, arrived, now):
         """Open a gathering window when messages come fast enough to fill one with several
@@ -242,15 +245,19 @@ class Shard:
             return sub
         engine = self.engine
         cursor = engine.cursor(topic, key)
+        saved_at = 0.0      # loaded: when it was last written is unknown, so the first sweep does
         if member.since is not None:
             cursor = 0 if member.since == "beginning" else engine.find(topic, member.since)
             if cursor is None:
                 raise Refused(f"since: no retained message {member.since} on topic {topic!r};"
                               " use since=beginning or a newer MessageCode", CLOSE_BAD_INPUT)
             engine.set_cursor(topic, key, cursor)
+            saved_at = time.time()
         elif cursor is None:
             cursor = self.broker.heads.get(topic, 0)   # a new subscription starts at "now"
             engine.save_cursors({(topic, key): cursor})
+            saved_at = time.time()
+        self._saved[(topic, key)] = (cursor, saved_at)
         if engine.shared and key.startswith("g:"):
             sub = SharedGroup(topic, key, cursor, engine, self.limits, self._dead_letter,
                               self._timers, self.counts.of(topic))
@@ -284,6 +291,7 @@ class Shard:
     def _drop(self, sub):
         """The last member left: save the cursor and forget the subscription until it returns."""
         del self._subs[(sub.topic, sub.key)]
+        self._saved.pop((sub.topic, sub.key), None)
         self._shared.discard(sub)
         subs = self.topics[sub.topic]
         subs.remove(sub)
@@ -313,13 +321,27 @@ class Shard:
         sub.requeue(records)
         self._active.add(sub)
 
-    def _positions(self, reply, everything):
-        """The cursors of the subscriptions touched since the last call (of all with
-        ``everything``), for the housekeeping thread to save; idle ones cost nothing."""
-        subs = self._subs.values() if everything else self._moved
-        reply.put({(sub.topic, sub.key): sub.position() for sub in subs
-                   if self._subs.get((sub.topic, sub.key)) is sub})
+    def _cursors(self, reply, stale):
+        """Hand the housekeeping thread the cursors to save: those that moved since it last took
+        them and, when ``stale`` is a time, those last taken then or before, so that retention
+        never takes a connected but quiet subscription for a forgotten one. The cursors that did
+        not move are not computed: rewriting them all at every sweep cost 10,000 writes every
+        30 s with 10,000 idle consumers."""
+        now = time.time()
+        out = {}
+        for sub in self._moved:
+            key = (sub.topic, sub.key)
+            if self._subs.get(key) is sub:
+                position = sub.position()
+                if position != self._saved[key][0]:
+                    out[key] = position
         self._moved = set()
+        if stale is not None:
+            for key, (_, saved_at) in self._saved.items():
+                if saved_at <= stale and key not in out:
+                    out[key] = self._subs[key].position()
+        self._saved.update((key, (position, now)) for key, position in out.items())
+        reply.put(out)
 
     def _dead_letter(self, sub, record, attempts, reason):
         self.engine.dead_letter(sub.topic, sub.key, record, reason, attempts)

@@ -25,7 +25,7 @@ class Housekeeping:
         self._stop = threading.Event()
         self._stop_scheduler = threading.Event()
         self._wake = threading.Event()
-        self._saved = {}
+        self._unsaved = {}          # cursors taken from the shards that a failed save held
         self._threads = []
 
     def start(self):
@@ -88,7 +88,7 @@ class Housekeeping:
                     next_sample = time.monotonic() + 1.0
                     self.broker.history.sample(self.broker.topic_counts(), self.broker.buffer.qsize())
                 sweeping = time.monotonic() >= next_sweep
-                self.save_cursors(everything=sweeping)
+                self.save_cursors(refresh=sweeping)
                 self.broker.retry_unlocks()
                 if sweeping:
                     next_sweep = time.monotonic() + mq.sweepInterval
@@ -102,25 +102,15 @@ class Housekeeping:
         except Exception:  # noqa: BLE001
             log.exception("final cursor save failed")
 
-    def save_cursors(self, everything=False):
-        """Save the cursors that moved; with ``everything``, also those last saved more than
-        half the retention ago, so that connected but quiet subscriptions are never taken for
-        idle ones by retention. Rewriting every one of them at each sweep cost 10,000 writes
-        every 30 s with 10,000 idle consumers."""
-        positions = self.broker.positions(everything)
-        now = time.time()      # the clock of the stores' ``updated``, which retention compares
-        stale = now - self.broker.settings.mq.retentionSeconds / 2
-        changed = {}
-        for key, offset in positions.items():
-            saved = self._saved.get(key)
-            if saved is None or saved[0] != offset or (everything and saved[1] <= stale):
-                changed[key] = offset
-        if changed:
-            self.broker.engine.save_cursors(changed)
-            self._saved.update((key, (offset, now)) for key, offset in changed.items())
-        if everything:
-            for key in [key for key in self._saved if key not in positions]:
-                del self._saved[key]
+    def save_cursors(self, refresh=False):
+        """Save the cursors that moved; with ``refresh``, also those last saved more than half
+        the retention ago, so that retention never forgets a connected but quiet subscription.
+        What a failed save held is kept for the next one."""
+        stale = time.time() - self.broker.settings.mq.retentionSeconds / 2 if refresh else None
+        self._unsaved.update(self.broker.cursors_to_save(stale))
+        if self._unsaved:
+            self.broker.engine.save_cursors(self._unsaved)
+            self._unsaved = {}
 
     def purge(self):
         mq = self.broker.settings.mq

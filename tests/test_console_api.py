@@ -69,3 +69,20 @@ def test_overview_has_counters_and_a_rate_history(make_broker):
     data = running.get("/Console/GetOverview")["data"]
     assert data["published"] == 20 and data["bufferCapacity"] == 100
     assert data["history"] and set(data["history"][0]) == {"time", "published", "delivered", "buffered"}
+
+
+def test_watching_the_consumers_does_not_hold_back_saving_their_cursors(make_broker, engine_name):
+    """The web console polls GetConsumers, which reads every cursor; the cursors that moved must
+    still be saved within the flush interval, so that a crash redelivers seconds, not a sweep."""
+    running = make_broker(engine_name, mq={"cursorFlushInterval": 0.2})
+    consumer = Collector(running.ws_url, "t", "watched")
+    wait_for(lambda: running.broker.members(), what="the consumer")
+    running.publish_many("t", [str(i) for i in range(5)])
+    consumer.wait_count(5)
+    head = running.broker.engine.head("t")
+
+    def saved():
+        running.get("/Console/GetConsumers")
+        return running.broker.engine.cursor("t", "c:watched") == head
+
+    wait_for(saved, timeout=5, interval=0.01, what="the cursor to be saved")
