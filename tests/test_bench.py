@@ -4,8 +4,9 @@ import json
 import os
 import subprocess
 import sys
+import time
 
-from dpmq.bench import run_scenario
+from dpmq.bench import settle, run_scenario
 
 
 def test_fanout_and_latency_scenarios_account_for_every_message(make_broker):
@@ -45,3 +46,23 @@ def test_bench_command_starts_its_own_broker_and_writes_json(tmp_path):
     assert publish["producers"] == 4
     # the broker it started is measured: accepting 500 messages costs it CPU and thread switches
     assert publish["brokerCpuUsPerMessage"] > 0 and publish["brokerSwitchesPerMessage"] > 0
+
+
+def test_idle_measures_once_the_broker_has_stopped_working():
+    """The idle window starts when the process has been quiet for a second, not while it is
+    still busy (here: a process that computes for 2 s, then sleeps)."""
+    busy = subprocess.Popen([sys.executable, "-c", "import time\nend = time.monotonic() + 2\n"
+                             "while time.monotonic() < end: pass\ntime.sleep(60)"])
+    try:
+        waited = settle(busy.pid, most=20)
+    finally:
+        busy.kill()
+        busy.wait()
+    assert 1.5 <= waited < 15
+    quiet = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        time.sleep(0.5)     # past the interpreter's start
+        assert settle(quiet.pid, most=20) < 5
+    finally:
+        quiet.kill()
+        quiet.wait()
