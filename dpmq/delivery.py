@@ -257,7 +257,6 @@ class Shard:
             cursor = self.broker.heads.get(topic, 0)   # a new subscription starts at "now"
             engine.save_cursors({(topic, key): cursor})
             saved_at = time.time()
-        self._saved[(topic, key)] = (cursor, saved_at)
         if engine.shared and key.startswith("g:"):
             sub = SharedGroup(topic, key, cursor, engine, self.limits, self._dead_letter,
                               self._timers, self.counts.of(topic))
@@ -266,6 +265,7 @@ class Shard:
                                engine.redeliveries(topic, key), engine, self.limits,
                                self._dead_letter, self._timers, self.counts.of(topic))
         self._subs[(topic, key)] = sub
+        self._saved[(topic, key)] = (cursor, saved_at)
         self.topics.setdefault(topic, []).append(sub)
         if isinstance(sub, SharedGroup):
             self._shared.add(sub)
@@ -339,7 +339,7 @@ class Shard:
         if stale is not None:
             for key, (_, saved_at) in self._saved.items():
                 if saved_at <= stale and key not in out:
-                    out[key] = self._subs[key].position()
+                    out[key] = self._subs[key].position()    # the two are kept in step
         self._saved.update((key, (position, now)) for key, position in out.items())
         reply.put(out)
 
