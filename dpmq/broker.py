@@ -376,11 +376,13 @@ class Broker:
     def cursors_to_save(self, stale=None, timeout=5.0):
         """The cursors that moved since the last call, and those last taken at or before
         ``stale`` (a ``time.time()``), for the housekeeping thread to save."""
-        return self._ask_shards("cursors", lambda reply: (reply, stale), timeout)
+        # Shards where nothing moved are not asked (and not woken) between sweeps.
+        shards = [shard for shard in self.shards if stale is not None or shard.touched]
+        return self._ask_shards("cursors", lambda reply: (reply, stale), timeout, shards)
 
-    def _ask_shards(self, kind, item, timeout):
+    def _ask_shards(self, kind, item, timeout, shards=None):
         replies = []
-        for shard in self.shards:
+        for shard in self.shards if shards is None else shards:
             reply = queue.SimpleQueue()
             shard.post(kind, item(reply))
             replies.append(reply)

@@ -86,6 +86,12 @@ class Shard:
         self._inbox.put((kind, item))
         self._waits.wake()
 
+    @property
+    def touched(self):
+        """Whether a subscription was touched since the cursors were last taken. Read from other
+        threads without a lock: one touched just after is taken the next time."""
+        return bool(self._moved)
+
     def join(self, member, timeout=30.0):
         """Attach a connected member; raises Refused if it cannot join."""
         member.conn.on_progress = lambda conn: self.post("watch", member)
