@@ -371,20 +371,20 @@ class Broker:
 
     def positions(self, timeout=5.0):
         """The cursors of the active subscriptions as the shards compute them now, to show."""
-        return self._ask_shards("positions", lambda reply: reply, timeout)
+        return self._ask_shards("positions", None, timeout)
 
     def cursors_to_save(self, stale=None, timeout=5.0):
         """The cursors that moved since the last call, and those last taken at or before
         ``stale`` (a ``time.time()``), for the housekeeping thread to save."""
         # Shards where nothing moved are not asked (and not woken) between sweeps.
         shards = [shard for shard in self.shards if stale is not None or shard.touched]
-        return self._ask_shards("cursors", lambda reply: (reply, stale), timeout, shards)
+        return self._ask_shards("cursors", stale, timeout, shards)
 
-    def _ask_shards(self, kind, item, timeout, shards=None):
+    def _ask_shards(self, kind, arg, timeout, shards=None):
         replies = []
         for shard in self.shards if shards is None else shards:
             reply = queue.SimpleQueue()
-            shard.post(kind, item(reply))
+            shard.post(kind, (reply, arg))
             replies.append(reply)
         merged = {}
         for reply in replies:

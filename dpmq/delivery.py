@@ -184,7 +184,7 @@ class Shard:
         elif kind == "requeue":
             self._requeue(*item)
         elif kind == "positions":
-            item.put({key: sub.position() for key, sub in self._subs.items()})
+            item[0].put({key: sub.position() for key, sub in self._subs.items()})
         elif kind == "cursors":
             self._cursors(*item)
 
