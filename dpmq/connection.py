@@ -19,27 +19,22 @@ import select
 import socket
 import threading
 
+from .frames import frame_extent
+
 _DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 _COMPACT_AT = 1 << 16
 _CONTROL_SLACK = 1 << 16        # Pongs and Closes may exceed the buffer limit by this much
 _RECORD = operator.itemgetter(1)    # of a mark: (stream position where a message ends, record)
+PING = b"\x89\x00"          # a server's Ping frame: unmasked, no payload
 
 
 def _has_close_frame(data):
     """Whether the server frames in ``data`` include a Close frame (opcode 8)."""
-    pos, size = 0, len(data)
-    while pos + 2 <= size:
-        first, second = data[pos], data[pos + 1]
-        if first & 0x0F == 0x8:
+    pos = 0
+    while (extent := frame_extent(data, pos)) is not None:
+        if data[pos] & 0x0F == 0x8:
             return True
-        length, header = second & 0x7F, 2
-        if length == 126:
-            length, header = int.from_bytes(data[pos + 2:pos + 4], "big"), 4
-        elif length == 127:
-            length, header = int.from_bytes(data[pos + 2:pos + 10], "big"), 10
-        if second & 0x80:
-            header += 4
-        pos += header + length
+        pos += extent[0] + extent[1]
     return False
 
 
@@ -194,25 +189,53 @@ class Connection:
         buffer limit (plus slack) the connection is dropped instead.
         """
         with self._lock:
-            if self.closed:
-                raise BrokenPipeError("DPMQ connection is closed")
-            if len(self._out) - self._head > self.limit + _CONTROL_SLACK:
-                self.broken = self.closed = True
-                raise BrokenPipeError("the consumer does not read what it asks for; dropped")
-            if not data.startswith(b"HTTP/") and _has_close_frame(data):
+            if not self.closed and not data.startswith(b"HTTP/") and _has_close_frame(data):
                 self.closing = True
-            self._out += data
-            self._queued += len(data)
-            done = self._flush_locked()
-            if self.broken:
-                raise BrokenPipeError("the consumer is gone")
-            progress = bool(self._written)
+            done, progress = self._write_control_locked(data)
+        self._after_control(done, progress)
+        return len(data)
+
+    def ping(self):
+        """A keep-alive Ping. When nothing waits before it, the usual case for an idle consumer,
+        it goes straight to the socket; what the socket does not take is queued like any
+        control frame. With 10,000 idle consumers, queueing every Ping was about a sixth of the
+        broker's idle CPU (``dpmq bench --idle 10000``)."""
+        with self._lock:
+            if self.closed or self._head != len(self._out):
+                done, progress = self._write_control_locked(PING)
+            else:
+                try:
+                    sent = self.raw.send(PING, _DONTWAIT)
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                except OSError:
+                    self.broken = self.closed = True
+                    raise BrokenPipeError("the consumer is gone") from None
+                self._queued += sent
+                if sent == len(PING):
+                    return
+                done, progress = self._write_control_locked(PING[sent:])
+        self._after_control(done, progress)
+
+    def _write_control_locked(self, data):
+        if self.closed:
+            raise BrokenPipeError("DPMQ connection is closed")
+        if len(self._out) - self._head > self.limit + _CONTROL_SLACK:
+            self.broken = self.closed = True
+            raise BrokenPipeError("the consumer does not read what it asks for; dropped")
+        self._out += data
+        self._queued += len(data)
+        done = self._flush_locked()
+        if self.broken:
+            raise BrokenPipeError("the consumer is gone")
+        return done, bool(self._written)
+
+    def _after_control(self, done, progress):
         if self.on_progress is not None:
             if progress or not done:
                 self.on_progress(self)
         elif not done:
             self._flush_blocking(timeout=10)
-        return len(data)
 
     def _flush_blocking(self, timeout):
         """Before a shard owns the connection (the handshake), wait for the socket a little."""

@@ -29,11 +29,13 @@ import time
 
 from wsproto.utilities import LocalProtocolError
 
+from .frames import FrameEnds
 from .shard_waits import drain
 
 log = logging.getLogger(__name__)
 
-PING = b"\x89\x00"          # a server's Ping frame: unmasked, no payload
+#: A consumer's answer to our Ping (which carries nothing): FIN and Pong, masked, no payload.
+PONG = b"\x8a\x80"
 CLOSE_PING_TIMEOUT = 1008   # what simple-websocket closes a silent peer with
 _HANGUP = getattr(select, "POLLRDHUP", 0)
 
@@ -43,7 +45,7 @@ class Reader:
     closed or vanished, a Close was exchanged, it stopped answering pings, or the broker is
     stopping)."""
 
-    __slots__ = ("ws", "conn", "on_input", "due", "done", "ended")
+    __slots__ = ("ws", "conn", "on_input", "due", "done", "ended", "frames")
 
     def __init__(self, ws, conn, on_input, due):
         self.ws = ws                # the simple-websocket Server: its wsproto state and handling
@@ -52,6 +54,9 @@ class Reader:
         self.due = due              # when it is next pinged
         self.done = False
         self.ended = threading.Event()
+        # simple-websocket's handshake gives its parser a request rebuilt from the WSGI environ
+        # and no frame bytes: the first byte read from the socket starts a frame.
+        self.frames = FrameEnds()
 
     def wait(self):
         """Return once the connection has ended. Any end the inbound thread sees also shuts the
@@ -166,6 +171,10 @@ class Inbound:
             data = reader.conn.raw.recv(ws.receive_bytes)
             if not data:
                 raise ConnectionResetError("the consumer closed its socket")
+            if len(data) == 6 and data.startswith(PONG) and reader.frames.at_start:
+                ws.pong_received = True     # all simple-websocket would do with it
+                return
+            reader.frames.feed(data)
             ws.ws.receive_data(data)
             ws.connected = ws._handle_events()
         except (OSError, LocalProtocolError):
@@ -189,7 +198,7 @@ class Inbound:
                     ws.close(CLOSE_PING_TIMEOUT, "Ping/Pong timeout")
                     raise ConnectionResetError("no Pong")
                 ws.pong_received = False
-                reader.conn.write_control(PING)
+                reader.conn.ping()
             except Exception:  # noqa: BLE001 - closed meanwhile, by either side
                 self._end(reader)
                 continue

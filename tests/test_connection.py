@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from dpmq.connection import Connection
+from dpmq.connection import PING, Connection
 from dpmq.message import Record, Run, frame
 
 
@@ -108,3 +108,39 @@ def test_a_run_knows_whether_its_offsets_follow_one_another():
     assert not run_of([recs[0], recs[2]]).contiguous
     assert not run_of([recs[0], recs[2], recs[1]]).contiguous
     assert not run_of([recs[0], recs[1], recs[1], recs[3]]).contiguous   # a repeat hides a gap
+
+
+def test_a_ping_with_nothing_waiting_goes_straight_to_the_socket(pair):
+    ours, theirs = pair
+    conn = Connection(ours, limit=1 << 20)
+    conn.ping()
+    assert conn.pending_bytes == 0
+    assert receive(theirs, 2) == PING
+
+
+def test_a_ping_behind_a_frame_the_socket_did_not_take_waits_for_it_whole(pair):
+    ours, theirs = pair
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    conn = Connection(ours, limit=1 << 22)
+    told = []
+    conn.on_progress = told.append                  # as a delivery shard does
+    first, second = records(2, size=200_000)
+    assert conn.offer(frame(first), first)
+    assert not conn.flush()                         # the peer reads nothing yet
+    received = theirs.recv(1 << 16)                 # now the socket has room, the buffer not
+    conn.ping()
+    assert told == [conn], "the shard is told to watch for room"
+    assert conn.offer(frame(second), second)
+    expected = frame(first) + PING + frame(second)
+    while len(received) < len(expected):
+        conn.flush()
+        received += theirs.recv(1 << 16)
+    assert received == expected
+
+
+def test_a_ping_on_a_closed_connection_says_so(pair):
+    ours, _ = pair
+    conn = Connection(ours, limit=1 << 20)
+    conn.detach()
+    with pytest.raises(BrokenPipeError):
+        conn.ping()

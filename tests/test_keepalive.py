@@ -1,6 +1,7 @@
 """Keep-alive pings: every consumer is pinged about once per server.pingInterval by the broker's one
 inbound thread; one that answers stays however long it is idle, one that does not is closed."""
 
+import json
 import socket
 import threading
 import time
@@ -98,3 +99,78 @@ def test_without_pings_a_silent_consumer_stays(make_broker):
     assert len(running.broker.members()) == 1
     silent.close()
     wait_for(lambda: not running.broker.members(), what="the consumer to be gone after it closed")
+
+
+class SplitPongs(PingCounter):
+    """Answers every Ping with its Pong written in two pieces, a moment apart."""
+
+    def _run(self):
+        while self.closed is None:
+            try:
+                data = self.sock.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            self.ws.receive_data(data)
+            for event in self.ws.events():
+                if isinstance(event, AcceptConnection):
+                    self.accepted.set()
+                elif isinstance(event, Ping):
+                    self.pings.append(time.monotonic())
+                    answer = self.ws.send(event.response())
+                    try:
+                        self.sock.sendall(answer[:3])
+                        time.sleep(0.05)
+                        self.sock.sendall(answer[3:])
+                    except OSError:
+                        return
+                elif isinstance(event, CloseConnection):
+                    self.closed = (event.code, event.reason)
+
+
+def test_a_pong_that_arrives_in_two_pieces_still_counts(make_broker):
+    running = make_broker("memory", server={"pingInterval": 0.2})
+    consumer = SplitPongs(running.port, "/ConsumersConn/t/split")
+    wait_for(lambda: len(running.broker.members()) == 1, what="the consumer")
+    time.sleep(1.2)
+    assert consumer.closed is None and len(running.broker.members()) == 1
+    assert len(consumer.pings) >= 4
+    consumer.close()
+
+
+def ack_frame_ending_like_a_pong(code):
+    """A masked text frame ``{"ack": code}`` whose mask makes its last six bytes start like a
+    Pong from a client (0x8A 0x80): sent apart, those six bytes are one read that looks exactly
+    like a Pong, and only knowing where the frame ends tells them apart."""
+    payload = json.dumps({"ack": code}).encode()
+    size = len(payload)
+    assert size < 126
+    mask = bytearray(b"\x11\x22\x33\x44")
+    mask[(size - 6) % 4] = payload[size - 6] ^ 0x8A
+    mask[(size - 5) % 4] = payload[size - 5] ^ 0x80
+    masked = bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
+    frame = bytes([0x81, 0x80 | size]) + bytes(mask) + masked
+    assert frame[-6:-4] == b"\x8a\x80"
+    return frame
+
+
+def test_an_ack_whose_last_six_bytes_look_like_a_pong_is_read_as_the_ack(make_broker):
+    running = make_broker("memory", server={"pingInterval": 0}, mq={"ackTimeout": 2.0})
+    consumer = PingCounter(running.port, "/ConsumersConn/t/acker?ack=1")
+    consumer.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    wait_for(lambda: len(running.broker.members()) == 1, what="the consumer")
+    acked = lambda: running.broker.topic_counts()["t"][2]     # noqa: E731
+    (first,) = running.publish_many("t", ["one"])
+    wait_for(lambda: consumer.messages, what="the first message")
+    frame = ack_frame_ending_like_a_pong(first)
+    consumer.sock.sendall(frame[:-6])
+    time.sleep(0.3)                     # read by the broker on its own
+    consumer.sock.sendall(frame[-6:])
+    wait_for(lambda: acked() == 1, timeout=1.5, what="the ack to be taken")
+    (second,) = running.publish_many("t", ["two"])
+    wait_for(lambda: len(consumer.messages) == 2, what="the second message")
+    consumer.sock.sendall(consumer.ws.send(TextMessage(second)))
+    wait_for(lambda: acked() == 2, timeout=1.5, what="the plain ack after it")
+    assert [json.loads(m)["MessageCode"] for m in consumer.messages] == [first, second]
+    consumer.close()
