@@ -18,7 +18,7 @@ every write goes through the consumer's :class:`~dpmq.connection.Connection`, wh
 That handling (``_handle_events``) is the reader loop's own step, not a public call, which is why
 setup.cfg keeps simple-websocket below 2. One thing is read without it: a read that is exactly one
 empty Pong, when the bytes before it ended a frame (:class:`~dpmq.frames.FrameEnds` follows where
-they end). That is what an idle consumer sends, and the parser's way took two thirds of the
+they end). That is what an idle consumer sends, and the parser's way took about half of the
 interpreter's time that 10,000 idle consumers cost.
 """
 
