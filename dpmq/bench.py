@@ -14,6 +14,8 @@ Scenarios (``--scenario``, default all):
 Against ``--url`` (any running broker; for RSS and CPU also give ``--pid``), or, by default, a
 broker it starts itself with ``dpmq serve`` on a temporary store (``--engine``). Results print as
 a table and, with ``--json FILE``, as JSON. Lost, duplicated and out-of-order counts must be 0.
+With a broker it starts, the cost of one disk flush under its store comes first (``diskFlush``):
+the baseline the durable engine's rates depend on.
 """
 
 import json
@@ -38,6 +40,8 @@ SCENARIOS = {
 }
 #: How long the idle scenario measures CPU: past one default ping interval (25 s).
 IDLE_SECONDS = 30
+#: How many flushes :func:`disk_flush` times.
+FLUSHES = 200
 
 
 def _free_port():
@@ -106,6 +110,32 @@ class LocalBroker:
                 client.delete(*keys[start:start + 1000])
         finally:
             client.close()
+
+
+def disk_flush(folder, count=FLUSHES):
+    """What one durable write costs the disk under ``folder``: ``fdatasync`` of a 4 KB page
+    rewritten in place, as a commit of the sqlite engine ends, in ms (median and p90).
+
+    Every publish of a producer that waits for its reply waits for one such flush, so the
+    durable engine's rates, and their ratios to servers that keep nothing, move with this
+    figure from machine to machine: report it beside them."""
+    handle, path = tempfile.mkstemp(dir=folder, prefix="dpmq-flush-")
+    times = []
+    try:
+        os.write(handle, bytes(16 * 4096))
+        os.fsync(handle)                # the file's blocks exist: what follows rewrites them
+        page = b"x" * 4096
+        for i in range(count):
+            os.pwrite(handle, page, (i % 16) * 4096)
+            start = time.perf_counter()
+            os.fdatasync(handle)
+            times.append(time.perf_counter() - start)
+    finally:
+        os.close(handle)
+        os.unlink(path)
+    times.sort()
+    return {"medianMs": round(times[count // 2] * 1e3, 3),
+            "p90Ms": round(times[count * 9 // 10] * 1e3, 3)}
 
 
 def _rss_kb(pid):
@@ -327,12 +357,15 @@ def main(args):
         print(f"dpmq bench: unknown scenario {unknown[0]}; known: {', '.join(SCENARIOS)}",
               file=sys.stderr)
         return 2
-    local = None
+    local = flush = None
     url, pid = args.url, args.pid
     if url is None:
         local = LocalBroker(args.engine, args.idle if "idle" in names else 0)
         url, pid = local.url, local.pid
         print(f"dpmq bench: broker on {url} (engine {args.engine}, pid {pid})", file=sys.stderr)
+        flush = disk_flush(local.folder)
+        print(f"dpmq bench: a disk flush under its store takes {flush['medianMs']} ms"
+              f" ({flush['p90Ms']} at p90)", file=sys.stderr)
     results = []
     try:
         for name in names:
@@ -351,6 +384,7 @@ def main(args):
     print(_table(results))
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"url": args.url or f"local {args.engine}", "results": results}, handle, indent=2)
+            json.dump({"url": args.url or f"local {args.engine}", "diskFlush": flush,
+                       "results": results}, handle, indent=2)
     bad = [r for r in results if r.get("lost") or r.get("duplicated") or r.get("outOfOrder")]
     return 1 if bad else 0

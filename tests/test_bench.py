@@ -41,11 +41,16 @@ def test_bench_command_starts_its_own_broker_and_writes_json(tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "publishPerSecond" in result.stdout
-    (publish,) = json.loads(out.read_text())["results"]
+    written = json.loads(out.read_text())
+    (publish,) = written["results"]
     assert publish["accepted"] == 500 and publish["refused"] == 0
     assert publish["producers"] == 4
     # the broker it started is measured: accepting 500 messages costs it CPU and thread switches
     assert publish["brokerCpuUsPerMessage"] > 0 and publish["brokerSwitchesPerMessage"] > 0
+    # and the disk under its store, the baseline of any durable engine's rates
+    flush = written["diskFlush"]
+    assert 0 < flush["medianMs"] <= flush["p90Ms"]
+    assert f"a disk flush under its store takes {flush['medianMs']} ms" in result.stderr
 
 
 def test_idle_measures_once_the_broker_has_stopped_working():
