@@ -110,17 +110,17 @@ class SplitPongs(PingCounter):
     def pong(self, frame):
         try:
             self.sock.sendall(frame[:3])
-            time.sleep(0.05)
+            time.sleep(0.02)
             self.sock.sendall(frame[3:])
         except OSError:
             pass            # closed meanwhile by the test
 
 
 def test_a_pong_that_arrives_in_two_pieces_still_counts(make_broker):
-    running = make_broker("memory", server={"pingInterval": 0.2})
+    running = make_broker("memory", server={"pingInterval": 0.3})
     consumer = SplitPongs(running.port, "/ConsumersConn/t/split")
     wait_for(lambda: len(running.broker.members()) == 1, what="the consumer")
-    time.sleep(1.2)
+    time.sleep(1.5)
     assert consumer.closed is None and len(running.broker.members()) == 1
     assert len(consumer.pings) >= 4
     consumer.close()
