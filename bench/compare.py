@@ -2,11 +2,13 @@
 
 Peers: Flask-SocketIO 5 in threading mode under gunicorn gthread (bench/socketio_peer.py; needs
 `pip install flask-socketio` in the Python given by --peer-python) and a minimal Node `ws` server
-(bench/ws_ceiling.js; needs `npm install` in bench/). DPMQ runs on a temporary store per engine.
+(bench/ws_ceiling.js; needs `npm install` in bench/), twice: in memory, and durable the way DPMQ's
+sqlite engine is (every publish flushed to disk before its reply and its frames), on the disk
+under DPMQ's store. DPMQ runs on a temporary store per engine.
 
     python bench/compare.py --peer-python /path/to/venv-with-flask-socketio/bin/python
 
-The four servers run side by side and take turns, scenario by scenario; with ``--rounds N`` each
+The five servers run side by side and take turns, scenario by scenario; with ``--rounds N`` each
 scenario is measured N times and medians are reported, with each round's ratio, so that the
 minutes when a shared machine is slow fall on every server alike.
 """
@@ -15,10 +17,12 @@ import argparse
 import json
 import os
 import pathlib
+import shutil
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 
@@ -26,6 +30,8 @@ from dpmq.bench import LocalBroker, disk_flush, run_scenario
 
 HERE = pathlib.Path(__file__).resolve().parent
 SCENARIOS = ("fanout", "topics", "publish", "latency", "idle")
+#: The servers DPMQ's sqlite engine is compared with, each a column of ratios.
+PEERS = ("flask-socketio", "node-ws", "node-ws-durable")
 
 
 def _port():
@@ -53,11 +59,16 @@ def _children(pid):
 
 
 class Peer:
-    def __init__(self, command, cwd, worker_is_child):
+    """A peer server in its own process group; ``FOLDER`` in its command is a temporary folder
+    next to ``beside`` (so on the same disk), removed when it stops."""
+
+    def __init__(self, command, cwd, worker_is_child, beside):
         self.port = _port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([part.replace("PORT", str(self.port)) for part in command],
-                                     cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        self.folder = tempfile.mkdtemp(prefix="dpmq-peer-", dir=os.path.dirname(beside))
+        command = [part.replace("PORT", str(self.port)).replace("FOLDER", self.folder)
+                   for part in command]
+        self.proc = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      start_new_session=True)
         _wait(self.url)
         self.pid = (_children(self.proc.pid) or [self.proc.pid])[0] if worker_is_child \
@@ -66,6 +77,7 @@ class Peer:
     def stop(self):
         os.killpg(self.proc.pid, 9)
         self.proc.wait(10)
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def _one(name, server, scenario, idle, producers, idle_seconds):
@@ -82,7 +94,7 @@ def _one(name, server, scenario, idle, producers, idle_seconds):
 
 
 def _servers(args):
-    """All four at once, each idle while another is measured."""
+    """All five at once, each idle while another is measured."""
     servers = {}
     try:
         for engine in ("sqlite", "memory"):
@@ -101,9 +113,10 @@ def _start_peers(args, servers):
                             str(args.idle + 200), "-w", "1", "-b", "127.0.0.1:PORT",
                             "socketio_peer:app"], True),
         "node-ws": (["node", "ws_ceiling.js", "PORT"], False),
+        "node-ws-durable": (["node", "ws_ceiling.js", "PORT", "FOLDER"], False),
     }
     for name, (command, worker_is_child) in peers.items():
-        servers[name] = Peer(command, HERE, worker_is_child)
+        servers[name] = Peer(command, HERE, worker_is_child, servers["dpmq-sqlite"].folder)
 
 
 def _median(runs, key):
@@ -113,7 +126,7 @@ def _median(runs, key):
 
 def _ratio(everything, scenario, key, peer):
     """The median of each round's ratio: a round's runs are minutes apart, the rounds are not."""
-    pairs = zip(everything["dpmq-sqlite"][scenario], everything[peer][scenario])
+    pairs = zip(everything["dpmq-sqlite"][scenario], everything[peer].get(scenario, []))
     ratios = [mine[key] / theirs[key] for mine, theirs in pairs if mine.get(key) and theirs.get(key)]
     if not ratios:
         return "-"
@@ -133,15 +146,17 @@ ROWS = [("fanout delivered/s", "fanout", "deliveredPerSecond"),
 
 def _table(everything):
     targets = list(everything)
-    print("| measure | " + " | ".join(targets) + " | dpmq-sqlite ÷ flask-socketio | "
-          "dpmq-sqlite ÷ node-ws |")
-    print("|---" * (len(targets) + 3) + "|")
+    print("| measure | " + " | ".join(targets) + " | "
+          + " | ".join(f"dpmq-sqlite ÷ {peer}" for peer in PEERS) + " |")
+    print("|---" * (len(targets) + len(PEERS) + 1) + "|")
     for label, scenario, key in ROWS:
         if scenario not in everything["dpmq-sqlite"]:
             continue
-        values = [_median(everything[t][scenario], key) for t in targets]
-        ratios = [_ratio(everything, scenario, key, peer) for peer in ("flask-socketio", "node-ws")]
-        print(f"| {label} | " + " | ".join("failed" if v is None else str(v) for v in values)
+        values = [_median(everything[t].get(scenario, []), key) for t in targets]
+        ratios = [_ratio(everything, scenario, key, peer) for peer in PEERS]
+        print(f"| {label} | " + " | ".join("-" if scenario not in everything[t]
+                                            else "failed" if v is None else str(v)
+                                            for t, v in zip(targets, values))
               + " | " + " | ".join(ratios) + " |")
 
 
@@ -170,6 +185,8 @@ def main():
                 if scenario == "idle" and round_ < args.rounds - 1:
                     continue
                 for name, server in servers.items():
+                    if scenario == "idle" and name == "node-ws-durable":
+                        continue            # the same idle connections as node-ws
                     everything[name].setdefault(scenario, []).append(
                         _one(name, server, scenario, args.idle, args.producers,
                              args.idle_seconds))
