@@ -65,11 +65,12 @@ class Peer:
     def __init__(self, command, cwd, worker_is_child, beside):
         self.port = _port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.folder = tempfile.mkdtemp(prefix="dpmq-peer-", dir=os.path.dirname(beside))
-        command = [part.replace("PORT", str(self.port)).replace("FOLDER", self.folder)
+        self.folder = (tempfile.mkdtemp(prefix="dpmq-peer-", dir=os.path.dirname(beside))
+                       if "FOLDER" in command else None)
+        command = [self.folder if part == "FOLDER" else part.replace("PORT", str(self.port))
                    for part in command]
-        self.proc = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
         _wait(self.url)
         self.pid = (_children(self.proc.pid) or [self.proc.pid])[0] if worker_is_child \
             else self.proc.pid
@@ -77,7 +78,8 @@ class Peer:
     def stop(self):
         os.killpg(self.proc.pid, 9)
         self.proc.wait(10)
-        shutil.rmtree(self.folder, ignore_errors=True)
+        if self.folder:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def _one(name, server, scenario, idle, producers, idle_seconds):

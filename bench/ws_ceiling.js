@@ -4,8 +4,8 @@
 //
 // With a folder after the port it is also durable the way DPMQ's default engine is: a publish is
 // replied to, and its frame sent, only once a flush of the disk that began after the frame was
-// written has finished. It is the cheapest durable log we know how to make, so that it bounds
-// what any durable server can do on this disk: one file written in place over zeros flushed at
+// written has finished. It is the cheapest durable log we know how to make, so that it stands
+// for the best a durable server does on this disk: one file written in place over zeros flushed at
 // start (a flush that grows a file also writes the file system's journal), and a flush started
 // for each frame as soon as it is written, several at once on libuv's threads; a flush that ends
 // makes every frame written before it durable, and frames go out in the order they were written.
