@@ -24,6 +24,8 @@ SCHEMA = {
         "httpThreads": (32, int, 1, 1000),
         "pingInterval": (25.0, float, 0, 3600),
         "shutdownTimeout": (10.0, float, 0, 600),
+        "requestTimeout": (10.0, float, 0.1, 3600),
+        "maxConnections": (10000, int, 1, 1_000_000),
         "corsOrigins": ((), list, None, None),
     },
     "mq": {
@@ -38,6 +40,7 @@ SCHEMA = {
         "maxTopicLength": (128, int, 1, 4096),
         "maxConsumerIdLength": (128, int, 1, 4096),
         "consumerBufferBytes": (4_194_304, int, 1024, 1 << 31),
+        "consumerBuffersTotalBytes": (268_435_456, int, 1024, 1 << 40),
         "catchUpBatch": (500, int, 1, 100_000),
         "fanoutWorkers": (2, int, 1, 64),
         "writeCoalesce": (0.01, float, 0, 0.1),
