@@ -83,12 +83,14 @@ SECRET_KEYS = frozenset({"redisUrl", "tokens", "password"})
 
 @dataclasses.dataclass(frozen=True)
 class Token:
-    """One auth token: its secret, its role, and for a producer or consumer the topic patterns
-    (globs) it may use; no patterns means every topic."""
+    """One auth token: its secret, its role, for a producer or consumer the topic patterns (globs)
+    it may use (none means every topic), and the consumerId and group patterns it may take over from
+    another identity (none means only the subscriptions it created)."""
 
     token: str
     role: str
     topics: tuple = ()
+    consumers: tuple = ()
 
 
 def _section_class(name, keys):
@@ -167,14 +169,16 @@ def _coerce_tokens(name, value):
         if isinstance(entry, Token):
             entry = dataclasses.asdict(entry)
         where = f"{name}[{index}]"
-        if not isinstance(entry, dict) or set(entry) - {"token", "role", "topics"}:
-            raise ConfigError(f"{where} must be a mapping with token, role and optional topics")
+        if not isinstance(entry, dict) or set(entry) - {"token", "role", "topics", "consumers"}:
+            raise ConfigError(f"{where} must be a mapping with token, role and optional topics and"
+                              " consumers")
         token, role = entry.get("token"), entry.get("role")
         if not isinstance(token, str) or len(token) < 8:
             raise ConfigError(f"{where}.token must be a string of at least 8 characters")
         if role not in ROLES:
             raise ConfigError(f"{where}.role must be one of {', '.join(ROLES)}, got {role!r}")
-        tokens.append(Token(token, role, _coerce_list(f"{where}.topics", entry.get("topics") or [])))
+        tokens.append(Token(token, role, _coerce_list(f"{where}.topics", entry.get("topics") or []),
+                            _coerce_list(f"{where}.consumers", entry.get("consumers") or [])))
     return tuple(tokens)
 
 
