@@ -193,7 +193,11 @@ class Broker:
         self.shard_for(*key).post("requeue", (key, records))
 
     def _pump(self):
-        """Take buffered messages one at a time, paced, and hand them to every shard."""
+        """Take buffered messages one at a time, paced, and hand them to every shard.
+
+        The next push is due ``pushMessagesSpeed`` after this one went out, never earlier: after
+        an idle spell the first message goes at once, and the one behind it waits its full turn
+        (an idle pump must not bank time for a burst). Stopping drains the buffer unpaced."""
         speed = self.settings.mq.pushMessagesSpeed
         next_at = time.monotonic()
         while True:
@@ -205,10 +209,9 @@ class Broker:
                 continue
             batch = [record]
             if speed and not self._draining.is_set():
-                delay = next_at - time.monotonic()
-                if delay > 0:
+                while (delay := next_at - time.monotonic()) > 0 and not self._draining.is_set():
                     self._draining.wait(delay)
-                next_at = max(next_at, time.monotonic() - speed) + speed
+                next_at = max(next_at, time.monotonic()) + speed
             else:
                 while len(batch) < 256:
                     try:
