@@ -27,6 +27,10 @@ def create_app(settings=None, start=True):
     app.json.sort_keys = False
     app.json.ensure_ascii = False
     app.config["MAX_CONTENT_LENGTH"] = settings.mq.maxBodyBytes
+    # Werkzeug refuses a multipart text field over 500,000 bytes, with a 413 that could only be
+    # blamed on the body. The body limit already bounds what a form holds in memory, as it does
+    # for the other encodings, and validation names mq.maxMessageBytes: one limit, one message.
+    app.config["MAX_FORM_MEMORY_SIZE"] = settings.mq.maxBodyBytes
     app.config["SOCK_SERVER_OPTIONS"] = {
         "max_message_size": 65536,
         "thread_class": consumer.NoReaderThread,    # the broker's inbound thread reads and pings

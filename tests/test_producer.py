@@ -111,3 +111,38 @@ def test_raw_utf8_in_a_form_body_is_kept_exactly(broker):
                              headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert reply.json()["code"] == 0
     assert consumer.wait_count(1)[0]["MessageData"] == "héllo ✓ 新"
+
+
+def _bodies(data):
+    """The same publish in every encoding a producer may send, each with the path that parses
+    it: an ``Origin`` header sends a form or JSON body through Flask instead of the fast path."""
+    fields = {"topic": "big", "messageData": data}
+    return {
+        "multipart": {"files": {name: (None, value) for name, value in fields.items()}},
+        "form, fast path": {"data": fields},
+        "form, Flask": {"data": fields, "headers": {"Origin": "http://elsewhere.example"}},
+        "json, fast path": {"json": fields},
+        "json, Flask": {"json": fields, "headers": {"Origin": "http://elsewhere.example"}},
+    }
+
+
+def test_a_message_up_to_max_message_bytes_is_accepted_in_every_encoding(make_broker):
+    running = make_broker("memory")
+    data = "x" * 600_000    # over Werkzeug's own 500,000-byte limit on a multipart field
+    for encoding, request in _bodies(data).items():
+        reply = running.http.post(running.url + "/ProducerSend", **request)
+        assert reply.status_code == 200 and reply.json()["code"] == 0, (encoding, reply.text)
+        (stored,) = running.broker.engine.read("big", running.broker.engine.head("big") - 1, 1)
+        assert stored.data == data, encoding
+
+
+def test_a_message_over_max_message_bytes_is_refused_naming_it_in_every_encoding(make_broker):
+    running = make_broker("memory")
+    limit = running.settings.mq.maxMessageBytes
+    assert running.settings.mq.maxBodyBytes > 2 * limit     # the body limit is not the one hit
+    for encoding, request in _bodies("é" * (limit // 2) + "x").items():  # limit + 1 bytes
+        reply = running.http.post(running.url + "/ProducerSend", **request)
+        assert reply.status_code == 413, (encoding, reply.text)
+        assert reply.json()["code"] == -1 and "mq.maxMessageBytes" in reply.json()["msg"], encoding
+        assert "maxBodyBytes" not in reply.json()["msg"], encoding
+    assert running.broker.engine.head("big") == 0
