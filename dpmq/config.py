@@ -4,10 +4,16 @@ The file keeps the original project's camelCase keys (``mq.messageChanBuffer``) 
 ``application.yaml`` works unchanged. Every key can be overridden from the environment as
 ``DPMQ_<SECTION>_<KEY>`` in any case (``DPMQ_MQ_PUSHMESSAGESSPEED=0.5``), and ``DPMQ_CONFIG`` names the
 file. The result is a frozen :class:`Settings`; a bad value stops start-up with the key's name.
+
+A ``DPMQ_…`` variable that is neither a key nor one of :data:`OTHER_VARIABLES` is an error too, with
+the nearest known name: a misspelt override silently ignored is a setting the operator believes in
+and does not have. Validation collects every problem (unknown keys, bad values, unknown variables)
+and reports them in one :class:`ConfigError`, so that fixing a file takes one round, not one per key.
 """
 
 import copy
 import dataclasses
+import difflib
 import os
 
 import yaml
@@ -77,6 +83,13 @@ ENGINES = ("sqlite", "memory", "redis")
 ROLES = ("producer", "consumer", "admin")
 SYNCHRONOUS = ("FULL", "NORMAL", "EXTRA")
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+#: ``DPMQ_…`` environment variables DPMQ reads that are not configuration keys; any other
+#: ``DPMQ_…`` name that is not ``DPMQ_<SECTION>_<KEY>`` of a key in SCHEMA stops start-up.
+OTHER_VARIABLES = {
+    "DPMQ_CONFIG": "the configuration file",
+    "DPMQ_URL": "the broker the dpmq command talks to",
+    "DPMQ_TOKEN": "the token the dpmq command sends",
+}
 #: Keys whose values GetConfig and the logs show as "***".
 SECRET_KEYS = frozenset({"redisUrl", "tokens", "password"})
 
@@ -196,9 +209,8 @@ def parse_token_list(text, name="DPMQ_AUTH_TOKENS"):
     return entries
 
 
-def _coerce(section, key, value):
+def _coerce(section, key, value, name):
     default, kind, low, high = SCHEMA[section][key]
-    name = f"{section}.{key}"
     if kind is bool:
         return _coerce_bool(name, value)
     if kind is list:
@@ -227,58 +239,160 @@ def _coerce(section, key, value):
 
 def build(data, source="(given)"):
     """Validate a nested mapping into :class:`Settings`; unknown keys and bad values raise ConfigError."""
+    return _validate(data, source, {}, [])
+
+
+def _validate(data, source, origins, problems, where=None):
+    """Settings from ``data``, or one ConfigError listing ``problems`` and every problem found here.
+
+    ``origins`` maps (section, key) to the environment variable a value came from, so that a bad
+    value names the variable to fix rather than a key the file may not even have. ``where`` says
+    what was read, for the report.
+    """
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: the configuration must be a mapping of sections")
+        problems.append(f"{source}: the configuration must be a mapping of sections, got"
+                        f" {type(data).__name__}")
+        data = {}
+    problems.extend(_unknown_section(name) for name in data if name not in SCHEMA)
     sections = {}
-    for section, keys in SCHEMA.items():
-        given = data.get(section) or {}
-        if not isinstance(given, dict):
-            raise ConfigError(f"{section} must be a mapping, got {given!r}")
-        unknown = sorted(set(given) - set(keys))
-        if unknown:
-            raise ConfigError(f"unknown key {section}.{unknown[0]}; known keys: {', '.join(keys)}")
-        values = {key: _coerce(section, key, given.get(key, spec[0])) for key, spec in keys.items()}
-        sections[section] = _SECTION_CLASSES[section](**values)
-    unknown = sorted(set(data) - set(SCHEMA))
-    if unknown:
-        raise ConfigError(f"unknown section {unknown[0]!r}; known sections: {', '.join(SCHEMA)}")
-    _check_choices(sections)
+    for section in SCHEMA:
+        built = _validate_section(section, data.get(section) or {}, origins, problems)
+        if built is not None:
+            sections[section] = built
+    problems.extend(_check_together(sections))
+    if problems:
+        raise ConfigError(_report(problems, where or f"the configuration {source}"))
     return Settings(source=source, **sections)
 
 
-def _check_choices(sections):
-    storage = sections["storage"]
-    if storage.engine not in ENGINES:
-        raise ConfigError(f"storage.engine must be one of {', '.join(ENGINES)}, got {storage.engine!r}")
-    if storage.synchronous.upper() not in SYNCHRONOUS:
-        raise ConfigError(f"storage.synchronous must be one of {', '.join(SYNCHRONOUS)}")
-    if not storage.prefix or not all(c.isalnum() or c in "-_.:" for c in storage.prefix):
-        raise ConfigError(f"storage.prefix must be letters, digits, '-', '_', '.' or ':', got"
-                          f" {storage.prefix!r}")
-    mq = sections["mq"]
-    if mq.maxDelaySeconds >= mq.retentionSeconds:
-        raise ConfigError(f"mq.maxDelaySeconds ({mq.maxDelaySeconds}) must be less than"
-                          f" mq.retentionSeconds ({mq.retentionSeconds}), or delayed messages would"
-                          " expire before they are due")
-    if sections["log"].level.upper() not in LEVELS:
-        raise ConfigError(f"log.level must be one of {', '.join(LEVELS)}")
-    if storage.engine in ("sqlite", "memory") and sections["server"].workers != 1:
-        raise ConfigError(f"server.workers must be 1 with storage.engine {storage.engine}: one process"
-                          " owns the store. Use more consumer threads instead (server.maxConsumers), or"
-                          " storage.engine redis to run several processes as one broker.")
+def _validate_section(section, given, origins, problems):
+    """One section's settings object, or None (its problems added) when a key of it is bad."""
+    keys = SCHEMA[section]
+    if not isinstance(given, dict):
+        problems.append(f"{section} must be a mapping of keys, got {given!r}")
+        return None
+    problems.extend(_unknown_key(section, key) for key in given if key not in keys)
+    values = {}
+    for key, spec in keys.items():
+        name = f"{section}.{key}"
+        if (section, key) in origins:
+            name += f" (from {origins[section, key]})"
+        try:
+            values[key] = _coerce(section, key, given.get(key, spec[0]), name)
+            _check_choice(section, key, values[key], name)
+        except ConfigError as exc:
+            problems.append(str(exc))
+    return _SECTION_CLASSES[section](**values) if len(values) == len(keys) else None
 
 
-def apply_environment(data, environ):
-    """Overlay ``DPMQ_<SECTION>_<KEY>`` variables on ``data``; values are read as YAML scalars."""
+def _report(problems, where):
+    if len(problems) == 1:
+        return problems[0]
+    return f"{len(problems)} problems in {where}:\n" + \
+        "\n".join(f"  - {problem}" for problem in problems)
+
+
+def _nearest(word, candidates):
+    """The candidate closest to ``word`` ignoring case, or None when none is close."""
+    folded = {candidate.lower(): candidate for candidate in candidates}
+    match = difflib.get_close_matches(word.lower(), list(folded), n=1, cutoff=0.75)
+    return folded[match[0]] if match else None
+
+
+def _unknown_key(section, key):
+    """The problem of a key the section does not have, with the nearest key of that section, or
+    else of another one (``server.engine`` is ``storage.engine`` put in the wrong place)."""
+    near = _nearest(str(key), SCHEMA[section])
+    if near is not None:
+        return f"unknown key {section}.{key}: did you mean {section}.{near}?"
+    elsewhere = {k: s for s, keys in reversed(SCHEMA.items()) for k in keys}
+    near = _nearest(str(key), elsewhere)
+    if near is not None:
+        return f"unknown key {section}.{key}: did you mean {elsewhere[near]}.{near}?"
+    return f"unknown key {section}.{key}; the keys of {section} are {', '.join(SCHEMA[section])}"
+
+
+def _unknown_section(name):
+    near = _nearest(str(name), SCHEMA)
+    if near is not None:
+        return f"unknown section {name!r}: did you mean {near}?"
+    return f"unknown section {name!r}; the sections are {', '.join(SCHEMA)}"
+
+
+def _unknown_variable(name):
+    known = [f"DPMQ_{s}_{k}".upper() for s, keys in SCHEMA.items() for k in keys] + list(OTHER_VARIABLES)
+    near = _nearest(name, known)
+    if near is not None:
+        return f"unknown environment variable {name}: did you mean {near}? Rename or unset it."
+    return (f"unknown environment variable {name}: DPMQ reads DPMQ_<SECTION>_<KEY> for a key of the"
+            f" configuration (the README's table) and {', '.join(OTHER_VARIABLES)}; rename or unset it")
+
+
+_CHOICES = {
+    ("storage", "engine"): (lambda v: v in ENGINES, f"one of {', '.join(ENGINES)}"),
+    ("storage", "synchronous"): (lambda v: v.upper() in SYNCHRONOUS, f"one of {', '.join(SYNCHRONOUS)}"),
+    ("storage", "prefix"): (lambda v: v and all(c.isalnum() or c in "-_.:" for c in v),
+                            "letters, digits, '-', '_', '.' or ':'"),
+    ("log", "level"): (lambda v: v.upper() in LEVELS, f"one of {', '.join(LEVELS)}"),
+}
+
+
+def _check_choice(section, key, value, name):
+    if (section, key) in _CHOICES:
+        allowed, wanted = _CHOICES[section, key]
+        if not allowed(value):
+            raise ConfigError(f"{name} must be {wanted}, got {value!r}")
+
+
+def _check_together(sections):
+    """The rules that tie keys together, for the sections whose keys are all valid."""
+    problems = []
+    mq = sections.get("mq")
+    if mq is not None and mq.maxDelaySeconds >= mq.retentionSeconds:
+        problems.append(f"mq.maxDelaySeconds ({mq.maxDelaySeconds}) must be less than"
+                        f" mq.retentionSeconds ({mq.retentionSeconds}), or delayed messages would"
+                        " expire before they are due")
+    storage, server = sections.get("storage"), sections.get("server")
+    if storage and server and storage.engine in ("sqlite", "memory") and server.workers != 1:
+        problems.append(f"server.workers must be 1 with storage.engine {storage.engine}: one process"
+                        " owns the store. Use more consumer threads instead (server.maxConsumers), or"
+                        " storage.engine redis to run several processes as one broker.")
+    return problems
+
+
+def environment_key(name):
+    """The (section, key) that the environment variable ``name`` overrides, or None."""
+    wanted = name.upper()
+    for section, keys in SCHEMA.items():
+        for key in keys:
+            if f"DPMQ_{section}_{key}".upper() == wanted:
+                return section, key
+    return None
+
+
+def apply_environment(data, environ, origins=None, problems=None):
+    """Overlay ``DPMQ_<SECTION>_<KEY>`` variables on ``data``; values are read as YAML scalars.
+
+    A ``DPMQ_…`` name that is neither a key nor in :data:`OTHER_VARIABLES` is added to ``problems``
+    (a ConfigError when no list is given); ``origins`` records which variable set which key.
+    """
+    own_problems = problems is None
+    problems = [] if own_problems else problems
+    origins = {} if origins is None else origins
     data = copy.deepcopy(data) if data else {}
-    lookup = {f"DPMQ_{s}_{k}".upper(): (s, k) for s, keys in SCHEMA.items() for k in keys}
-    for name, raw in environ.items():
-        target = lookup.get(name.upper())
+    for name in sorted(environ):
+        raw = environ[name]
+        if not name.upper().startswith("DPMQ_") or name.upper() in OTHER_VARIABLES:
+            continue
+        target = environment_key(name)
         if target is None:
+            problems.append(_unknown_variable(name))
             continue
         section, key = target
+        if not isinstance(data, dict) or not isinstance(data.get(section) or {}, dict):
+            continue                    # the file's own shape is the problem, reported by validation
         try:
             value = yaml.safe_load(raw) if raw.strip() else raw
         except yaml.YAMLError:
@@ -288,8 +402,15 @@ def apply_environment(data, environ):
         if data.get(section) is None:
             data[section] = {}
         if key == "tokens":     # tokens from the environment join those of the file
-            value = list(data[section].get("tokens") or []) + parse_token_list(raw, name)
+            try:
+                value = list(data[section].get("tokens") or []) + parse_token_list(raw, name)
+            except ConfigError as exc:
+                problems.append(str(exc))
+                continue
         data[section][key] = value
+        origins[section, key] = name
+    if own_problems and problems:
+        raise ConfigError(_report(problems, "the environment"))
     return data
 
 
@@ -297,12 +418,11 @@ def load(path=None, environ=None):
     """Load the configuration the way ``dpmq serve`` does: file, then environment, then validation.
 
     ``path`` defaults to ``$DPMQ_CONFIG``, then ``application.yaml`` in the working directory if it
-    exists; with no file at all the defaults apply.
+    exists; with no file at all the defaults apply. Every problem of the file and the environment
+    is reported in one ConfigError.
     """
     environ = os.environ if environ is None else environ
-    path = path or environ.get("DPMQ_CONFIG")
-    if path is None and os.path.exists("application.yaml"):
-        path = "application.yaml"
+    path = path or default_path(environ)
     data = {}
     if path:
         try:
@@ -312,4 +432,15 @@ def load(path=None, environ=None):
             raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"configuration file {path} is not valid YAML: {exc}") from None
-    return build(apply_environment(data, environ), source=path or "(defaults)")
+    origins, problems = {}, []
+    data = apply_environment(data, environ, origins, problems)
+    return _validate(data, path or "(defaults)", origins, problems,
+                     f"{path or 'the defaults'} and the DPMQ_ environment variables")
+
+
+def default_path(environ):
+    """The file ``dpmq serve`` reads when none is given: ``$DPMQ_CONFIG``, else ``application.yaml``
+    in the working directory if there is one; None for the defaults alone."""
+    if environ.get("DPMQ_CONFIG"):
+        return environ["DPMQ_CONFIG"]
+    return "application.yaml" if os.path.exists("application.yaml") else None
