@@ -38,6 +38,13 @@ def check_name(kind, value, max_length):
         raise BadRequest(f"{kind} must not contain '|' or '/'")
     if not value.isprintable():
         raise BadRequest(f"{kind} must contain printable characters only")
+    if value != value.strip():
+        # A blank name is an empty row in the console, and "orders " a second topic that looks
+        # like "orders" while its consumers wait on the first: both are typos, so say so.
+        if not value.strip():
+            raise BadRequest(f"{kind} is blank: give it a character other than spaces")
+        raise BadRequest(f"{kind} {value!r} begins or ends with a space; remove it (spaces"
+                         " inside a name are fine)")
     if "\ufffd" in value:      # what a URL path's bytes that are not UTF-8 decode to
         raise BadRequest(f"{kind} is not valid UTF-8 (it holds U+FFFD); percent-encode UTF-8 bytes")
     return value
