@@ -13,6 +13,7 @@ from .errors import DPMQError
 from .fastpath import PublishFastPath
 from .ratelimit import RateLimiter
 from .views import console, consumer, health, metrics, producer, reply, web
+from .views.health import StoreWrites
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ def create_app(settings=None, start=True):
     app.extensions["dpmq"] = broker
     app.extensions["dpmq_auth"] = Auth(settings.auth)
     app.extensions["dpmq_rate"] = RateLimiter(settings.mq.publishRate, settings.mq.publishBurst)
+    app.extensions["dpmq_store_writes"] = StoreWrites()
     for blueprint in (producer.bp, consumer.bp, console.bp, health.bp, metrics.bp, web.bp):
         app.register_blueprint(blueprint)
     app.wsgi_app = app.extensions["dpmq_fastpath"] = PublishFastPath(app, app.wsgi_app)

@@ -6,6 +6,9 @@ import sys
 
 import pytest
 
+from dpmq.errors import StoreError
+from dpmq.views.health import StoreWrites
+
 from helpers import Collector, wait_for
 
 
@@ -40,6 +43,55 @@ def test_a_full_store_answers_503_keeps_what_it_had_and_recovers(make_broker):
     wait_for(lambda: "after recovery" in consumer.datas, what="delivery after recovery")
     assert running.http.get(running.url + "/readyz").status_code == 200
     assert consumer.datas.count("before the disk filled") == 1
+
+
+def _ready(running):
+    reply = running.http.get(running.url + "/readyz")
+    return reply.status_code, reply.json()["msg"]
+
+
+def test_readyz_fails_while_publishes_fail_for_lack_of_room_and_passes_once_one_succeeds(
+        make_broker):
+    """SQLite can still rewrite the probe's row when it has no page to add: the probe alone said
+    ready while every publish got 503."""
+    running = make_broker("sqlite", mq={"publishTimeout": 0.5})
+    assert _ready(running) == (200, "ok")
+    pages = running.broker.engine._writer.execute("pragma page_count").fetchone()[0]
+    _limit_pages(running, pages)
+    for n in range(200):
+        reply = running.http.post(running.url + "/ProducerSend",
+                                  data={"topic": "t", "messageData": "y" * 4000 + str(n)})
+        if reply.status_code == 503:
+            break
+    assert reply.status_code == 503
+    for _ in range(5):          # not once but every time: the probe's own write still fits
+        status, reason = _ready(running)
+        assert status == 503, reason
+        assert "last publish could not be stored" in reason and "disk" in reason, reason
+
+    _limit_pages(running, 1_000_000_000)          # space again
+    assert _ready(running)[0] == 503, "no write has succeeded yet"
+    assert running.publish("t", "after")["code"] == 0
+    assert _ready(running) == (200, "ok")
+
+
+def test_a_failed_write_stops_counting_after_a_while_so_an_idle_broker_is_tried_again():
+    """Taken out of a load balancer, a broker gets no publish that could succeed; after
+    ``hold`` seconds readyz lets the next one try."""
+    clock = [1000.0]
+    writes = StoreWrites(hold=10.0, clock=lambda: clock[0])
+    assert writes.problem() is None
+    writes.failed(StoreError("the disk is full"))
+    clock[0] += 9.9
+    assert "the disk is full" in writes.problem() and "10 s ago" in writes.problem()
+    writes.failed(StoreError("still full"))      # every failure holds it again
+    clock[0] += 9.9
+    assert "still full" in writes.problem()
+    clock[0] += 0.2
+    assert writes.problem() is None
+    writes.failed(StoreError("full again"))
+    writes.succeeded()
+    assert writes.problem() is None
 
 
 @pytest.fixture
@@ -82,6 +134,20 @@ def test_a_really_full_disk_refuses_with_503_and_recovers_when_space_returns(mak
     wait_for(lambda: running.publish("t", "after")["code"] == 0, timeout=10, what="recovery")
     wait_for(lambda: "after" in consumer.datas, what="delivery after recovery")
     assert set(accepted) <= set(consumer.codes) and consumer.datas[-1] == "after"
+
+
+def test_readyz_fails_while_the_disk_has_no_room_for_a_message(make_broker, small_disk):
+    running = make_broker("sqlite", path=small_disk, mq={"maxMessageBytes": 100_000})
+    assert _ready(running) == (200, "ok")
+    filler = small_disk / "filler"
+    with open(filler, "wb") as handle:          # less room than one message of the largest size
+        handle.write(b"\0" * (os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
+                               - 50_000))
+    status, reason = _ready(running)
+    assert status == 503 and "bytes free" in reason and "mq.maxMessageBytes" in reason, reason
+    assert str(small_disk) in reason
+    filler.unlink()
+    assert _ready(running) == (200, "ok")
 
 
 def test_serve_on_a_read_only_disk_stops_at_start_with_a_clear_message(small_disk):

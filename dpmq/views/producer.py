@@ -5,9 +5,10 @@ from urllib.parse import parse_qsl
 from flask import Blueprint, current_app, request
 
 from ..auth import bearer
-from ..errors import BadRequest
+from ..errors import BadRequest, StoreError
 from ..validation import Uniform
 from . import authorize, json_or_none, reply
+from .health import store_writes
 
 bp = Blueprint("producer", __name__)
 
@@ -45,8 +46,20 @@ def send_one(app, fields, token, address):
         raise BadRequest("messageData is required (form field or JSON key)")
     app.extensions["dpmq_auth"].require(token, "producer", fields.get("topic"))
     within_rate(app, token, address, 1)
-    (code,) = app.extensions["dpmq"].publish([{name: fields.get(name) for name in _FIELDS}])
+    (code,) = publish(app, [{name: fields.get(name) for name in _FIELDS}])
     return code
+
+
+def publish(app, items):
+    """The broker's publish, telling readyz whether the store took it (see
+    :class:`~dpmq.views.health.StoreWrites`)."""
+    try:
+        codes = app.extensions["dpmq"].publish(items)
+    except StoreError as exc:
+        store_writes(app).failed(exc)
+        raise
+    store_writes(app).succeeded()
+    return codes
 
 
 def within_rate(app, token, address, count):
@@ -108,4 +121,4 @@ def send_batch(app, items, token, address):
     for topic in {item.get("topic") for item in topics if isinstance(item.get("topic"), str)}:
         auth.require(token, "producer", topic)
     within_rate(app, token, address, len(items))
-    return app.extensions["dpmq"].publish(items)
+    return publish(app, items)
