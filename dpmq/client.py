@@ -8,6 +8,8 @@ keep-alive connection) and simple-websocket's client.
     Producer("http://127.0.0.1:8080").send("orders", "hello")
     for message in Consumer("http://127.0.0.1:8080", "orders", "worker-1", group="workers", ack=True):
         print(message.data)                 # acked when the loop body is done
+        if message.data == "stop":
+            break                           # closes the consumer; "stop" is not acked: redelivered
 
 ``Producer`` is thread-safe (calls share one connection, one at a time). ``Consumer`` is not: use it
 from one thread, except :meth:`Consumer.close`, which any thread may call.
@@ -18,19 +20,22 @@ import http.client
 import json
 import logging
 import random
+import socket
 import threading
 import time
 import urllib.parse
 import uuid
 
 from simple_websocket import Client, ConnectionClosed
+from simple_websocket import ConnectionError as HandshakeRefused
 
 from .errors import CLOSE_DUPLICATE, DPMQError
 
 log = logging.getLogger(__name__)
 
-#: Close codes after which reconnecting cannot help (4409 only on the first connection).
-PERMANENT_CLOSE_CODES = {1008: "refused", 4401: "not authorised", 4403: "forbidden",
+#: Close codes after which reconnecting cannot help (4409 only on the first connection), with the
+#: words that start the ClientError's message (the broker's reason follows).
+PERMANENT_CLOSE_CODES = {1008: "bad request", 4401: "not authorised", 4403: "forbidden",
                          4409: "consumerId already connected"}
 
 
@@ -66,23 +71,54 @@ class _LockedSocket:
 
 
 class WebSocketClient(Client):
-    """simple-websocket's client, with two fixes.
+    """simple-websocket's client, with fixes for what a consumer needs.
 
     Writes are serialised: its reader thread answers the broker's Pings (building the Pong with the
     same wsproto connection) while the application thread sends acks, and neither wsproto nor the
     socket may be used by two threads at once — interleaved, they corrupt frames, the broker closes
     the connection, and the consumer reconnects and gets its unacked messages again.
 
-    And no frame is lost with the handshake: it reads the server's response and keeps only the
-    first event; frames the same ``recv`` brought in (a broker that pushes right after accepting)
-    would wait in the parser until more data arrived. They are handled here, before the reader
-    thread starts.
+    No frame waits with the handshake: simple-websocket reads the server's response and keeps only
+    the first event; frames the same ``recv`` brought in (a broker that pushes right after
+    accepting) would wait in the parser until more data arrived — a message delivered late, or
+    never if nothing follows it. They are handled here, before the reader thread starts.
+
+    A program can end: the reader thread is a daemon (simple-websocket's is not, so a program that
+    leaves its receive loop without closing would never exit), and :meth:`close` waits
+    ``close_timeout`` seconds for the broker's Close reply, then shuts the socket down so that the
+    reader thread ends even when the broker never answers.
+
+    And a server that accepts the TCP connection but never answers the handshake fails the connect
+    after ``handshake_timeout`` seconds instead of hanging. (The TCP connect itself is the operating
+    system's: an address that drops packets takes its connect timeout, about two minutes on Linux.)
     """
+
+    close_timeout = 1.0
+
+    def __init__(self, url, handshake_timeout=None, **options):
+        self._handshake_timeout = handshake_timeout
+        self._reader = None
+        super().__init__(url, thread_class=self._reader_thread, **options)
+
+    @classmethod
+    def connect(cls, url, handshake_timeout=None, **options):
+        """As simple-websocket's ``Client.connect``, plus ``handshake_timeout`` (seconds)."""
+        return cls(url, handshake_timeout=handshake_timeout, **options)
+
+    def _reader_thread(self, **options):
+        self._reader = threading.Thread(daemon=True, **options)
+        return self._reader
 
     def handshake(self):
         self._write_lock = threading.RLock()
         self.sock = _LockedSocket(self.sock, self._write_lock)
-        super().handshake()
+        try:
+            self.sock.settimeout(self._handshake_timeout)
+            super().handshake()
+            self.sock.settimeout(None)
+        except BaseException:
+            self.sock.close()           # simple-websocket would leave it open
+            raise
         if not self._handle_events():
             # Accepted and closed at once (a refusal with its close code): stay "connected" until
             # the reader thread sees the end of the stream, so that receive() reports the code.
@@ -97,8 +133,17 @@ class WebSocketClient(Client):
             super().send(data)
 
     def close(self, reason=None, message=None):
+        """Send a Close frame, give the broker ``close_timeout`` seconds to answer it, then end the
+        connection and its reader thread whatever the broker does."""
         with self._write_lock:
-            super().close(reason, message)
+            super(Client, self).close(reason, message)     # the Close frame, without closing the socket
+        if self._reader is not None and self._reader is not threading.current_thread():
+            self._reader.join(self.close_timeout)
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)    # wakes the reader thread if still in recv()
+        except OSError:
+            pass                                    # the broker closed it first
+        self.sock.close()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,30 +267,50 @@ class Consumer:
 
     It reconnects by itself with backoff when the connection drops or the broker restarts, and
     resumes where it left off (the broker keeps the subscription's cursor). ``since`` applies to the
-    first connection only. With ``ack=True`` each message is acked when the loop body (or the
-    handler) returns, unless ``auto_ack=False``: then call :meth:`ack` or :meth:`nack` yourself.
-    The broker pings the connection; ``ping_interval`` makes the client ping too (a second thread
-    then writes to the socket, so keep it off unless a proxy needs client traffic).
+    first connection only. ``durable=False`` asks for an ephemeral subscription instead (the
+    broker's ``?durable=0``): it starts at "now" (or ``since``) and is forgotten when the consumer
+    leaves, so a throwaway consumerId leaves nothing behind.
+
+    With ``ack=True`` each message is acked when the loop body (or the handler) returns, unless
+    ``auto_ack=False``: then call :meth:`ack` or :meth:`nack` yourself. Leaving a ``for`` loop over
+    the consumer (``break``, ``return``, an exception) closes the consumer, and the message the
+    body was on is *not* acked: the broker delivers it again, to this subscription's next
+    connection or another member of its group. Call ``consumer.ack(message)`` before ``break`` to
+    settle it. A consumer is iterated once.
+
+    ``first_connect_timeout`` bounds how long it tries to make its first connection: after that
+    many seconds without ever reaching the broker it raises :class:`ConnectionFailed` (None, the
+    default: it keeps trying, as it does after a drop, e.g. while the broker starts).
+    ``handshake_timeout`` bounds one connection's WebSocket handshake. The broker pings the
+    connection; ``ping_interval`` makes the client ping too (a second thread then writes to the
+    socket, so keep it off unless a proxy needs client traffic).
     """
 
     def __init__(self, url, topic, consumer_id, group=None, ack=False, since=None, token=None,
-                 auto_ack=True, reconnect=True, max_backoff=30.0, ping_interval=None):
+                 auto_ack=True, reconnect=True, max_backoff=30.0, ping_interval=None, durable=True,
+                 first_connect_timeout=None, handshake_timeout=10.0):
         secure, host, port, prefix = _split_url(url)
-        query = {k: v for k, v in (("group", group), ("ack", "1" if ack else None)) if v}
+        query = {k: v for k, v in (("group", group), ("ack", "1" if ack else None),
+                                   ("durable", None if durable else "0")) if v}
         self._base = (f"{'wss' if secure else 'ws'}://{host}:{port}{prefix}/ConsumersConn/"
                       f"{urllib.parse.quote(topic, safe='')}/{urllib.parse.quote(consumer_id, safe='')}")
         self._query = query
         self._since = since
         self.topic, self.consumer_id, self.group, self.ack_mode = topic, consumer_id, group, ack
+        self.durable = durable
         self.auto_ack = auto_ack
         self.reconnect = reconnect
         self.max_backoff = max_backoff
         self.ping_interval = ping_interval
+        self.first_connect_timeout = first_connect_timeout
+        self.handshake_timeout = handshake_timeout
         self._headers = {"Authorization": f"Bearer {token}"} if token else None
         self._ws = None
         self._closed = threading.Event()
         self._unacked = None
         self._was_connected = False
+        self._give_up_at = None         # monotonic deadline of the first connection, once started
+        self._reached = False           # a connection was made once: reconnect for ever
 
     # -- connection --------------------------------------------------------------------------
     def _url(self):
@@ -256,18 +321,35 @@ class Consumer:
 
     def _connect(self):
         backoff = 0.2
+        if not self._reached and self.first_connect_timeout is not None and self._give_up_at is None:
+            self._give_up_at = time.monotonic() + self.first_connect_timeout
         while not self._closed.is_set():
+            left = None if self._reached or self._give_up_at is None \
+                else self._give_up_at - time.monotonic()
             try:
-                self._ws = WebSocketClient.connect(self._url(), headers=self._headers,
-                                                   ping_interval=self.ping_interval)
+                self._ws = WebSocketClient.connect(
+                    self._url(), headers=self._headers, ping_interval=self.ping_interval,
+                    handshake_timeout=_least(self.handshake_timeout, None if left is None
+                                             else max(left, 0.5)))
                 self._since = None          # later connections resume from the saved cursor
+                self._reached = True
                 return
-            except (OSError, ConnectionError, ConnectionClosed) as exc:
+            except (OSError, HandshakeRefused, ConnectionClosed) as exc:
+                reason = exc if not isinstance(exc, HandshakeRefused) else (
+                    f"the server answered HTTP {exc.status_code} instead of a WebSocket: is it a DPMQ"
+                    " broker, with the right URL?")
                 if not self.reconnect:
-                    raise ConnectionFailed(f"cannot connect to {self._base}: {exc}") from None
+                    raise ConnectionFailed(f"cannot connect to {self._base}: {reason}") from None
+                wait = backoff * (0.5 + random.random())
+                if left is not None:
+                    left = self._give_up_at - time.monotonic()
+                    if left <= 0:
+                        raise ConnectionFailed(f"no connection to {self._base} in"
+                                               f" {self.first_connect_timeout:g} s: {reason}") from None
+                    wait = min(wait, left)
                 log.info("DPMQ consumer %s: connect failed (%s); retrying in %.1fs",
-                         self.consumer_id, exc, backoff)
-            self._closed.wait(backoff * (0.5 + random.random()))
+                         self.consumer_id, reason, wait)
+            self._closed.wait(wait)
             backoff = min(backoff * 2, self.max_backoff)
 
     def _receive(self, deadline=None):
@@ -332,11 +414,17 @@ class Consumer:
         return message
 
     def __iter__(self):
-        while True:
-            message = self.receive()
-            if message is None:
-                return
-            yield message
+        """Messages until :meth:`close`. Leaving the loop closes the consumer, and does not ack the
+        message the body was on (see the class docstring)."""
+        try:
+            while True:
+                message = self.receive()
+                if message is None:
+                    return
+                yield message
+        finally:
+            self._unacked = None        # the body did not finish it: the broker redelivers it
+            self.close()
 
     def run(self, handler):
         """Call ``handler(message)`` for each message until :meth:`close`. With ack, a message is
@@ -387,6 +475,12 @@ class Consumer:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _least(*limits):
+    """The smallest of the limits that are set (None: no limit)."""
+    given = [limit for limit in limits if limit is not None]
+    return min(given) if given else None
 
 
 def _message(body):

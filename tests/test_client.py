@@ -1,11 +1,17 @@
 """dpmq.client against real brokers: publish, consume, ack, errors, a broker restart."""
 
+import socket
+import subprocess
+import sys
 import threading
+import time
 
 import pytest
 import requests
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, Request
 
-from dpmq.client import ClientError, ConnectionFailed, Consumer, Producer
+from dpmq.client import ClientError, ConnectionFailed, Consumer, Producer, WebSocketClient
 
 from helpers import ServedBroker, free_port, wait_for
 
@@ -121,3 +127,152 @@ def consumers_connected(served):
         return requests.get(served.url + "/Console/GetConsumers", timeout=1).json()["data"]
     except requests.RequestException:
         return False
+
+
+def _consumers(running):
+    return running.get("/Console/GetConsumers")["data"]
+
+
+def test_leaving_the_loop_closes_the_consumer_and_the_message_it_broke_on_comes_back(make_broker):
+    running = make_broker("memory")
+    producer = Producer(running.url)
+    consumer = Consumer(running.url, "jobs", "w", ack=True)
+    assert consumer.receive(timeout=0.3) is None
+    _joined(running)
+    codes = [producer.send("jobs", data) for data in ("done", "stop", "later")]
+    seen = []
+    for message in consumer:
+        seen.append(message.data)
+        if message.data == "stop":
+            break
+    assert seen == ["done", "stop"]
+    wait_for(lambda: not _consumers(running), what="the consumer's connection to close")
+    assert consumer.receive(timeout=0.1) is None, "a consumer left by its loop stays closed"
+    again = Consumer(running.url, "jobs", "w", ack=True)
+    redelivered = again.receive(timeout=5)
+    assert (redelivered.code, redelivered.data, redelivered.status) == (codes[1], "stop", 1)
+    assert again.receive(timeout=5).code == codes[2]
+    again.close()
+    producer.close()
+
+
+def test_an_exception_in_the_loop_closes_the_consumer_too(make_broker):
+    running = make_broker("memory")
+    consumer = Consumer(running.url, "t", "w")
+    consumer.receive(timeout=0.3)
+    _joined(running)
+    running.publish("t", "boom")
+    with pytest.raises(RuntimeError):
+        for message in consumer:
+            raise RuntimeError(message.data)
+    wait_for(lambda: not _consumers(running), what="the consumer's connection to close")
+
+
+def test_a_program_ends_after_break_without_closing_anything(make_broker):
+    running = make_broker("memory")
+    script = ("import sys\n"
+              "from dpmq.client import Consumer\n"
+              "consumer = Consumer(sys.argv[1], 't', 'script')\n"
+              "for message in consumer:\n"
+              "    print(message.data, flush=True)\n"
+              "    break\n"
+              "print('after the loop', flush=True)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script, running.url], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        _joined(running)
+        running.publish("t", "only")
+        out, err = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert out.split("\n")[:2] == ["only", "after the loop"]
+
+
+def test_close_ends_the_reader_thread_when_the_server_never_answers():
+    server, port = _silent_websocket_server()
+    before = set(threading.enumerate())
+    client = WebSocketClient.connect(f"ws://127.0.0.1:{port}/ConsumersConn/t/c")
+    (reader,) = set(threading.enumerate()) - before
+    assert reader.daemon, "a forgotten client must not keep its program alive"
+    started = time.monotonic()
+    client.close()
+    reader.join(5)
+    assert not reader.is_alive() and time.monotonic() - started < WebSocketClient.close_timeout + 2
+    server.close()
+
+
+def _silent_websocket_server():
+    """A server that accepts one WebSocket handshake, then never reads or writes again."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    held = []
+
+    def serve():
+        conn, _ = listener.accept()
+        held.append(conn)
+        ws = WSConnection(ConnectionType.SERVER)
+        while not any(isinstance(e, Request) for e in _events(ws, conn)):
+            pass
+        conn.sendall(ws.send(AcceptConnection()))
+
+    threading.Thread(target=serve, daemon=True).start()
+
+    class Server:
+        @staticmethod
+        def close():
+            listener.close()
+            for conn in held:
+                conn.close()
+    return Server, listener.getsockname()[1]
+
+
+def _events(ws, conn):
+    ws.receive_data(conn.recv(65536))
+    return list(ws.events())
+
+
+def test_a_first_connection_that_cannot_be_made_fails_within_first_connect_timeout():
+    started = time.monotonic()
+    with pytest.raises(ConnectionFailed, match="in 1 s"):
+        Consumer(f"http://127.0.0.1:{free_port()}", "t", "c", first_connect_timeout=1).receive()
+    assert 0.9 < time.monotonic() - started < 3
+
+
+def test_a_server_that_never_answers_the_handshake_fails_the_first_connection():
+    with socket.create_server(("127.0.0.1", 0)) as mute:       # accepts TCP, never speaks
+        consumer = Consumer(f"http://127.0.0.1:{mute.getsockname()[1]}", "t", "c",
+                            first_connect_timeout=1, handshake_timeout=0.5)
+        started = time.monotonic()
+        with pytest.raises(ConnectionFailed):
+            consumer.receive()
+        assert time.monotonic() - started < 3
+
+
+def test_a_server_that_is_not_a_broker_is_named_as_such(make_broker):
+    consumer = Consumer(make_broker("memory").url + "/not-dpmq", "t", "c", first_connect_timeout=0.5)
+    with pytest.raises(ConnectionFailed, match="answered HTTP 404 instead of a WebSocket"):
+        consumer.receive()
+
+
+def test_a_refusal_says_what_was_wrong_once(make_broker):
+    running = make_broker("memory")
+    with pytest.raises(ClientError) as caught:
+        Consumer(running.url, "bad|topic", "c").receive(timeout=5)
+    assert caught.value.status == 1008
+    assert str(caught.value).startswith("bad request: ") and "'|'" in str(caught.value)
+
+
+def test_an_ephemeral_consumer_is_forgotten_when_it_leaves(make_broker):
+    running = make_broker("sqlite")
+    for durable in (True, False):
+        consumer = Consumer(running.url, f"t-{durable}", "c", durable=durable)
+        assert consumer.receive(timeout=0.3) is None
+        _joined(running)
+        consumer.close()
+        wait_for(lambda: not _consumers(running), what="the consumer to leave")
+        running.publish(f"t-{durable}", "while away")
+        again = Consumer(running.url, f"t-{durable}", "c", durable=durable)
+        message = again.receive(timeout=1.0)
+        again.close()
+        wait_for(lambda: not _consumers(running), what="the consumer to leave")
+        assert (message is not None) == durable, f"durable={durable} got {message}"
