@@ -23,6 +23,7 @@ from ..message import Appended, Record, from_columns
 from .base import Engine
 from .sqlite_browse import BrowseQueries
 from .sqlite_schema import SCHEMA
+from .store_lock import StoreLock
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class SQLiteEngine(BrowseQueries, Engine):
         self._writer = None
         self._on_commit = None
         self._closed = threading.Event()
+        self._store_lock = StoreLock(self.path)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _connect(self):
@@ -77,22 +79,31 @@ class SQLiteEngine(BrowseQueries, Engine):
                              " storage.path to a new file.") from None
 
     def open(self, on_commit, on_remote=None, on_requeue=None):
+        """Take the store's lock (a second broker on the file is refused with ConfigError, see
+        :mod:`~dpmq.storage.store_lock`), then open and check the file."""
         self._on_commit = on_commit
         folder = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(folder, exist_ok=True)
-        self._writer = self._connect()
+        self._store_lock.acquire()
         try:
-            for statement in SCHEMA:
-                self._writer.execute(statement)
-            self._writer.execute("pragma quick_check(1)")
-            self._heads = dict(self._writer.execute(
-                "select topic, max(head, coalesce((select max(offset) from messages m"
-                " where m.topic = t.topic), 0)) from topics t"))
-        except sqlite3.DatabaseError as exc:
-            self._writer.close()
-            raise StoreError(f"the SQLite store {self.path!r} is unusable: {exc}. Restore it from a"
-                             " backup or point storage.path at a new file.") from None
-        self._reader = self._connect()
+            self._writer = self._connect()
+            try:
+                for statement in SCHEMA:
+                    self._writer.execute(statement)
+                self._writer.execute("pragma quick_check(1)")
+                self._heads = dict(self._writer.execute(
+                    "select topic, max(head, coalesce((select max(offset) from messages m"
+                    " where m.topic = t.topic), 0)) from topics t"))
+            except sqlite3.DatabaseError as exc:
+                raise StoreError(f"the SQLite store {self.path!r} is unusable: {exc}. Restore it"
+                                 " from a backup or point storage.path at a new file.") from None
+            self._reader = self._connect()
+        except BaseException:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+            self._store_lock.release()
+            raise
 
     def close(self):
         if self._closed.is_set() or self._writer is None:
@@ -104,6 +115,7 @@ class SQLiteEngine(BrowseQueries, Engine):
                     db.close()
                 except Exception:  # noqa: BLE001 - closing is best effort
                     pass
+            self._store_lock.release()
 
     # -- group commit ------------------------------------------------------------------------
     def _write(self, run, appends=False, alone=False):
