@@ -22,6 +22,19 @@ from prometheus_client.utils import floatToGoString
 
 EVENTS = ("published", "delivered", "acked", "redelivered", "failed", "dead_lettered")
 PUBLISHED, DELIVERED, ACKED, REDELIVERED, FAILED, DEAD_LETTERED = range(len(EVENTS))
+#: What each event's counter counts, for the metrics' HELP. "failed" is not failed pushes only:
+#: its name stays (dashboards use it), its text says what it is.
+HELP = {
+    "published": "Messages accepted and stored (code 0) by this process",
+    "delivered": "Message frames written whole to consumers, one per subscription, redeliveries"
+                 " included",
+    "acked": "Messages acked by consumers connected with ack=1",
+    "redelivered": "Messages handed to a consumer again, after a failed attempt or a requeue",
+    "failed": "Failed delivery attempts: ack timeouts, nacks, and messages in flight when their"
+              " consumer disconnected; each is redelivered or, after mq.sendRetryCount retries,"
+              " dead-lettered",
+    "dead_lettered": "Messages given up on for a subscription and kept as dead letters",
+}
 OTHER = "_other"
 
 
@@ -146,8 +159,7 @@ class _Collector:
             for index, value in enumerate(counts[topic]):
                 row[index] += value
         for index, event in enumerate(EVENTS):
-            family = CounterMetricFamily(f"dpmq_messages_{event}", f"Messages {event.replace('_', ' ')}",
-                                         labels=["topic"])
+            family = CounterMetricFamily(f"dpmq_messages_{event}", HELP[event], labels=["topic"])
             for topic, row in sorted(labelled.items()):
                 family.add_metric([topic], row[index])
             yield family

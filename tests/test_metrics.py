@@ -68,3 +68,20 @@ def test_the_push_latency_histogram_counts_each_value_in_the_right_bucket():
                  'h_seconds_bucket{le="1.0"} 5.0', 'h_seconds_bucket{le="+Inf"} 6.0',
                  "h_seconds_count 6.0", "h_seconds_sum 7.5135"):
         assert line in text, text
+
+
+def test_failed_counts_ack_timeouts_and_its_help_says_so(make_broker):
+    """Nothing was pushed in vain here: the consumer took each message and never acked it.
+    "failed" counts failed delivery attempts, of which an ack timeout is one."""
+    running = make_broker("memory", mq={"ackTimeout": 0.2, "sendRetryCount": 1})
+    silent = Collector(running.ws_url, "t", "silent", "?ack=1")
+    wait_for(lambda: running.broker.members(), what="the consumer")
+    running.publish_many("t", ["a"])
+    wait_for(lambda: running.get("/Console/Ping")["data"]["deadLettered"] == 1, what="a dead letter")
+    assert len(silent.messages) == 2 and silent.closed is None
+    reply = running.http.get(running.url + "/metrics")
+    families = {family.name: family for family in text_string_to_metric_families(reply.text)}
+    failed = families["dpmq_messages_failed"]
+    assert [s.value for s in failed.samples if s.name.endswith("_total")] == [2]
+    for words in ("ack timeouts", "nacks", "disconnected"):
+        assert words in failed.documentation, failed.documentation

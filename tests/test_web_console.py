@@ -1,6 +1,8 @@
 """The web console in a real browser: it loads, shows what was published, requeues dead letters,
 and asks for the admin token when auth is on."""
 
+import re
+
 from helpers import Collector, wait_for
 
 
@@ -45,3 +47,38 @@ def test_console_asks_for_the_admin_token(make_broker, browser):
     page.wait_for_selector("#app:not([hidden])")
     page.wait_for_selector("#config-body:has-text('\"tokens\"')")
     assert "admin-secret" not in page.inner_text("#config-body")
+
+
+def test_the_rate_charts_have_a_legend_and_axes(make_broker, browser):
+    running = make_broker("memory")
+    page = browser.new_page(bypass_csp=True)     # Playwright polls with eval; the CSP forbids it
+    page.goto(running.url + "/Console/")
+    running.publish_many("t", ["x"] * 50)
+    # Two samples of the history (one a second) make a line and a time axis.
+    page.wait_for_function("document.querySelectorAll('#rates .x-axis text.tick').length === 5",
+                           timeout=15000)
+    legend = page.inner_text("#rates-chart .legend")
+    assert "Published" in legend and "Delivered" in legend and legend.count("per second") == 2
+    assert page.text_content("#rates .y-axis .axis-title") == "messages/s"
+    assert "time" in page.text_content("#rates .x-axis .axis-title")
+    ticks = page.eval_on_selector_all("#rates .x-axis text.tick", "nodes => nodes.map(n => n.textContent)")
+    assert all(re.fullmatch(r"\d\d:\d\d:\d\d", tick) for tick in ticks), ticks
+    assert ticks == sorted(ticks) and len(set(ticks)) > 1
+    values = page.eval_on_selector_all("#rates .y-axis text.tick", "nodes => nodes.map(n => n.textContent)")
+    assert values[0] == "0" and float(values[-1]) > 0
+    colours = page.eval_on_selector_all("#rates polyline", "nodes => nodes.map(n => n.getAttribute('stroke'))")
+    swatches = page.eval_on_selector_all("#rates-chart .legend .swatch",
+                                         "nodes => nodes.map(n => n.style.background)")
+    assert len(colours) == 2 and len(swatches) == 2     # one line per legend entry
+    assert "messages" in page.text_content("#buffer .y-axis .axis-title")
+    page.wait_for_function("document.getElementById('buffer-capacity').textContent === '100'")
+    assert "waiting to be pushed" in page.inner_text("#buffer-chart .legend")
+
+
+def test_the_failed_tile_says_what_it_counts(make_broker, browser):
+    running = make_broker("memory")
+    page = browser.new_page(bypass_csp=True)
+    page.goto(running.url + "/Console/")
+    tile = page.wait_for_selector(".tile[data-label='Failed deliveries']")
+    assert "ack timeouts" in tile.get_attribute("title")
+    assert page.query_selector(".tile[data-label='Failed pushes']") is None
