@@ -8,6 +8,7 @@ import pytest
 from dpmq import config
 from dpmq.message import NewMessage, new_code
 from dpmq.storage import open_engine
+from dpmq.storage.base import Ownership
 
 from helpers import drop_prefix, redis_prefix
 
@@ -105,11 +106,13 @@ def test_sqlite_keeps_everything_across_a_reopen(tmp_path):
     store.append(_msgs("t", "1"))
     store.append(_msgs("t", "2"))        # the topic's row was written with the first only
     store.save_cursors({("t", "c:x"): 1})
+    store.own("t", "c:x", "token:abc", True)
     store.close()
     again = open_engine(settings)
     again.open(lambda records: None)
     try:
         assert again.head("t") == 2 and again.cursor("t", "c:x") == 1
+        assert again.own("t", "c:x", "token:other", True) == Ownership("token:abc", True)
         assert again.append(_msgs("t", "3")).records[0].offset == 3
     finally:
         again.close()
@@ -201,3 +204,62 @@ def test_sqlite_keeps_topic_heads_across_a_reopen_after_a_purge(tmp_path):
         assert again.append(_msgs("t", "c")).records[0].offset == 3
     finally:
         again.close()
+
+
+def test_a_subscription_is_owned_by_the_first_owner_on_record(engine):
+    assert engine.own("t", "c:audit", "token:a", True) == Ownership("token:a", True)
+    assert engine.own("t", "c:audit", "token:b", False) == Ownership("token:a", True)
+    assert engine.own("t", "c:audit", None, True) == Ownership("token:a", True)
+    assert engine.own("u", "c:audit", "token:b", True) == Ownership("token:b", True)   # per topic
+    assert engine.own("t", "g:audit", "token:b", True) == Ownership("token:b", True)   # a group
+    assert engine.own("t", "c:open", None, True) == Ownership(None, True)      # auth was off
+    assert engine.own("t", "c:open", "token:b", True) == Ownership("token:b", True)
+    assert engine.own("t", "c:brief", "token:a", False) == Ownership("token:a", False)
+    engine.save_cursors({("t", "c:old"): 3})            # saved before owners were kept
+    assert engine.own("t", "c:old", "token:a", False) == Ownership("token:a", True)
+
+
+def test_racing_owners_of_a_new_subscription_are_all_told_the_same_one(engine):
+    seen = []
+
+    def own(n):
+        seen.append(engine.own("t", "c:contested", f"token:{n}", True))
+
+    threads = [threading.Thread(target=own, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(seen)) == 1 and len(seen) == 8
+
+
+def test_forget_deletes_everything_of_one_subscription_and_nothing_else(engine):
+    records = engine.append(_msgs("t", "a", "b", "c")).records
+    for sub in ("c:gone", "c:kept"):
+        engine.own("t", sub, "token:a", False)
+        engine.save_cursors({("t", sub): 1})
+        engine.add_attempts("t", sub, [2])
+        engine.dead_letter("t", sub, records[0], "timeout", 4)
+        engine.dead_letter("t", sub, records[2], "timeout", 4)
+        engine.requeue("t", sub, records[2].code)
+    engine.forget("t", "c:gone")
+    assert engine.cursor("t", "c:gone") is None and engine.attempts("t", "c:gone", 0) == {}
+    assert engine.dead_letters(topic="t", sub="c:gone") == []
+    assert engine.redeliveries("t", "c:gone") == []
+    assert engine.own("t", "c:gone", "token:b", True) == Ownership("token:b", True)
+    assert engine.cursor("t", "c:kept") == 1 and engine.attempts("t", "c:kept", 0) == {2: 1}
+    assert [d["code"] for d in engine.dead_letters(topic="t", sub="c:kept")] == [records[0].code]
+    assert engine.redeliveries("t", "c:kept") == [records[2]]
+    assert engine.own("t", "c:kept", "token:b", True) == Ownership("token:a", False)
+
+
+def test_retention_forgets_an_owner_with_its_subscription(engine):
+    engine.own("t", "c:idle", "token:a", True)
+    engine.save_cursors({("t", "c:idle"): 0})
+    engine.own("t", "c:never", "token:a", True)         # recorded, never got a cursor
+    engine.purge(before=time.time() - 60, keep_messages=0, limit=10)
+    assert engine.own("t", "c:never", "token:b", True).owner == "token:a", "too young to go"
+    engine.purge(before=time.time() + 60, keep_messages=0, limit=10)
+    assert engine.cursor("t", "c:idle") is None
+    assert engine.own("t", "c:idle", "token:b", False) == Ownership("token:b", False)
+    assert engine.own("t", "c:never", "token:b", False) == Ownership("token:b", False)

@@ -5,7 +5,8 @@ delayed messages that are not due yet (they enter the log when due, so they neve
 messages behind them); and per subscription a cursor (every offset up to it is done), the failed
 attempts of messages not yet done, the dead letters, and the dead letters requeued for redelivery.
 A subscription is a topic and a key: ``c:<consumerId>`` for a lone consumer, ``g:<group>`` for a
-group.
+group. Beside its cursor the store keeps who owns it (:class:`Ownership`): with auth on, the
+subscription belongs to the identity that created it, and that must survive a restart.
 
 Every method is thread-safe and may block on I/O; none holds a lock while calling back into the
 broker except :meth:`Engine.open`'s ``on_commit``, which is called in commit order and must not block.
@@ -13,6 +14,15 @@ Failures raise :class:`~dpmq.errors.StoreError` and change nothing.
 """
 
 import abc
+from typing import NamedTuple, Optional
+
+
+class Ownership(NamedTuple):
+    """Who a subscription belongs to: an identity's stable id (never a secret; None when it was
+    made with auth off), and whether it outlives its consumer's connection."""
+
+    owner: Optional[str]
+    durable: bool
 
 
 class Engine(abc.ABC):
@@ -121,6 +131,21 @@ class Engine(abc.ABC):
         """Count one more failed delivery of each message in ``offsets`` to ``(topic, sub)``;
         returns ``{offset: count}``."""
 
+    @abc.abstractmethod
+    def own(self, topic, sub, owner, durable):
+        """Record ``owner`` (None with auth off) as the owner of ``(topic, sub)``, durable or not,
+        unless it is on record already; returns the :class:`Ownership` on record.
+
+        Atomic: of two owners racing for a new subscription, one is recorded and both are told
+        which. A subscription on record without an owner (made with auth off) takes the first
+        owner that comes; one with a cursor but no record (from before owners were kept) is
+        recorded as durable."""
+
+    @abc.abstractmethod
+    def forget(self, topic, sub):
+        """Delete everything kept for ``(topic, sub)``: cursor, attempts, dead letters,
+        requeued messages and ownership (an ephemeral subscription whose consumer left)."""
+
     # -- dead letters ------------------------------------------------------------------------
     @abc.abstractmethod
     def dead_letter(self, topic, sub, record, reason, attempts):
@@ -149,7 +174,9 @@ class Engine(abc.ABC):
     def purge(self, before, keep_messages, limit):
         """Delete at most ``limit`` messages created before ``before`` or beyond the newest
         ``keep_messages`` of their topic (0 = no count limit), and the cursors, attempts, dead
-        letters and idempotency keys older than ``before``; returns how many messages went."""
+        letters and idempotency keys older than ``before``, with the ownership of the
+        subscriptions whose cursors went (or that were recorded before ``before`` and never got
+        one); returns how many messages went."""
 
     # -- sharing, for engines several processes use at once ---------------------------------
     def lock_consumer(self, topic, consumer_id):

@@ -10,7 +10,7 @@ import threading
 import time
 
 from ..message import Appended, Record, from_columns
-from .base import Engine
+from .base import Engine, Ownership
 
 
 class _Log:
@@ -35,6 +35,7 @@ class MemoryEngine(Engine):
         self._dead = {}             # (topic, sub, offset) -> dict
         self._requeued = {}         # (topic, sub) -> {offset: Record}
         self._idempotency = {}      # (topic, key) -> (code, created)
+        self._owners = {}           # (topic, sub) -> (Ownership, recorded at)
         self._delayed = []          # heap of (due, seq, NewMessage)
         self._seq = itertools.count()
         self._on_commit = None
@@ -232,6 +233,27 @@ class MemoryEngine(Engine):
                 counts[offset] = self._attempts[key] = self._attempts.get(key, 0) + 1
             return counts
 
+    def own(self, topic, sub, owner, durable):
+        with self._lock:
+            key = (topic, sub)
+            found = self._owners.get(key)
+            if found is None:
+                found = (Ownership(owner, durable or key in self._cursors), time.time())
+            elif found[0].owner is None and owner is not None:
+                found = (found[0]._replace(owner=owner), found[1])
+            self._owners[key] = found
+            return found[0]
+
+    def forget(self, topic, sub):
+        with self._lock:
+            key = (topic, sub)
+            self._cursors.pop(key, None)
+            self._owners.pop(key, None)
+            self._requeued.pop(key, None)
+            for table in (self._attempts, self._dead):
+                for gone in [k for k in table if k[:2] == key]:
+                    del table[gone]
+
     # -- dead letters ------------------------------------------------------------------------
     def dead_letter(self, topic, sub, record, reason, attempts):
         with self._lock:
@@ -292,6 +314,9 @@ class MemoryEngine(Engine):
                     break
             for key in [k for k, (_, updated) in self._cursors.items() if updated < before]:
                 del self._cursors[key]
+            for key in [k for k, (_, at) in self._owners.items()
+                        if at < before and k not in self._cursors]:
+                del self._owners[key]
             for key in [k for k, d in self._dead.items() if d["dead_at"] < before]:
                 del self._dead[key]
             for key in [k for k, (_, created) in self._idempotency.items() if created < before]:

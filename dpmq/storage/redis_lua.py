@@ -17,6 +17,8 @@ DPMQ processes. Keys are built inside the scripts from the prefix (``ARGV[1]``, 
   offset -> the node holding it, ``P:gretry:<topic>|<sub>`` zset of offsets to hand out again;
 - ``P:nodes`` zset node -> when its heartbeat expires (ms); ``P:owners`` hash "topic|consumerId"
   -> node, so that one consumerId is connected to one process at a time;
+- ``P:subowner`` hash "topic|sub" -> JSON [owner or '', durable 0|1]: who a subscription belongs
+  to; ``P:subownert`` zset of the same by when it was recorded, until retention looks at it;
 - channel ``P:commits`` carries "topic|head|how many were added|node" after each append;
   ``P:events`` carries requeues.
 """
@@ -306,4 +308,62 @@ for i = 5, #ARGV do
   end
 end
 return removed
+"""
+
+# ARGV: P, "topic|sub", owner or '', durable (1 or 0), now. Records the owner unless one is on
+# record (an ownerless record takes it); a subscription with a cursor and no record is durable.
+# Returns the JSON [owner or '', durable] on record.
+OWN = r"""
+local P, name, owner = ARGV[1], ARGV[2], ARGV[3]
+local raw = redis.call('HGET', P .. ':subowner', name)
+local rec
+if raw then
+  rec = cjson.decode(raw)
+  if rec[1] ~= '' or owner == '' then return raw end
+  rec[1] = owner
+else
+  local durable = tonumber(ARGV[4])
+  if redis.call('HEXISTS', P .. ':cursors', name) == 1 then durable = 1 end
+  rec = {owner, durable}
+  redis.call('ZADD', P .. ':subownert', ARGV[5], name)
+end
+raw = cjson.encode(rec)
+redis.call('HSET', P .. ':subowner', name, raw)
+return raw
+"""
+
+# ARGV: P, "topic|sub". Deletes everything kept for the subscription: cursor, attempts, requeued
+# and dead letters, group state, ownership.
+FORGET = r"""
+local P, name = ARGV[1], ARGV[2]
+redis.call('HDEL', P .. ':cursors', name)
+redis.call('ZREM', P .. ':cursorst', name)
+redis.call('HDEL', P .. ':subowner', name)
+redis.call('ZREM', P .. ':subownert', name)
+redis.call('HDEL', P .. ':gnext', name)
+redis.call('SREM', P .. ':groups', name)
+redis.call('DEL', P .. ':att:' .. name, P .. ':rq:' .. name, P .. ':gpend:' .. name,
+           P .. ':gown:' .. name, P .. ':gretry:' .. name)
+local start = name .. '|'
+for _, member in ipairs(redis.call('ZRANGE', P .. ':dead', 0, -1)) do
+  if string.sub(member, 1, #start) == start then
+    redis.call('ZREM', P .. ':dead', member)
+    redis.call('HDEL', P .. ':deadmsg', member)
+  end
+end
+return 0
+"""
+
+# ARGV: P, before. Owners recorded before ``before``: deleted if their subscription has no cursor
+# (it never got one, or retention forgot it); the others only leave the time index, as retention
+# deletes them with their cursor.
+PURGE_OWNERS = r"""
+local P = ARGV[1]
+for _, name in ipairs(redis.call('ZRANGEBYSCORE', P .. ':subownert', '-inf', '(' .. ARGV[2])) do
+  if redis.call('HEXISTS', P .. ':cursors', name) == 0 then
+    redis.call('HDEL', P .. ':subowner', name)
+  end
+  redis.call('ZREM', P .. ':subownert', name)
+end
+return 0
 """

@@ -30,13 +30,14 @@ from . import redis_lua
 from .base import Engine
 from .redis_browse import BrowseQueries
 from .redis_feed import FeedFollower, from_json, record, text
+from .redis_owners import SubscriptionOwners
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 1000            # messages per append script, so that one call never holds Redis long
 
 
-class RedisEngine(FeedFollower, BrowseQueries, Engine):
+class RedisEngine(FeedFollower, BrowseQueries, SubscriptionOwners, Engine):
     name = "redis"
     durable = True
     shared = True
@@ -62,7 +63,8 @@ class RedisEngine(FeedFollower, BrowseQueries, Engine):
         self.where = f"{kwargs.get('host', kwargs.get('path', '?'))}:{kwargs.get('port', '')}"
         self._scripts = {name: self.client.register_script(getattr(redis_lua, name))
                          for name in ("APPEND", "CANCEL", "PROMOTE", "SAVE_CURSORS", "REQUEUE", "CLAIM",
-                                      "SETTLE", "HEARTBEAT", "LOCK", "UNLOCK", "PURGE")}
+                                      "SETTLE", "HEARTBEAT", "LOCK", "UNLOCK", "PURGE", "OWN", "FORGET",
+                                      "PURGE_OWNERS")}
         self._jobs = queue.SimpleQueue()
         self._closed = threading.Event()
         self._threads = []
@@ -376,10 +378,12 @@ class RedisEngine(FeedFollower, BrowseQueries, Engine):
                 if zset == "cursorst":
                     pipe.hdel(self._key("cursors"), name)
                     pipe.delete(self._key("att", name))
+                    pipe.hdel(self._key("subowner"), name)
                 elif zset == "dead":
                     pipe.hdel(self._key("deadmsg"), name)
                 else:
                     topic, _, key = name.partition("|")
                     pipe.hdel(self._key("idem", topic), key)
         self._call(pipe.execute)
+        self._run("PURGE_OWNERS", before)
         return removed

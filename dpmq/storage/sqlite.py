@@ -22,6 +22,7 @@ from ..errors import StoreError
 from ..message import Appended, Record, from_columns
 from .base import Engine
 from .sqlite_browse import BrowseQueries
+from .sqlite_owners import SubscriptionOwners
 from .sqlite_schema import SCHEMA
 from .store_lock import StoreLock
 
@@ -46,7 +47,7 @@ class _Job:
         self.error = None
 
 
-class SQLiteEngine(BrowseQueries, Engine):
+class SQLiteEngine(BrowseQueries, SubscriptionOwners, Engine):
     name = "sqlite"
     durable = True
 
@@ -384,6 +385,9 @@ class SQLiteEngine(BrowseQueries, Engine):
                     " where topic = ?1 and (created < ?2 or offset < ?3) order by offset limit ?4)",
                     (topic, before, keep_from, limit - removed)).rowcount
             db.execute("delete from subscriptions where updated < ?", (before,))
+            db.execute("delete from owners where created < ? and not exists (select 1 from"
+                       " subscriptions s where s.topic = owners.topic and s.sub = owners.sub)",
+                       (before,))
             db.execute("delete from dead_letters where dead_at < ?", (before,))
             db.execute("delete from idempotency where created < ?", (before,))
             db.execute("delete from attempts where not exists (select 1 from subscriptions s where"

@@ -3,7 +3,7 @@
 Messages are kept per topic by offset (``without rowid``: the primary key is the table), with an
 index on MessageCodes for lookups by code. The other tables hold what a broker must not forget
 across a restart: delayed messages, consumers' cursors, delivery attempts, dead letters, requeued
-messages and idempotency keys.
+messages, idempotency keys and who owns each subscription.
 """
 
 SCHEMA = [
@@ -31,6 +31,11 @@ SCHEMA = [
         topic text not null, sub text not null, offset integer not null, code text not null,
         data text not null, key text, created real not null,
         primary key (topic, sub, offset)) without rowid""",
+    # Who owns a subscription (with auth on, the identity that created it) and whether it is
+    # durable; apart from the cursors so that their hot upserts stay as they are.
+    """create table if not exists owners (
+        topic text not null, sub text not null, owner text, durable integer not null,
+        created real not null, primary key (topic, sub)) without rowid""",
     # One row that /readyz rewrites: a transaction that writes nothing succeeds even on a file
     # system that turned read-only, so the probe must really write.
     "create table if not exists probe (id integer primary key, at real not null)",
