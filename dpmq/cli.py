@@ -1,13 +1,18 @@
 """The ``dpmq`` command line: serve the broker, publish, subscribe, watch, check a configuration.
 
 Exit codes scripts can rely on: 0 success, 1 the broker refused (``code -1``, a refused consumer),
-2 bad usage or configuration, 3 the broker could not be reached.
+2 bad usage or configuration (a port already taken included), 3 the broker could not be reached.
+When the reader of its output goes away (``dpmq subscribe t | head``), dpmq ends as Unix tools do:
+quietly, killed by SIGPIPE (the shell reports 141).
 """
 
 import argparse
+import errno
 import json
 import logging
 import os
+import signal
+import socket
 import sys
 import time
 import urllib.request
@@ -17,6 +22,14 @@ from .errors import ConfigError, DPMQError
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 DEFAULT_URL = "http://127.0.0.1:8080"
+#: Seconds ``dpmq subscribe`` tries to make its first connection before it exits 3: long enough for
+#: a broker that is restarting, short enough that a wrong --url is reported while the user waits.
+#: Once connected it reconnects for ever, as the Python client does.
+SUBSCRIBE_FIRST_CONNECT_TIMEOUT = 3.0
+
+
+class StdoutClosed(Exception):
+    """Raised when the reader of dpmq's output has gone away (a closed pipe)."""
 
 EXAMPLES = {
     None: """examples:
@@ -51,7 +64,8 @@ exit codes: 0 ok, 1 refused by the broker, 2 bad usage or config, 3 broker unrea
   dpmq bench --url http://10.0.0.5:8080 --scenario publish --json result.json
   dpmq bench --scenario idle --idle 10000      RSS per idle connection, CPU while idle""",
     "check-config": """examples:
-  dpmq check-config application.yaml && echo valid""",
+  dpmq check-config                            what dpmq serve would run: its file and DPMQ_* variables
+  dpmq check-config prod.yaml && echo valid""",
 }
 
 
@@ -116,8 +130,10 @@ def _parser():
                        help="consumers speak DPMQ's WebSocket, or Socket.IO to bench/socketio_peer.py")
     bench.add_argument("--json", help="also write the results to this JSON file")
 
-    check = command("check-config", "validate a configuration file and print the result")
-    check.add_argument("file")
+    check = command("check-config", "validate the configuration dpmq serve would run (the file and"
+                    " the DPMQ_* environment variables) and print it")
+    check.add_argument("file", nargs="?", help="the file (default: $DPMQ_CONFIG, then"
+                       " ./application.yaml, as for dpmq serve)")
     return parser
 
 
@@ -129,14 +145,17 @@ def main(argv=None):
     from .client import ClientError, ConnectionFailed
     try:
         return COMMANDS[args.command](args)
+    except StdoutClosed:
+        return _end_as_unix_tools_do()
     except ConfigError as exc:
         print(f"dpmq: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except ClientError as exc:
-        print(f"dpmq: refused: {exc}", file=sys.stderr)
+        print(f"dpmq: refused by the broker: {exc}", file=sys.stderr)
         return EXIT_REFUSED
     except (ConnectionFailed, OSError) as exc:
-        print(f"dpmq: cannot reach the broker at {getattr(args, 'url', '?')}: {exc}", file=sys.stderr)
+        print(f"dpmq: cannot reach the broker at {getattr(args, 'url', '?')}: {exc}. Is it running"
+              " there? (--url or DPMQ_URL)", file=sys.stderr)
         return EXIT_UNREACHABLE
     except DPMQError as exc:
         print(f"dpmq: {exc}", file=sys.stderr)
@@ -145,12 +164,35 @@ def main(argv=None):
         return EXIT_OK
 
 
+def _print(text):
+    """Write a line to stdout now; a reader that went away ends dpmq (see :class:`StdoutClosed`)."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        raise StdoutClosed() from None
+
+
+def _end_as_unix_tools_do():
+    """End quietly, as ``yes | head`` does: killed by SIGPIPE (the shell shows 141), with nothing on
+    stderr. Called once the commands have closed their connections on the way out."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())   # Python's flush at exit must not complain either
+    except OSError:
+        pass
+    if hasattr(signal, "SIGPIPE"):
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGPIPE)
+    return 128 + 13
+
+
 def _serve(args):
     overrides = {name: getattr(args, name) for name in ("host", "port", "workers")
                  if getattr(args, name) is not None}
     settings = config.load(args.config)
     if overrides:
         settings = settings.replace(server=overrides)
+    _check_bind(settings.server.host, settings.server.port)
     logging.basicConfig(level=settings.log.level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from .storage import open_engine
@@ -168,21 +210,94 @@ def _serve(args):
     return EXIT_OK
 
 
+def _check_bind(host, port):
+    """Refuse at once, naming the holder when it can, a port gunicorn could not bind: it would
+    retry for five seconds after the banner, then exit 1 with the broker never up."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise ConfigError(f"server.host {host!r} is not an address DPMQ can serve on ({exc.strerror});"
+                          " use an address of this machine, or 0.0.0.0 for all of them") from None
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)     # as gunicorn binds
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(f"port {port} on {host} is already in use{_holder(port)}: stop that,"
+                                  " or serve on another port (dpmq serve --port N, or server.port)"
+                                  ) from None
+            if exc.errno == errno.EACCES:
+                raise ConfigError(f"port {port} on {host} needs privileges this user lacks (ports below"
+                                  " 1024 need root or CAP_NET_BIND_SERVICE): choose a port above"
+                                  " 1023 (dpmq serve --port N, or server.port)") from None
+            raise ConfigError(f"cannot serve on {host}:{port}: {exc.strerror}; check server.host and"
+                              " server.port") from None
+
+
+def _holder(port):
+    """`` by process PID (command)`` for the process listening on ``port``, as far as /proc tells
+    (Linux; another user's processes show only their user); else ``""``."""
+    listening = {}                      # socket inode -> uid
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as rows:
+                next(rows)
+                for row in rows:
+                    fields = row.split()
+                    if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                        listening[f"socket:[{fields[9]}]"] = int(fields[7])
+        except (OSError, ValueError, IndexError, StopIteration):
+            continue
+    if not listening:
+        return ""
+    for pid in filter(str.isdigit, _listdir("/proc")):
+        for fd in _listdir(f"/proc/{pid}/fd"):
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in listening:
+                    return f" by process {pid} ({_command_of(pid)})"
+            except OSError:
+                continue
+    try:
+        import pwd
+        return f" by a process of user {pwd.getpwuid(next(iter(listening.values()))).pw_name}"
+    except (ImportError, KeyError):
+        return ""
+
+
+def _listdir(path):
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
+
+
+def _command_of(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            words = handle.read().split(b"\0")
+    except OSError:
+        return "?"
+    command = " ".join(" ".join(word.decode(errors="replace").split()) for word in words if word)
+    return command if len(command) <= 80 else command[:77] + "..."
+
+
 def _publish(args):
     from .client import Producer
     with Producer(args.url, token=args.token) as producer:
         if args.data != "-":
-            print(producer.send(args.topic, args.data, delay=args.delay, key=args.key))
+            _print(producer.send(args.topic, args.data, delay=args.delay, key=args.key))
             return EXIT_OK
         batch = []
         for line in sys.stdin:
             batch.append({"messageData": line.rstrip("\n"), "key": args.key} if args.key
                          else line.rstrip("\n"))
             if len(batch) == 100:
-                print("\n".join(producer.send_batch(args.topic, batch, delay=args.delay)), flush=True)
+                _print("\n".join(producer.send_batch(args.topic, batch, delay=args.delay)))
                 batch = []
         if batch:
-            print("\n".join(producer.send_batch(args.topic, batch, delay=args.delay)), flush=True)
+            _print("\n".join(producer.send_batch(args.topic, batch, delay=args.delay)))
     return EXIT_OK
 
 
@@ -191,9 +306,10 @@ def _subscribe(args):
     consumer_id = args.id or f"cli-{os.getpid()}-{int(time.time())}"
     received = 0
     with Consumer(args.url, args.topic, consumer_id, group=args.group, ack=args.ack,
-                  since=args.since, token=args.token) as consumer:
+                  since=args.since, token=args.token,
+                  first_connect_timeout=SUBSCRIBE_FIRST_CONNECT_TIMEOUT) as consumer:
         for message in consumer:
-            print(json.dumps(message.raw, ensure_ascii=False), flush=True)
+            _print(json.dumps(message.raw, ensure_ascii=False))
             received += 1
             if args.count and received >= args.count:
                 if args.ack:
@@ -224,19 +340,23 @@ def _stats(args):
         if not consumers:
             lines.append("(no consumers connected)")
         if args.once:
-            print("\n".join(lines))
+            _print("\n".join(lines))
             return EXIT_OK
-        sys.stdout.write("\x1b[H\x1b[2J" + "\n".join(lines) + "\n")
-        sys.stdout.flush()
+        _print("\x1b[H\x1b[2J" + "\n".join(lines))
         time.sleep(args.interval)
 
 
 def _check_config(args):
-    if not os.path.exists(args.file):
-        raise ConfigError(f"no such file: {args.file}")
-    settings = config.load(args.file, environ={})
-    print(json.dumps(settings.as_dict(redact=True), indent=2))
-    print(f"{args.file}: valid", file=sys.stderr)
+    """Check what ``dpmq serve`` would run, environment included: a file that is valid alone can
+    still be overridden into an invalid configuration, or by a misspelt variable."""
+    path = args.file or config.default_path(os.environ)
+    if path and not os.path.exists(path):
+        raise ConfigError(f"no such file: {path}")
+    settings = config.load(path)
+    _print(json.dumps(settings.as_dict(redact=True), indent=2))
+    overrides = sorted(name.upper() for name in os.environ if config.environment_key(name))
+    print(f"{path or '(no file: the defaults)'}"
+          f"{' with ' + ', '.join(overrides) if overrides else ''}: valid", file=sys.stderr)
     return EXIT_OK
 
 

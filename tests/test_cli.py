@@ -2,11 +2,16 @@
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
 
 import requests
+
+from dpmq import cli
 
 from helpers import ServedBroker, free_port, wait_for
 
@@ -103,3 +108,122 @@ def test_subscribe_loses_nothing_when_the_broker_is_killed_and_restarted(tmp_pat
         subscriber.terminate()
         subscriber.wait(10)
         served.stop()
+
+
+def test_subscribe_to_an_unreachable_broker_exits_3_promptly():
+    url = f"http://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    result = dpmq("subscribe", "t", url=url, timeout=20)
+    assert result.returncode == 3, result.stderr
+    assert f"cannot reach the broker at {url}" in result.stderr
+    assert time.monotonic() - started < cli.SUBSCRIBE_FIRST_CONNECT_TIMEOUT + 5
+
+
+def test_a_refused_subscriber_says_refused_once(make_broker):
+    running = make_broker("memory")
+    result = dpmq("subscribe", "bad|topic", "--id", "c", url=running.url)
+    assert result.returncode == 1
+    assert result.stderr.count("refused") == 1 and "'|'" in result.stderr, result.stderr
+
+
+def test_subscribe_into_a_closed_pipe_ends_quietly_as_unix_tools_do(make_broker):
+    running = make_broker("memory")
+    reader, writer = os.pipe()
+    subscriber = subprocess.Popen([sys.executable, "-m", "dpmq.cli", "subscribe", "t", "--id", "piped"],
+                                  env=dict(os.environ, DPMQ_URL=running.url), stdout=writer,
+                                  stderr=subprocess.PIPE, text=True)
+    os.close(writer)
+    try:
+        wait_for(lambda: running.broker.members(), what="the subscriber")
+        running.publish("t", "first")
+        with os.fdopen(reader) as pipe:     # `| head -n 1`: read one line, then go away
+            assert json.loads(pipe.readline())["MessageData"] == "first"
+        running.publish("t", "second")
+        _, err = subscriber.communicate(timeout=10)
+    finally:
+        subscriber.kill()
+    assert subscriber.returncode == -signal.SIGPIPE and err == "", (subscriber.returncode, err)
+
+
+def serve_expecting_a_refusal(folder, *args, **variables):
+    """``dpmq serve`` that should exit at once; if it serves instead, its whole process group
+    (gunicorn's master and worker) is killed after 15 s."""
+    proc = subprocess.Popen([sys.executable, "-m", "dpmq.cli", "serve", *args], cwd=folder,
+                            env=dict(os.environ, DPMQ_STORAGE_ENGINE="memory", **variables),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def test_serve_on_a_port_in_use_says_so_at_once_and_by_whom(tmp_path):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        started = time.monotonic()
+        result = serve_expecting_a_refusal(tmp_path, "--port", str(port))
+    assert result.returncode == 2, result.stderr
+    assert time.monotonic() - started < 4, "gunicorn's five seconds of retries were not skipped"
+    assert f"port {port} on 127.0.0.1 is already in use by process {os.getpid()} (" in result.stderr
+    assert "--port" in result.stderr and "DPMQ " not in result.stderr, "no banner before the refusal"
+
+
+def test_serve_refuses_a_misspelt_variable(tmp_path):
+    result = serve_expecting_a_refusal(tmp_path, "--port", str(free_port()),
+                                       DPMQ_MQ_PUSHMESSAGESPEED="0.5")
+    assert result.returncode == 2
+    assert "did you mean DPMQ_MQ_PUSHMESSAGESSPEED?" in result.stderr
+
+
+def test_check_config_checks_the_environment_as_serve_would(tmp_path):
+    good = tmp_path / "application.yaml"
+    good.write_text("mq:\n  pushMessagesSpeed: 0.5\n")
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("DPMQ_")}
+
+    def check(*args, **variables):
+        return subprocess.run([sys.executable, "-m", "dpmq.cli", "check-config", *args],
+                              cwd=tmp_path, env=dict(env, **variables), capture_output=True,
+                              text=True, timeout=30)
+
+    result = check(DPMQ_MQ_PUSHMESSAGESSPEED="abc")
+    assert result.returncode == 2
+    assert "mq.pushMessagesSpeed (from DPMQ_MQ_PUSHMESSAGESSPEED) must be a number" in result.stderr
+    result = check(str(good), DPMQ_MQ_PUSHMESSAGESPEED="0.25")
+    assert result.returncode == 2 and "did you mean DPMQ_MQ_PUSHMESSAGESSPEED?" in result.stderr
+    result = check(DPMQ_MQ_PUSHMESSAGESSPEED="0.25")         # ./application.yaml, as serve reads
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["mq"]["pushMessagesSpeed"] == 0.25
+    assert "application.yaml with DPMQ_MQ_PUSHMESSAGESSPEED: valid" in result.stderr
+
+
+def test_every_problem_of_a_file_is_reported_at_once(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("mq:\n  pushMessageSpeed: 1\n  messageChanBuffer: lots\n")
+    result = dpmq("check-config", str(bad))
+    assert result.returncode == 2
+    assert "unknown key mq.pushMessageSpeed: did you mean mq.pushMessagesSpeed?" in result.stderr
+    assert "mq.messageChanBuffer must be a whole number, got 'lots'" in result.stderr
+
+
+def test_subscribe_without_an_id_leaves_no_subscription_behind(make_broker):
+    running = make_broker("sqlite")
+    subscriber = subprocess.Popen([sys.executable, "-m", "dpmq.cli", "subscribe", "t", "--count", "1"],
+                                  env=dict(os.environ, DPMQ_URL=running.url), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: running.broker.members(), what="the subscriber")
+        running.publish("t", "one")
+        out, err = subscriber.communicate(timeout=10)
+    finally:
+        subscriber.kill()
+    assert subscriber.returncode == 0, err
+    assert json.loads(out)["MessageData"] == "one"
+
+    def subscriptions():
+        (topic,) = [t for t in running.get("/Console/GetTopics")["data"] if t["topic"] == "t"]
+        return topic["subscriptions"]
+    wait_for(lambda: subscriptions() == 0, what="the subscription to be forgotten")
