@@ -68,7 +68,7 @@ class PublishFastPath:
 
     def route(self, path, method, mimetype, length, origin):
         """What answers this request here, or None when Flask should (anything but the common
-        case). Also asked by :mod:`dpmq.warm_publish` for requests read straight off a socket."""
+        case). Also asked by :mod:`dpmq.serving.threads` for requests it answers directly."""
         route = ROUTES.get(path)
         if route is None or method != "POST" or origin:
             return None

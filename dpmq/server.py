@@ -1,8 +1,8 @@
-"""Running DPMQ under gunicorn with gthread workers, the production server of the design card.
+"""Running DPMQ under gunicorn, the production server of the design card.
 
-Under gthread every WebSocket holds a worker thread for its whole life; a connection beyond
-``threads`` would wait in its handshake until the client gives up. So the thread count is
-``server.maxConsumers`` plus ``server.httpThreads`` for producers and the console, and the broker
+The worker class is DPMQ's own (:mod:`dpmq.serving`): threads like gthread, ``server.httpThreads``
+of them for producers and the console, and one per consumer while it is connected; but a request is
+read whole before a thread is given to it, so slow clients cannot take the threads. The broker
 refuses consumer number ``maxConsumers + 1`` at once with close code 1013.
 
 gunicorn gives a worker no hook for SIGTERM, so :func:`post_worker_init` installs one: the broker
@@ -20,13 +20,10 @@ log = logging.getLogger(__name__)
 def gunicorn_options(settings):
     """The gunicorn settings that run ``settings`` correctly."""
     server = settings.server
-    threads = server.maxConsumers + server.httpThreads
     return {
         "bind": [f"{server.host}:{server.port}"],
         "workers": server.workers,
-        "worker_class": "dpmq.worker.DPMQWorker",
-        "threads": threads,
-        "worker_connections": threads + 1000,
+        "worker_class": "dpmq.serving.worker.DPMQWorker",
         "keepalive": 5,
         "timeout": 30,
         "graceful_timeout": int(server.shutdownTimeout) + 5,

@@ -227,3 +227,37 @@ def test_keep_alive_connections_serve_back_to_back_idle_and_pipelined_requests(s
     assert replies.count(b"HTTP/1.1 200") == 3
     topics = requests.get(broker.url + "/Console/GetTopics").json()["data"]
     assert [(t["topic"], t["published"]) for t in topics] == [("t", 9)]
+
+
+def test_a_graceful_stop_with_keep_alive_producers_ends_promptly_and_says_close(served):
+    """Replies during a stop say ``Connection: close`` and idle keep-alive connections are closed,
+    so the worker does not wait out its graceful timeout (15 s here) for producers."""
+    broker = served()
+    stop, closing, odd = threading.Event(), [], []
+
+    def produce():
+        session = requests.Session()
+        while not stop.is_set():
+            try:
+                reply = session.post(broker.url + "/ProducerSend",
+                                     data={"topic": "t", "messageData": "m"}, timeout=10)
+            except requests.ConnectionError:
+                return
+            if reply.status_code == 503:
+                closing.append(reply.headers.get("Connection"))
+            elif reply.status_code != 200:
+                odd.append(reply.status_code)
+    idle = requests.Session()
+    idle.post(broker.url + "/ProducerSend", data={"topic": "t", "messageData": "m"})
+    producers = [threading.Thread(target=produce) for _ in range(2)]
+    for thread in producers:
+        thread.start()
+    wait_for(lambda: requests.get(broker.url + "/Console/GetTopics").json()["data"], what="traffic")
+    started = time.monotonic()
+    broker.proc.send_signal(signal.SIGTERM)
+    assert broker.proc.wait(30) == 0
+    assert time.monotonic() - started < 8, "the worker waited out its graceful timeout"
+    stop.set()
+    for thread in producers:
+        thread.join(15)
+    assert odd == [] and all(value == "close" for value in closing), closing

@@ -1,0 +1,165 @@
+"""DPMQ's gunicorn worker: where a request ends, direct publishes answered as the application would,
+and everything else served by gunicorn on the same keep-alive connection."""
+
+import random
+import socket
+
+import pytest
+import requests
+from test_fastpath import BATCH_CASES, CASES, _ask
+
+from dpmq.serving.framing import FramingError, RequestFrame
+
+FORM = b"application/x-www-form-urlencoded"
+BODY = b"topic=t&messageData=m"
+
+
+def _raw(path, body, content_type=FORM, extra=b"", version=b"HTTP/1.1"):
+    return (b"POST %s %s\r\nHost: x\r\nContent-Type: %s\r\nContent-Length: %d\r\n%s\r\n"
+            % (path, version, content_type, len(body), extra) + body)
+
+
+CHUNKED = (b"POST /ProducerSend HTTP/1.1\r\nHost: x\r\nContent-Type: " + FORM
+           + b"\r\nTransfer-Encoding: chunked\r\n\r\n5\r\ntopic\r\n10;x=y\r\n=t&messageData=m\r\n"
+             b"0\r\nX-Trailer: 1\r\n\r\n")
+WHOLE = {
+    "content length": _raw(b"/ProducerSend", BODY),
+    "no body": b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+    "chunked with an extension and a trailer": CHUNKED,
+    "chunked, empty": b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("request_", WHOLE.values(), ids=WHOLE.keys())
+def test_a_request_ends_where_its_framing_says_in_any_cut(request_):
+    following = b"GET /next HTTP/1.1\r\n\r\n"
+    for _ in range(50):
+        frame, data, end = RequestFrame(1 << 20), b"", None
+        stream = request_ + following
+        while end is None:
+            data += stream[len(data):len(data) + random.randint(1, 8)]
+            end = frame.end(data)
+            assert end is None or len(data) >= len(request_)
+        assert end == len(request_)
+
+
+REFUSED = {
+    "length and chunked": (_raw(b"/ProducerSend", BODY, extra=b"Transfer-Encoding: chunked\r\n"), 400),
+    "two lengths": (_raw(b"/ProducerSend", BODY, extra=b"Content-Length: 22\r\n"), 400),
+    "length not digits": (_raw(b"/ProducerSend", BODY).replace(b"Length: 21", b"Length: +21"), 400),
+    "chunk size not hex": (CHUNKED.replace(b"\r\n5\r\n", b"\r\nzz\r\n"), 400),
+    "chunk longer than its size": (CHUNKED.replace(b"\r\n5\r\n", b"\r\n4\r\n"), 400),
+    "body too large": (_raw(b"/ProducerSend", b"x" * 2000), 413),
+    "chunked body too large": (CHUNKED.replace(b"\r\n10;x=y", b"\r\n800"), 413),
+    "header block too large": (b"GET / HTTP/1.1\r\n" + b"X: " + b"a" * 70000, 431),
+}
+
+
+@pytest.mark.parametrize("request_, status", REFUSED.values(), ids=REFUSED.keys())
+def test_framing_that_cannot_be_trusted_is_refused(request_, status):
+    with pytest.raises(FramingError) as refused:
+        RequestFrame(1024).end(request_ + b"\r\n" * 1000)
+    assert refused.value.status == status
+
+
+def test_a_websocket_handshake_is_told_apart():
+    frame = RequestFrame(1024)
+    frame.end(b"GET /ConsumersConn/t/c HTTP/1.1\r\nUpgrade: WebSocket\r\nConnection: Upgrade\r\n\r\n")
+    assert frame.upgrade and not RequestFrame(1024).upgrade
+
+
+def _whole_replies(data):
+    """How many whole replies ``data`` holds (each with a Content-Length)."""
+    count = 0
+    while b"\r\n\r\n" in data:
+        head, _, rest = data.partition(b"\r\n\r\n")
+        if head.startswith(b"HTTP/1.1 100"):
+            data = rest
+            continue
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        if len(rest) < length:
+            break
+        count, data = count + 1, rest[length:]
+    return count
+
+
+def _exchange(sock, data, replies=1):
+    """Send ``data``; read until ``replies`` whole replies came (or the broker closed)."""
+    sock.sendall(data)
+    got = b""
+    while _whole_replies(got) < replies:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        got += chunk
+    return got
+
+
+@pytest.mark.parametrize("path, name, kwargs",
+                         [("/ProducerSend", n, k) for n, k in CASES]
+                         + [("/ProducerSendBatch", n, k) for n, k in BATCH_CASES if n != "form"],
+                         ids=[n for n, _ in CASES] + [f"batch {n}" for n, _ in BATCH_CASES
+                                                       if n != "form"])
+def test_a_direct_publish_gets_the_reply_flask_gives(served, path, name, kwargs):
+    broker = served(storage={"engine": "memory"}, mq={"maxMessageBytes": 256})
+    broker.http = requests.Session()
+    assert _ask(broker, kwargs, flask=False, path=path) == _ask(broker, kwargs, flask=True, path=path)
+
+
+def test_on_one_keep_alive_connection_gunicorn_answers_what_is_not_a_plain_publish(served):
+    broker = served()
+    with socket.create_connection(("127.0.0.1", broker.port), timeout=5) as sock:
+        assert b'"code":0' in _exchange(sock, _raw(b"/ProducerSend", BODY))
+        health = _exchange(sock, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert health.startswith(b"HTTP/1.1 200")
+        assert b'"code":0' in _exchange(sock, _raw(b"/ProducerSend", BODY))
+        split = _raw(b"/ProducerSend", BODY)
+        sock.sendall(split[:40])
+        assert b'"code":0' in _exchange(sock, split[40:])
+        assert _exchange(sock, _raw(b"/ProducerSend", BODY) * 2, replies=2).count(b'"code":0') == 2
+        assert b'"code":0' in _exchange(sock, CHUNKED)
+        expect = _raw(b"/ProducerSend", BODY, extra=b"Expect: 100-continue\r\n")
+        head, body = expect[:-len(BODY)], expect[-len(BODY):]
+        sock.sendall(head)
+        assert sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        answered = _exchange(sock, body)
+        assert b'"code":0' in answered and b"100 Continue" not in answered
+        smuggled = _exchange(sock, _raw(b"/ProducerSend", BODY, extra=b"Transfer-Encoding: chunked"
+                                        b"\r\n") + b"0\r\n\r\n")
+        assert smuggled.startswith(b"HTTP/1.1 400")
+        assert sock.recv(100) == b"", "the connection is closed after a refused framing"
+    topics = requests.get(broker.url + "/Console/GetTopics").json()["data"]
+    assert [(t["topic"], t["published"]) for t in topics] == [("t", 7)]
+
+
+def test_a_bad_chunk_size_on_a_kept_alive_connection_is_a_400_and_the_end_of_it(served):
+    broker = served()
+    with socket.create_connection(("127.0.0.1", broker.port), timeout=5) as sock:
+        assert b'"code":0' in _exchange(sock, _raw(b"/ProducerSend", BODY))
+        reply = _exchange(sock, CHUNKED.replace(b"\r\n5\r\n", b"\r\nxyz\r\n"))
+        assert reply.startswith(b"HTTP/1.1 400") and b"chunk size" in reply
+        assert sock.recv(100) == b""
+
+
+def test_a_producer_on_one_connection_publishes_in_order_and_nothing_is_lost(served):
+    broker = served()
+    session = requests.Session()
+    codes = [session.post(broker.url + "/ProducerSend",
+                          data={"topic": "t", "messageData": str(n)}).json()["msg"]
+             for n in range(200)]
+    assert len(set(codes)) == 200
+    listed = requests.get(broker.url + "/Console/GetMessageList",
+                          params={"topic": "t", "limit": 500}).json()["data"]
+    in_order = sorted(listed, key=lambda m: m["offset"])
+    assert [(m["MessageCode"], m["MessageData"]) for m in in_order] == \
+        list(zip(codes, map(str, range(200))))
+
+
+def test_a_big_batch_arriving_in_many_reads_is_served_whole(served):
+    broker = served(mq={"messageChanBuffer": 10000})
+    session = requests.Session()
+    messages = [f"{n:05d}" + "x" * 200 for n in range(5000)]       # about 1 MB of JSON
+    reply = session.post(broker.url + "/ProducerSendBatch", json={"topic": "t", "messages": messages})
+    assert reply.json()["code"] == 0 and len(set(reply.json()["data"])) == 5000
+    topics = requests.get(broker.url + "/Console/GetTopics").json()["data"]
+    assert [(t["topic"], t["published"]) for t in topics] == [("t", 5000)]
