@@ -38,9 +38,10 @@ EXAMPLES = {
   printf 'a\\nb\\n' | dpmq publish orders -       one message per line of stdin
   dpmq subscribe orders --id me                print messages as JSON lines
   dpmq stats                                   topics and consumers, live
-  dpmq check-config application.yaml           validate a configuration file
+  dpmq check-config                            validate what dpmq serve would run
 
-environment: DPMQ_URL (default http://127.0.0.1:8080), DPMQ_TOKEN
+environment: DPMQ_URL (default http://127.0.0.1:8080), DPMQ_TOKEN; for serve and check-config,
+  DPMQ_CONFIG (the file) and DPMQ_<SECTION>_<KEY> (one key, e.g. DPMQ_MQ_PUSHMESSAGESSPEED)
 exit codes: 0 ok, 1 refused by the broker, 2 bad usage or config, 3 broker unreachable""",
     "serve": """examples:
   dpmq serve                                   serve ./application.yaml on 127.0.0.1:8080
