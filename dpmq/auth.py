@@ -5,48 +5,82 @@ Off by default. When on, every request names a token (``Authorization: Bearer <t
 (admin may do everything), and producer and consumer tokens may be limited to topic patterns. An
 unknown or missing token is refused with 401 (WebSocket 4401), a known one without the role or topic
 with 403 (4403). Tokens are compared in constant time, every one of them, so timing tells nothing.
+
+A token is also an identity: subscriptions belong to the identity that created them (SPEC section
+3), so the store must name it across restarts. It is named by a hash of the token, never the token
+itself: the store and its backups must not hold secrets. Anything else that authenticates (a JWT's
+``sub``) only has to give its own stable id.
 """
 
 import fnmatch
+import hashlib
 import hmac
 import logging
+from typing import NamedTuple
 
 from .errors import Forbidden, Unauthorized
 
 log = logging.getLogger(__name__)
 
 
+class Identity(NamedTuple):
+    """Who is asking: ``id`` is stable and not secret (``token:<hash>``), ``consumers`` the glob
+    patterns of the consumerIds and groups it may take over from their owners."""
+
+    id: str
+    role: str
+    consumers: tuple = ()
+
+    def may_take(self, name):
+        """Whether this identity may use consumerId or group ``name`` that another one owns."""
+        return self.role == "admin" or any(fnmatch.fnmatchcase(name, p) for p in self.consumers)
+
+
+def token_id(token):
+    """The stable, non-secret id of a static token: 128 bits of its SHA-256."""
+    return "token:" + hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+
+
 class Auth:
     def __init__(self, auth_settings):
         self.enabled = auth_settings.enabled
-        self._tokens = [(t.token.encode(), t) for t in auth_settings.tokens]
+        self._tokens = [(t.token.encode("utf-8", "surrogateescape"), t,
+                         Identity(token_id(t.token), t.role, tuple(t.consumers)))
+                        for t in auth_settings.tokens]
 
     def identify(self, presented):
         """The token entry matching ``presented``, or None."""
+        found = self._find(presented)
+        return found and found[0]
+
+    def _find(self, presented):
         if not presented:
             return None
         candidate = presented.encode("utf-8", "surrogateescape")
         found = None
-        for secret, entry in self._tokens:
+        for secret, entry, identity in self._tokens:
             if hmac.compare_digest(candidate, secret) and found is None:
-                found = entry
+                found = (entry, identity)
         return found
 
     def require(self, presented, role, topic=None):
-        """Raise Unauthorized or Forbidden unless ``presented`` may act as ``role`` on ``topic``."""
+        """Raise Unauthorized or Forbidden unless ``presented`` may act as ``role`` on ``topic``;
+        returns its :class:`Identity`, or None when auth is off."""
         if not self.enabled:
-            return
-        entry = self.identify(presented)
-        if entry is None:
+            return None
+        found = self._find(presented)
+        if found is None:
             raise Unauthorized("a valid token is required: send Authorization: Bearer <token>"
                                if presented is None else "this token is not valid")
+        entry, identity = found
         if entry.role == "admin":
-            return
+            return identity
         if entry.role != role:
             raise Forbidden(f"a {entry.role} token cannot do this; it needs the {role} role")
         if topic is not None and entry.topics and \
                 not any(fnmatch.fnmatchcase(topic, pattern) for pattern in entry.topics):
             raise Forbidden(f"this token may not use topic {topic!r}")
+        return identity
 
 
 def bearer(request, allow_query=False):

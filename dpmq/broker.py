@@ -36,6 +36,7 @@ from .errors import (
 from .housekeeping import Housekeeping
 from .inbound import Inbound
 from .metrics import PUBLISHED, History, Metrics, TopicCounts, merge
+from .ownership import Owners
 from .slots import Slots
 from .storage import open_engine
 from .subscription import Member
@@ -83,6 +84,7 @@ class Broker:
         self._hand_lock = threading.Lock()     # unpaced: one hand-out at a time, in order
         self._pump_thread = None
         self.housekeeping = Housekeeping(self)
+        self.owners = Owners(self.engine)
         self.inbound = Inbound(settings.server.pingInterval)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -267,13 +269,19 @@ class Broker:
     def shard_for(self, topic, key):
         return self.shards[hash((topic, key)) % len(self.shards)]
 
-    def subscribe(self, conn, ws, topic, consumer_id, group=None, ack=False, since=None):
-        """Register a connected consumer; raises Refused (with its close code) if it may not join."""
+    def subscribe(self, conn, ws, topic, consumer_id, group=None, ack=False, since=None,
+                  durable=True, identity=None):
+        """Register a connected consumer; raises Refused or Forbidden (with its close code) if it
+        may not join. ``identity`` (auth on) must own the subscription or may take it over;
+        ``durable=False`` asks for an ephemeral subscription (see :mod:`dpmq.ownership`)."""
         mq = self.settings.mq
         check_name("topic", topic, mq.maxTopicLength)
         check_name("consumerId", consumer_id, mq.maxConsumerIdLength)
         if group is not None:
             check_name("group", group, mq.maxConsumerIdLength)
+        member = Member(conn, ws, topic, consumer_id, group, ack, since)
+        sub = subscription_key(member)
+        owned = self.owners.claim(topic, sub, group or consumer_id, identity, durable)
         key = (topic, consumer_id)
         limit = self.settings.server.maxConsumers
         with self._lock:
@@ -286,12 +294,13 @@ class Broker:
                 raise Refused(f"too many consumers: the limit is {limit} (server.maxConsumers);"
                               " try again later", CLOSE_TRY_AGAIN)
             self._members[key] = None
-        member = Member(conn, ws, topic, consumer_id, group, ack, since)
         try:
             self._lock_consumer(topic, consumer_id)
             try:
-                self.shard_for(topic, subscription_key(member)).join(member)
+                self.owners.join(topic, sub, group or consumer_id, identity, durable, owned)
+                self.shard_for(topic, sub).join(member)
             except BaseException:
+                self.owners.leave(topic, sub)
                 self._unlock_consumer(topic, consumer_id)
                 raise
         except BaseException:
@@ -300,16 +309,19 @@ class Broker:
             raise
         with self._lock:
             self._members[key] = member
-        log.info("consumer connected topic=%r id=%r group=%r ack=%s from=%s",
-                 topic, consumer_id, group, ack, conn.remote_addr)
+        log.info("consumer connected topic=%r id=%r group=%r ack=%s durable=%s from=%s",
+                 topic, consumer_id, group, ack, durable, conn.remote_addr)
         return member
 
     def unsubscribe(self, member, reason="closed"):
-        """Forget a consumer whose connection ended; what it held goes back for redelivery."""
+        """Forget a consumer whose connection ended; what it held goes back for redelivery, and
+        an ephemeral subscription is forgotten (before its consumerId is free again)."""
         member.conn.detach()
-        self.shard_for(member.topic, subscription_key(member)).leave(member)
+        sub = subscription_key(member)
+        self.shard_for(member.topic, sub).leave(member)
         log.info("consumer disconnected topic=%r id=%r reason=%r delivered=%d acked=%d",
                  member.topic, member.consumer_id, reason, member.conn.delivered, member.acked)
+        self.owners.leave(member.topic, sub)
         self._unlock_consumer(member.topic, member.consumer_id)
         with self._lock:
             self._members.pop((member.topic, member.consumer_id), None)
@@ -381,7 +393,8 @@ class Broker:
         ``stale`` (a ``time.time()``), for the housekeeping thread to save."""
         # Shards where nothing moved are not asked (and not woken) between sweeps.
         shards = [shard for shard in self.shards if stale is not None or shard.touched]
-        return self._ask_shards("cursors", stale, timeout, shards)
+        return self.owners.durable_cursors(lambda: self._ask_shards("cursors", stale, timeout,
+                                                                    shards))
 
     def _ask_shards(self, kind, arg, timeout, shards=None):
         replies = []

@@ -35,5 +35,6 @@ def reply(msg="ok", data=None, code=0, status=200):
 
 
 def authorize(role, topic=None, allow_query=False):
-    """Raise Unauthorized or Forbidden unless this request's token may act as ``role``."""
-    current_app.extensions["dpmq_auth"].require(bearer(request, allow_query), role, topic)
+    """Raise Unauthorized or Forbidden unless this request's token may act as ``role``; returns
+    who it is (an :class:`~dpmq.auth.Identity`, None with auth off)."""
+    return current_app.extensions["dpmq_auth"].require(bearer(request, allow_query), role, topic)

@@ -70,9 +70,10 @@ def _refuse(ws, code, text):
 def consumers_conn(ws, topic, consumer_id):
     b = broker()
     try:
-        authorize("consumer", topic, allow_query=True)
+        identity = authorize("consumer", topic, allow_query=True)
         options = _options(request.args)
-        member = b.subscribe(request.environ["dpmq.connection"], ws, topic, consumer_id, **options)
+        member = b.subscribe(request.environ["dpmq.connection"], ws, topic, consumer_id,
+                             identity=identity, **options)
     except (BadRequest, Refused, Unauthorized, Forbidden) as exc:
         _refuse(ws, getattr(exc, "close_code", CLOSE_BAD_INPUT), str(exc))
         return
@@ -94,20 +95,26 @@ def _take_input(b, member, ws):
 
 
 def _options(args):
-    """group, ack and since from the query string, checked."""
-    unknown = sorted(set(args) - {"group", "ack", "since", "token"})
+    """group, ack, since and durable from the query string, checked."""
+    unknown = sorted(set(args) - {"group", "ack", "since", "durable", "token"})
     if unknown:
-        raise BadRequest(f"unknown query parameter {unknown[0]!r}; DPMQ knows group, ack and since")
+        raise BadRequest(f"unknown query parameter {unknown[0]!r}; DPMQ knows group, ack, since"
+                         " and durable")
     ack = args.get("ack", "0")
     if ack not in ("0", "1", "true", "false"):
         raise BadRequest("ack must be 1 or 0")
+    durable = args.get("durable", "1")
+    if durable not in ("0", "1", "true", "false"):
+        raise BadRequest("durable must be 1 (the default: a subscription that is kept) or 0 (one"
+                         " forgotten when this consumer leaves)")
     since = args.get("since")
     if since is not None and since != "beginning" and not _is_code(since):
         raise BadRequest("since must be a MessageCode (40 hex characters) or 'beginning'")
     group = args.get("group")
     if group == "":
         raise BadRequest("group must not be empty")
-    return {"group": group, "ack": ack in ("1", "true"), "since": since}
+    return {"group": group, "ack": ack in ("1", "true"), "since": since,
+            "durable": durable in ("1", "true")}
 
 
 def _is_code(text):
