@@ -4,6 +4,7 @@ Every process here is a real server in a subprocess; they share the Redis on 127
 through a key prefix of the test's own.
 """
 
+import os
 import signal
 import subprocess
 import threading
@@ -12,6 +13,8 @@ import time
 import pytest
 import redis
 import requests
+
+from dpmq.storage.redis_streams import RedisEngine
 
 from helpers import (
     Collector,
@@ -62,8 +65,15 @@ def publish(node, topic, data, **extra):
 
 
 def joined(node, count):
-    wait_for(lambda: len(requests.get(node.url + "/Console/GetConsumers").json()["data"]) == count,
-             what=f"{count} consumers on port {node.port}")
+    """Wait until ``count`` consumers are connected to ``node`` itself (the console lists those
+    of every process: each names the process that holds it)."""
+    process = requests.get(node.url + "/Console/Ping").json()["data"]["process"]
+
+    def held():
+        consumers = requests.get(node.url + "/Console/GetConsumers").json()["data"]
+        return [entry for entry in consumers if entry["process"] == process]
+
+    wait_for(lambda: len(held()) == count, what=f"{count} consumers on port {node.port}")
 
 
 def publish_from_threads(nodes, topic, per_node, pause=0.0):
@@ -135,8 +145,7 @@ def test_a_consumer_id_is_connected_to_one_process_at_a_time(cluster):
     code, reason = connect_and_close_code(b.ws_url, "/ConsumersConn/t/only-one")
     assert code == 4409 and "another DPMQ process" in reason
     holder.close()
-    wait_for(lambda: not requests.get(a.url + "/Console/GetConsumers").json()["data"],
-             what="the holder to leave")
+    joined(a, 0)        # the holder left
     again = Collector(b.ws_url, "t", "only-one")
     joined(b, 1)
     assert publish(a, "t", "hello")[1]["code"] == 0
@@ -320,3 +329,104 @@ def test_processes_with_different_prefixes_are_different_brokers(cluster):
     publish(b, "t", "for b")
     assert on_b.wait_count(1)[0]["MessageData"] == "for b"
     on_b.close()
+
+
+#: Until the redis engine answers for every process (its storage owner adds these methods).
+needs_reports = pytest.mark.skipif(not hasattr(RedisEngine, "gather_reports"),
+                                   reason="RedisEngine.gather_reports and serve_reports are not there yet")
+
+
+def _console(url, path):
+    """A console call on a connection of its own, so that any worker of a server may answer."""
+    with requests.Session() as session:
+        reply = session.get(url + path, headers={"Connection": "close"}, timeout=10)
+    assert reply.status_code == 200, reply.text
+    return reply.json()
+
+
+def _holder(url, consumer_id, gone=False):
+    """The process that holds ``consumer_id``, as the console names it; with ``gone``, wait
+    until none does."""
+    def found():
+        held = {entry["consumerId"]: entry["process"]
+                for entry in _console(url, "/Console/GetConsumers")["data"]}
+        return consumer_id not in held if gone else held.get(consumer_id)
+    return wait_for(found, what=f"{consumer_id} {'gone from' if gone else 'in'} the console")
+
+
+def _workers(url, count):
+    """The processes of a server once ``count`` of them are up, as the console names them."""
+    def up():
+        seen = [vitals["process"] for vitals in _console(url, "/Console/GetOverview")["data"]["processes"]]
+        return seen if len(seen) == count else None
+    return wait_for(up, what=f"{count} workers")
+
+
+def _spread_over(server, processes, count):
+    """``count`` consumers of "news", held by every one of ``processes``. The kernel hands most
+    connections to one worker; a last one that lands there again is closed and made again."""
+    consumers, holders, attempt = [], [], 0
+    while len(consumers) < count:
+        assert attempt < 100, f"the connections never reached every worker: {holders}"
+        consumer_id = f"reader-{attempt}"
+        attempt += 1
+        consumer = Collector(server.ws_url, "news", consumer_id)
+        holder = _holder(server.url, consumer_id)
+        if len(consumers) == count - 1 and set(holders + [holder]) != set(processes):
+            consumer.close()
+            _holder(server.url, consumer_id, gone=True)
+            continue
+        consumers.append(consumer)
+        holders.append(holder)
+    return consumers
+
+
+@needs_reports
+def test_every_worker_answers_for_the_consumers_of_every_worker(tmp_path):
+    """With ``--workers 2`` a console request reaches either worker, and each held some of the
+    consumers: the answers counted 4 4 2 4 4 4 of 6. Every answer now covers both."""
+    require_redis()
+    prefix = redis_prefix()
+    server = ServedBroker(tmp_path, server={"workers": 2},
+                          storage={"engine": "redis", "prefix": prefix, "nodeTimeout": 2})
+    try:
+        server.start()
+        processes = _workers(server.url, 2)
+        consumers = _spread_over(server, processes, 6)
+        wanted = sorted(consumer.url.rsplit("/", 1)[1] for consumer in consumers)
+        for _ in range(10):
+            reply = _console(server.url, "/Console/GetConsumers")
+            assert reply["msg"] == "ok"
+            assert sorted(entry["consumerId"] for entry in reply["data"]) == wanted
+            assert {entry["process"] for entry in reply["data"]} == set(processes)
+            (news,) = _console(server.url, "/Console/GetTopics")["data"]
+            assert news["consumers"] == 6
+            overview = _console(server.url, "/Console/GetOverview")["data"]
+            assert overview["consumers"] == 6
+            assert sorted(vitals["process"] for vitals in overview["processes"]) == sorted(processes)
+        for consumer in consumers:
+            consumer.close()
+    finally:
+        server.stop()
+        drop_prefix(prefix)
+
+
+@needs_reports
+def test_a_process_that_does_not_answer_is_named(cluster):
+    a, b = cluster(2, storage={"nodeTimeout": 10})
+    here = Collector(a.ws_url, "t", "here")
+    there = Collector(b.ws_url, "t", "there")
+    joined(a, 1)
+    joined(b, 1)
+    silent = requests.get(b.url + "/Console/Ping").json()["data"]["process"]
+    os.killpg(b.proc.pid, signal.SIGSTOP)       # alive to its heartbeat's end, answering nothing
+    try:
+        reply = _console(a.url, "/Console/GetConsumers")
+        assert [entry["consumerId"] for entry in reply["data"]] == ["here"]
+        assert reply["msg"].startswith("incomplete") and silent in reply["msg"], reply["msg"]
+    finally:
+        os.killpg(b.proc.pid, signal.SIGCONT)
+    wait_for(lambda: _console(a.url, "/Console/GetConsumers")["msg"] == "ok", what="b to answer")
+    assert len(_console(a.url, "/Console/GetConsumers")["data"]) == 2
+    here.close()
+    there.close()

@@ -55,7 +55,7 @@ def test_the_rate_charts_have_a_legend_and_axes(make_broker, browser):
     page.goto(running.url + "/Console/")
     running.publish_many("t", ["x"] * 50)
     # Two samples of the history (one a second) make a line and a time axis.
-    page.wait_for_function("document.querySelectorAll('#rates .x-axis text.tick').length === 5",
+    page.wait_for_function("document.querySelectorAll('#rates .x-axis text.tick').length >= 3",
                            timeout=15000)
     legend = page.inner_text("#rates-chart .legend")
     assert "Published" in legend and "Delivered" in legend and legend.count("per second") == 2
@@ -63,13 +63,11 @@ def test_the_rate_charts_have_a_legend_and_axes(make_broker, browser):
     assert "time" in page.text_content("#rates .x-axis .axis-title")
     ticks = page.eval_on_selector_all("#rates .x-axis text.tick", "nodes => nodes.map(n => n.textContent)")
     assert all(re.fullmatch(r"\d\d:\d\d:\d\d", tick) for tick in ticks), ticks
-    assert ticks == sorted(ticks) and len(set(ticks)) > 1
+    assert ticks == sorted(ticks) and len(set(ticks)) == len(ticks)
     values = page.eval_on_selector_all("#rates .y-axis text.tick", "nodes => nodes.map(n => n.textContent)")
     assert values[0] == "0" and float(values[-1]) > 0
-    colours = page.eval_on_selector_all("#rates polyline", "nodes => nodes.map(n => n.getAttribute('stroke'))")
-    swatches = page.eval_on_selector_all("#rates-chart .legend .swatch",
-                                         "nodes => nodes.map(n => n.style.background)")
-    assert len(colours) == 2 and len(swatches) == 2     # one line per legend entry
+    lines = page.query_selector_all("#rates polyline")
+    assert len(lines) == len(page.query_selector_all("#rates-chart .legend li")) == 2
     assert "messages" in page.text_content("#buffer .y-axis .axis-title")
     page.wait_for_function("document.getElementById('buffer-capacity').textContent === '100'")
     assert "waiting to be pushed" in page.inner_text("#buffer-chart .legend")
@@ -82,3 +80,16 @@ def test_the_failed_tile_says_what_it_counts(make_broker, browser):
     tile = page.wait_for_selector(".tile[data-label='Failed deliveries']")
     assert "ack timeouts" in tile.get_attribute("title")
     assert page.query_selector(".tile[data-label='Failed pushes']") is None
+
+
+def test_the_console_names_the_process_that_answered_and_that_holds_each_consumer(make_broker, browser):
+    running = make_broker("memory")
+    Collector(running.ws_url, "t", "watched")
+    wait_for(lambda: running.broker.members(), what="the consumer")
+    process = running.get("/Console/Ping")["data"]["process"]
+    page = browser.new_page(bypass_csp=True)
+    page.goto(running.url + "/Console/")
+    row = page.wait_for_selector("#consumers-body tr:has-text('watched')")
+    assert row.inner_text().split("\t")[-1] == process
+    page.wait_for_function(f"document.getElementById('meta').textContent.includes('answered by {process}')")
+    assert "1 process" in page.inner_text("#meta") and page.is_hidden("#missing")

@@ -1,10 +1,20 @@
-"""The console API: consumers, configuration, dead letters, liveness."""
+"""The console API: consumers, configuration, dead letters, liveness.
 
+With the redis engine several processes are one broker, and each holds its own consumers and
+counters. Whichever of them answers, what the console shows covers them all: the consumers, the
+topics' consumer counts and counters and the overview merge this process's :func:`process_report`
+with those of the other live processes, which the engine gathers for it (each process answers
+with its own report). A process that does not answer in time is named in the reply's ``msg``;
+every consumer names the process that holds it.
+"""
+
+import os
+import socket
 import time
 
 from flask import Blueprint, request
 
-from ..errors import BadRequest
+from ..errors import BadRequest, StoreError
 from ..message import format_time
 from ..metrics import EVENTS
 from ..validation import check_name
@@ -18,26 +28,78 @@ def admins_only():
     authorize("admin")
 
 
-@bp.get("/GetConsumers")
-def get_consumers():
-    b = broker()
-    positions = b.positions()
-    data = []
+#: Seconds a console answer waits for the other processes of the broker.
+GATHER_TIMEOUT = 1.0
+#: Seconds a process answering another's question waits for its delivery shards' positions:
+#: well within GATHER_TIMEOUT.
+POSITIONS_TIMEOUT = 0.5
+
+
+def process_name():
+    """This process as an operator finds it in ``ps`` and in the logs: host and pid."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def process_report(b, positions_timeout=None):
+    """What this process holds, JSON-able: its consumers, its per-topic counters and recent rates,
+    its vital signs. Without ``positions_timeout`` the consumers' ``pending`` is left out, and the
+    delivery shards are not asked for their positions."""
+    return {"process": process_name(), "consumers": _consumers(b, positions_timeout),
+            "counts": b.topic_counts(), "rates": b.history.topic_rates(), "overview": overview(b)}
+
+
+def _consumers(b, positions_timeout):
+    positions = b.positions(positions_timeout) if positions_timeout else None
+    process, data = process_name(), []
     for member in b.members():
-        sub = member.subscription
-        position = positions.get((member.topic, sub.key), 0) if sub else 0
-        data.append({
+        entry = {
             "topic": member.topic,
             "consumerId": member.consumer_id,
             "group": member.group,
             "remoteAddr": member.conn.remote_addr,
             "connectedAt": format_time(member.connected_at),
             "delivered": member.conn.delivered,
-            "pending": max(0, b.heads.get(member.topic, 0) - position),
+            "pending": None,
             "ack": member.ack,
             "inFlight": len(member.flights),
-        })
-    return reply(data=data)
+            "process": process,
+        }
+        if positions is not None:
+            sub = member.subscription
+            position = positions.get((member.topic, sub.key), 0) if sub else 0
+            entry["pending"] = max(0, b.heads.get(member.topic, 0) - position)
+        data.append(entry)
+    return data
+
+
+def everywhere(b, positions_timeout=None):
+    """The reports of every process of the broker, this one first, and what is missing from
+    them (None, or which processes did not answer within GATHER_TIMEOUT, and why)."""
+    gather = getattr(b.engine, "gather_reports", None)      # None: an engine of one process
+    reports, missing = {}, None
+    if gather is not None:
+        try:
+            reports, silent = gather(GATHER_TIMEOUT)
+        except StoreError as exc:       # this process's own view still helps during an outage
+            missing = f"the other DPMQ processes of this broker could not be asked ({exc})"
+        else:
+            if silent:
+                missing = (f"{len(silent)} DPMQ process(es) of this broker did not answer within"
+                           f" {GATHER_TIMEOUT:g} s ({', '.join(silent)})")
+    return [process_report(b, positions_timeout)] + list(reports.values()), missing
+
+
+def _answer(data, missing):
+    if missing is None:
+        return reply(data=data)
+    return reply(f"incomplete: {missing}, so what they hold is missing; ask again, or look at"
+                 " their logs", data=data)
+
+
+@bp.get("/GetConsumers")
+def get_consumers():
+    reports, missing = everywhere(broker(), positions_timeout=5.0)
+    return _answer([entry for report in reports for entry in report["consumers"]], missing)
 
 
 @bp.get("/GetConfig")
@@ -47,13 +109,14 @@ def get_config():
 
 @bp.get("/Ping")
 def ping():
+    """This process's vital signs: a liveness probe asks the process it reached, and no other."""
     return reply("pong", data=overview(broker()))
 
 
 def overview(b):
-    """The broker's vital signs: what Ping answers and the console's overview shows."""
+    """A process's vital signs: what Ping answers and each process reports."""
     totals = [sum(column) for column in zip(*b.topic_counts().values())] or [0] * len(EVENTS)
-    return {"engine": b.engine.name, "accepting": b.accepting,
+    return {"engine": b.engine.name, "process": process_name(), "accepting": b.accepting,
             "uptime": round(time.time() - b.started, 3), "buffered": b.buffer.qsize(),
             "bufferCapacity": b.slots.capacity, "consumers": len(b.members()), "pushed": b.pushed,
             **{_camel(event): totals[index] for index, event in enumerate(EVENTS)}}
@@ -62,6 +125,10 @@ def overview(b):
 def _camel(name):
     head, *rest = name.split("_")
     return head + "".join(part.title() for part in rest)
+
+
+#: The overview's counters that add up over the processes of a broker.
+_SUMMED = ("consumers", "pushed", *map(_camel, EVENTS))
 
 
 def _subscription(fields, required_topic=True):
@@ -116,12 +183,16 @@ def requeue():
 @bp.get("/GetTopics")
 def get_topics():
     b = broker()
+    reports, missing = everywhere(b)
     stats = b.engine.topics()
-    counts = b.topic_counts()
-    rates = b.history.topic_rates()
-    consumers = {}
-    for member in b.members():
-        consumers[member.topic] = consumers.get(member.topic, 0) + 1
+    counts, rates, consumers = {}, {}, {}
+    for report in reports:
+        for topic, row in report["counts"].items():
+            counts[topic] = [x + y for x, y in zip(counts.get(topic, [0] * len(EVENTS)), row)]
+        for topic, rate in report["rates"].items():
+            rates[topic] = round(rates.get(topic, 0.0) + rate, 2)
+        for entry in report["consumers"]:
+            consumers[entry["topic"]] = consumers.get(entry["topic"], 0) + 1
     pending = b.engine.count_messages
     data = []
     for topic in sorted(set(stats) | set(consumers)):
@@ -133,7 +204,7 @@ def get_topics():
                      "subscriptions": entry["subscriptions"], "consumers": consumers.get(topic, 0),
                      "deadLetters": entry["deadLetters"], "delivered": row[EVENTS.index("delivered")],
                      "rate": rates.get(topic, 0.0)})
-    return reply(data=data)
+    return _answer(data, missing)
 
 
 STATUSES = ("pending", "delivered", "delayed", "dead")
@@ -168,9 +239,16 @@ def count_message():
 
 @bp.get("/GetOverview")
 def get_overview():
-    """Ping's vital signs plus the rate history behind the console's charts."""
+    """The vital signs of every process, summed where they add up, those of each (``processes``),
+    and the rate history behind the console's charts (of the process that answered, ``process``)."""
     b = broker()
-    return reply(data=dict(overview(b), history=b.history.rates()[-300:]))
+    reports, missing = everywhere(b)
+    processes = [report["overview"] for report in reports]
+    data = dict(processes[0], processes=processes, missing=missing,
+                history=b.history.rates()[-300:])
+    for name in _SUMMED:
+        data[name] = sum(vitals[name] for vitals in processes)
+    return _answer(data, missing)
 
 
 def _int(args, name, default, low, high):
