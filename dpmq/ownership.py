@@ -45,13 +45,12 @@ class Owners:
         owner = identity.id if identity is not None else None
         owned = self._store(self.engine.own, topic, sub, owner, durable)
         if identity is not None and owned.owner not in (None, owner) and not identity.may_take(name):
-            raise Forbidden(f"this {kind} belongs to someone else: another token created its"
-                            f" subscription on this topic. Use a {kind} of your own, or the"
-                            " owner's token (an admin may grant yours: auth.tokens[].consumers)")
+            # A WebSocket close reason holds 123 bytes: these fit.
+            raise Forbidden(f"this {kind} belongs to someone else: another token made it; use your"
+                            " own, or a token granted it in tokens[].consumers")
         if not durable and owned.durable:
-            raise Refused(f"this {kind} has a durable subscription here; durable=0 would delete what"
-                          " waits for it. Connect without durable=0, or use another consumerId",
-                          CLOSE_BAD_INPUT)
+            raise Refused("this consumerId has a durable subscription here, which durable=0 would"
+                          " delete: connect without durable=0, or use another id", CLOSE_BAD_INPUT)
         return owned
 
     def join(self, topic, sub, name, identity, durable, owned):

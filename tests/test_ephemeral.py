@@ -54,6 +54,7 @@ def test_a_durable_subscription_is_never_turned_ephemeral(broker):
     broker.publish("t", "waiting")
     code, reason = connect_and_close_code(broker.ws_url, "/ConsumersConn/t/audit?durable=0")
     assert code == 1008 and "durable subscription" in reason and "without durable=0" in reason
+    assert reason.endswith("another id"), "the whole reason fits in a close frame"
     durable = Collector(broker.ws_url, "t", "audit", "?durable=1")
     assert durable.wait_count(1)[0]["MessageData"] == "waiting"
     durable.close()

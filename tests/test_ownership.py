@@ -59,6 +59,7 @@ def test_another_token_cannot_take_a_consumer_id_and_what_waits_for_it(locked):
     thief = _connect(locked, "audit", OTHER)
     code, reason = _refused(thief)
     assert code == 4403 and "belongs to someone else" in reason
+    assert reason.endswith("tokens[].consumers"), "the whole reason fits in a close frame"
     assert thief.messages == [] and not locked.broker.members()
 
     owner = _connect(locked, "audit", OWNER)
