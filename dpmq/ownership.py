@@ -12,7 +12,10 @@ the store keeps for it is forgotten when its consumer leaves. It is for a lone c
 group is shared and kept. A durable subscription is never turned into an ephemeral one (that would
 delete what waits for it): such a request is refused with 1008. An ephemeral subscription still on
 record when its id connects again (its broker died before it could forget it) is forgotten then,
-under the consumer lock, so a consumer never resumes from a cursor it did not know it had.
+under the consumer lock, so a consumer never resumes from a cursor it did not know it had. The
+sweeps do not save an ephemeral subscription's cursor (see :meth:`Owners.durable_cursors`), so
+retention may drop its rows while it is connected for longer than ``mq.retentionSeconds``: its
+consumer, whose position is in memory, does not notice.
 
 Thread-safe: consumers join and leave on their own threads, the housekeeping thread saves cursors.
 """
