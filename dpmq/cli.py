@@ -52,7 +52,7 @@ exit codes: 0 ok, 1 refused by the broker, 2 bad usage or config, 3 broker unrea
   dpmq publish orders '{"id": 7}' --key customer-42 --delay 10
   seq 1000 | dpmq publish orders -             one message per line, sent in batches""",
     "subscribe": """examples:
-  dpmq subscribe orders                        a new consumer id, live messages only
+  dpmq subscribe orders                        live messages only; the subscription ends with it
   dpmq subscribe orders --id audit             a durable subscription: resumes where it left off
   dpmq subscribe orders --group workers --ack  share the work with the group, ack each message
   dpmq subscribe orders --since beginning --count 10 | jq .MessageData""",
@@ -102,8 +102,9 @@ def _parser():
 
     subscribe = command("subscribe", "print messages as JSON, one per line")
     subscribe.add_argument("topic")
-    subscribe.add_argument("--id", help="consumerId (default: a new one each run); reuse it to"
-                           " resume where you left off")
+    subscribe.add_argument("--id", help="consumerId: a durable subscription, reuse it to resume where"
+                           " you left off (default: a new id each run, whose subscription is"
+                           " forgotten when dpmq exits)")
     subscribe.add_argument("--group", help="consumer group to share the messages with")
     subscribe.add_argument("--ack", action="store_true", help="ack each message once printed")
     subscribe.add_argument("--since", help="a MessageCode, or 'beginning', to replay from")
@@ -303,11 +304,13 @@ def _publish(args):
 
 
 def _subscribe(args):
+    """Without --id (or --group) the consumerId is made up and its subscription ephemeral: a
+    durable one would stay in the store, never read again, after every run."""
     from .client import Consumer
     consumer_id = args.id or f"cli-{os.getpid()}-{int(time.time())}"
     received = 0
     with Consumer(args.url, args.topic, consumer_id, group=args.group, ack=args.ack,
-                  since=args.since, token=args.token,
+                  since=args.since, token=args.token, durable=bool(args.id or args.group),
                   first_connect_timeout=SUBSCRIBE_FIRST_CONNECT_TIMEOUT) as consumer:
         for message in consumer:
             _print(json.dumps(message.raw, ensure_ascii=False))
