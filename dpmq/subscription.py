@@ -87,6 +87,7 @@ class Subscription:
         self.flights = {}           # offset -> Flight
         self.attempts = attempts    # offset -> failed attempts, for messages not in flight
         self.sticky = collections.OrderedDict()     # ordering key -> Member
+        self._turn = 0              # where _choose starts looking among equally loaded members
         self.sent = 0               # messages handed out or dead-lettered, to tell progress from a stall
         self._retry = []            # heap of (offset, seq, record, attempts, requeued)
         self._reads = 1 << 20       # the most one catch-up read asks for (see _fetch)
@@ -108,11 +109,21 @@ class Subscription:
             member = self.sticky.get(record.key)
             if member is not None:
                 return member if self.can_take(member) else None
+        # The least loaded member that can take it; among equals, the next one after the member
+        # chosen last. A trickle of messages finds every member idle, all equal: without the
+        # turn, the first member in the list got every one of them.
+        count, turn = len(members), self._turn
         best = None
-        for member in members:
-            if self.can_take(member) and (best is None or member.load() < best.load()):
-                best = member
-        if best is not None and record.key is not None:
+        for index in range(turn, turn + count):
+            member = members[index % count]
+            if self.can_take(member):
+                load = member.load()
+                if best is None or load < best_load:
+                    best, best_load, best_index = member, load, index
+        if best is None:
+            return None
+        self._turn = (best_index + 1) % count
+        if record.key is not None:
             self.sticky[record.key] = best
             if len(self.sticky) > STICKY_KEYS:
                 self.sticky.popitem(last=False)

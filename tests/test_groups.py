@@ -4,6 +4,8 @@ import collections
 import socket
 import time
 
+import pytest
+
 from helpers import Collector, connect_and_close_code, wait_for
 
 
@@ -135,3 +137,23 @@ def test_a_key_stays_with_its_member_when_others_join_later(make_broker, engine_
         wait_for(lambda code=code: code in first.codes, what=f"{code} at the first member")
         first.send(code)
     assert first.codes == codes
+
+
+@pytest.mark.parametrize("ack", [False, True], ids=["no-ack", "ack"])
+def test_a_trickle_of_single_messages_goes_round_the_idle_members(broker, ack):
+    """Each message is delivered (and acked) before the next is published, so every member is
+    idle when it comes: they must take turns, not all go to the first."""
+    query = "?group=g&ack=1" if ack else "?group=g"
+    members = [Collector(broker.ws_url, "t", f"w{i}", query, auto_ack=ack) for i in range(4)]
+    _members(broker, 4)
+
+    def settled(count):
+        consumers = broker.get("/Console/GetConsumers")["data"]
+        return (sum(len(m.messages) for m in members) == count
+                and all(c["inFlight"] == 0 for c in consumers))
+
+    for i in range(20):
+        assert broker.publish("t", str(i))["code"] == 0
+        wait_for(lambda: settled(i + 1), what=f"message {i} delivered and done")
+    assert [len(m.messages) for m in members] == [5, 5, 5, 5]
+    assert sorted(int(d) for m in members for d in m.datas) == list(range(20))
