@@ -1,7 +1,7 @@
 """A small Python client for DPMQ: :class:`Producer` over HTTP, :class:`Consumer` over WebSocket.
 
 It needs nothing beyond DPMQ's own dependencies: the standard library's ``http.client`` (one
-keep-alive connection) and simple-websocket's client.
+keep-alive connection) and a WebSocket client on wsproto (:mod:`dpmq.websocket_client`).
 
     from dpmq.client import Producer, Consumer
 
@@ -20,16 +20,16 @@ import http.client
 import json
 import logging
 import random
-import socket
 import threading
 import time
 import urllib.parse
 import uuid
 
-from simple_websocket import Client, ConnectionClosed
+from simple_websocket import ConnectionClosed
 from simple_websocket import ConnectionError as HandshakeRefused
 
 from .errors import CLOSE_DUPLICATE, DPMQError
+from .websocket_client import WebSocketClient
 
 log = logging.getLogger(__name__)
 
@@ -52,98 +52,6 @@ class ClientError(DPMQError):
 
 class ConnectionFailed(DPMQError):
     """Raised when the broker cannot be reached (after the retries, for a Producer)."""
-
-
-class _LockedSocket:
-    """A socket whose ``send`` writes everything under one lock, so frames never interleave."""
-
-    def __init__(self, sock, lock):
-        self._sock = sock
-        self._lock = lock
-
-    def send(self, data):
-        with self._lock:
-            self._sock.sendall(data)
-        return len(data)
-
-    def __getattr__(self, name):
-        return getattr(self._sock, name)
-
-
-class WebSocketClient(Client):
-    """simple-websocket's client, with fixes for what a consumer needs.
-
-    Writes are serialised: its reader thread answers the broker's Pings (building the Pong with the
-    same wsproto connection) while the application thread sends acks, and neither wsproto nor the
-    socket may be used by two threads at once — interleaved, they corrupt frames, the broker closes
-    the connection, and the consumer reconnects and gets its unacked messages again.
-
-    No frame waits with the handshake: simple-websocket reads the server's response and keeps only
-    the first event; frames the same ``recv`` brought in (a broker that pushes right after
-    accepting) would wait in the parser until more data arrived — a message delivered late, or
-    never if nothing follows it. They are handled here, before the reader thread starts.
-
-    A program can end: the reader thread is a daemon (simple-websocket's is not, so a program that
-    leaves its receive loop without closing would never exit), and :meth:`close` waits
-    ``close_timeout`` seconds for the broker's Close reply, then shuts the socket down so that the
-    reader thread ends even when the broker never answers.
-
-    And a server that accepts the TCP connection but never answers the handshake fails the connect
-    after ``handshake_timeout`` seconds instead of hanging. (The TCP connect itself is the operating
-    system's: an address that drops packets takes its connect timeout, about two minutes on Linux.)
-    """
-
-    close_timeout = 1.0
-
-    def __init__(self, url, handshake_timeout=None, **options):
-        self._handshake_timeout = handshake_timeout
-        self._reader = None
-        super().__init__(url, thread_class=self._reader_thread, **options)
-
-    @classmethod
-    def connect(cls, url, handshake_timeout=None, **options):
-        """As simple-websocket's ``Client.connect``, plus ``handshake_timeout`` (seconds)."""
-        return cls(url, handshake_timeout=handshake_timeout, **options)
-
-    def _reader_thread(self, **options):
-        self._reader = threading.Thread(daemon=True, **options)
-        return self._reader
-
-    def handshake(self):
-        self._write_lock = threading.RLock()
-        self.sock = _LockedSocket(self.sock, self._write_lock)
-        try:
-            self.sock.settimeout(self._handshake_timeout)
-            super().handshake()
-            self.sock.settimeout(None)
-        except BaseException:
-            self.sock.close()           # simple-websocket would leave it open
-            raise
-        if not self._handle_events():
-            # Accepted and closed at once (a refusal with its close code): stay "connected" until
-            # the reader thread sees the end of the stream, so that receive() reports the code.
-            self.connected = True
-
-    def _handle_events(self):
-        with self._write_lock:
-            return super()._handle_events()
-
-    def send(self, data):
-        with self._write_lock:
-            super().send(data)
-
-    def close(self, reason=None, message=None):
-        """Send a Close frame, give the broker ``close_timeout`` seconds to answer it, then end the
-        connection and its reader thread whatever the broker does."""
-        with self._write_lock:
-            super(Client, self).close(reason, message)     # the Close frame, without closing the socket
-        if self._reader is not None and self._reader is not threading.current_thread():
-            self._reader.join(self.close_timeout)
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)    # wakes the reader thread if still in recv()
-        except OSError:
-            pass                                    # the broker closed it first
-        self.sock.close()
 
 
 @dataclasses.dataclass(frozen=True)
