@@ -11,9 +11,21 @@ short write simply leaves the rest for later.
 A delivery thread (see :mod:`dpmq.delivery`) queues data frames with :meth:`Connection.offer` and
 writes them with :meth:`Connection.flush`; when the socket is not writable it is told through
 ``on_progress`` and waits for writability in its selector. No thread ever blocks on a consumer.
+
+The outgoing buffer is a queue of the frames themselves, not a copy of their bytes: a message's
+frame is built once and every consumer's buffer holds the same ``bytes`` (see
+:mod:`dpmq.message`), and a socket gets several at once with one ``sendmsg``. 500 consumers that
+never read used to hold a copy each, 4 MB apiece (``mq.consumerBufferBytes``), which stayed
+after they left until the cyclic garbage collector came by; now what waits costs each of them a
+reference per frame, and the frames are let go as soon as a connection is closed.
+
+What waits in every buffer of one broker is also bounded together (:class:`Budget`,
+``mq.consumerBuffersTotalBytes``): a consumer over its share is refused further frames, and its
+subscription catches up from the store, as when its own buffer is full.
 """
 
 import collections
+import itertools
 import operator
 import select
 import socket
@@ -22,7 +34,7 @@ import threading
 from .frames import frame_extent
 
 _DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
-_COMPACT_AT = 1 << 16
+_GATHER = 512       # frames given to one sendmsg, below the kernel's IOV_MAX (1024 on Linux)
 _CONTROL_SLACK = 1 << 16        # Pongs and Closes may exceed the buffer limit by this much
 _RECORD = operator.itemgetter(1)    # of a mark: (stream position where a message ends, record)
 PING = b"\x89\x00"          # a server's Ping frame: unmasked, no payload
@@ -61,11 +73,72 @@ class GuardedSocket:
         return getattr(self._raw, name)
 
 
+class Budget:
+    """The bytes waiting in the outgoing buffers of all of one broker's consumers, and how many
+    more they may take (``mq.consumerBuffersTotalBytes``). Thread-safe: connections count into
+    it from the delivery shards and from the inbound thread.
+
+    Half of it goes first come, first served (each consumer up to its own limit). Past that half,
+    a connection may add a frame only while it holds less than an equal share of the other half,
+    or nothing at all, and nothing goes past the whole. So consumers that stop reading can take
+    half of the budget and their shares of the rest, and a consumer that reads, whose buffer
+    empties at every write, still finds room instead of being made to catch up from the store
+    because others do not read. Frames that are not messages (Pongs, Closes, error replies) are
+    never refused: each connection's are bounded by its own limit (see ``write_control``); nor is
+    a message larger than the whole budget when nothing else waits.
+    """
+
+    def __init__(self, total):
+        self.total = total
+        self.used = 0
+        self.connections = 0
+        self._lock = threading.Lock()
+
+    def admits(self, held, size):
+        """Whether a connection holding ``held`` bytes may queue ``size`` more. Without the lock,
+        as a guess for whoever decides what to offer; :meth:`take` decides under it."""
+        used = self.used + size
+        if used > self.total:
+            return not self.used    # a frame larger than the whole budget, when nothing waits
+        if used * 2 <= self.total or not held:
+            return True
+        return (held + size) * 2 * max(1, self.connections) <= self.total
+
+    def take(self, held, size):
+        """Count ``size`` more bytes queued by a connection holding ``held``, if admitted."""
+        with self._lock:
+            if not self.admits(held, size):
+                return False
+            self.used += size
+            return True
+
+    def add(self, size):
+        """Count bytes that may not be refused (frames that are not messages)."""
+        with self._lock:
+            self.used += size
+
+    def give_back(self, size):
+        """Bytes written to their socket, or thrown away with a closed connection."""
+        with self._lock:
+            self.used -= size
+
+    def join(self, held):
+        with self._lock:
+            self.connections += 1
+            self.used += held
+
+    def leave(self, held):
+        with self._lock:
+            self.connections -= 1
+            self.used -= held
+
+
 class Connection:
     """The outgoing side of one consumer socket. Thread-safe: every method takes the one lock.
 
     Message frames carry their record; :meth:`take_written` tells which were handed whole to the
-    kernel. ``limit`` bounds the bytes waiting in the buffer.
+    kernel. ``limit`` bounds the bytes waiting in the buffer, and so does the broker's
+    :class:`Budget` once the delivery shard has attached it.
     """
 
     def __init__(self, raw, limit, remote_addr=""):
@@ -74,14 +147,17 @@ class Connection:
         self.limit = limit
         self.remote_addr = remote_addr
         self.on_progress = None     # set by the delivery shard: call when it must flush or look
+        self.budget = None          # the broker's Budget, from when the member joins
         self.delivered = 0          # frames handed whole to the kernel
         self.broken = False         # a write failed: the peer is gone
         self.closing = False        # a Close frame is queued: no more data frames
         self.closed = False         # no more writes of any kind
         self._lock = threading.Lock()
-        self._out = bytearray()
-        self._head = 0              # bytes of _out already written
+        self._frames = collections.deque()  # what waits, oldest first: bytes, shared, never copied
+        self._head = 0              # bytes of _frames[0] already written
+        self._pending = 0           # bytes waiting in all of _frames
         self._queued = 0            # bytes ever queued, a stream position
+        self._asked = 1             # the size of the last message frame offered
         self._marks = collections.deque()   # (stream position where a message ends, record)
         self._written = []          # records written whole since the shard last looked
 
@@ -92,30 +168,60 @@ class Connection:
 
     @property
     def pending_bytes(self):
-        return len(self._out) - self._head
+        return self._pending
+
+    def has_room(self):
+        """Whether a frame the size of the last one offered would be taken now. Read without
+        the lock: a guess, which spares the store a catch-up read for a consumer that could not
+        take what it read."""
+        if self.closing or self.closed or self._pending >= self.limit:
+            return False
+        return self.budget is None or self.budget.admits(self._pending, self._asked)
+
+    def attach(self, budget):
+        """Count what waits here in ``budget`` from now on (the delivery shard does, when the
+        member joins; the handshake's bytes before that are counted then)."""
+        with self._lock:
+            if self.budget is None:
+                budget.join(self._pending)
+                self.budget = budget
+
+    def release(self):
+        """The delivery shard is done with this connection: let go of the frames and records it
+        still holds, and leave the budget."""
+        with self._lock:
+            self._shut()
+            self._marks.clear()
+            self._written = []
+            if self.budget is not None:
+                self.budget.leave(0)
+                self.budget = None
 
     def offer(self, frame, record):
-        """Queue a message frame; False if the connection is closing or its buffer is full."""
+        """Queue a message frame; False if the connection is closing, its buffer is full or the
+        budget refuses it."""
         with self._lock:
-            if self.closing or self.closed or len(self._out) - self._head >= self.limit:
+            if self.closing or self.closed or self._pending >= self.limit:
                 return False
-            self._out += frame
-            self._queued += len(frame)
+            self._asked = len(frame)
+            if self.budget is not None and not self.budget.take(self._pending, len(frame)):
+                return False
+            self._queue(frame)
             self._marks.append((self._queued, record))
             return True
 
     def offer_all(self, data, ends, records):
         """Queue several message frames at once (``data``; the i-th ends at ``ends[i]`` in it):
-        all of them, or none (False) when the connection is closing or :meth:`offer` would not
-        take the last of them either."""
+        all of them, or none (False) when the connection is closing, :meth:`offer` would not
+        take the last of them either, or the budget refuses them."""
         with self._lock:
             before_last = ends[-2] if len(ends) > 1 else 0
-            if (self.closing or self.closed
-                    or len(self._out) - self._head + before_last >= self.limit):
+            if self.closing or self.closed or self._pending + before_last >= self.limit:
+                return False
+            if self.budget is not None and not self.budget.take(self._pending, len(data)):
                 return False
             base = self._queued
-            self._out += data
-            self._queued += len(data)
+            self._queue(data)
             self._marks.extend(zip(map(base.__add__, ends), records))
             return True
 
@@ -124,8 +230,7 @@ class Connection:
         with self._lock:
             if not self.open:
                 return False
-            self._out += frame
-            self._queued += len(frame)
+            self._queue_unrefused(frame)
             return True
 
     def take_written(self):
@@ -139,29 +244,68 @@ class Connection:
         with self._lock:
             return self._flush_locked()
 
+    def _queue(self, data):
+        self._frames.append(data)
+        self._pending += len(data)
+        self._queued += len(data)
+
+    def _queue_unrefused(self, data):
+        if type(data) is not bytes:
+            data = bytes(data)          # simple-websocket's own buffer may be reused
+        if self.budget is not None:
+            self.budget.add(len(data))
+        self._queue(data)
+
     def _flush_locked(self):
-        out = self._out
-        while self._head < len(out) and not self.closed:
+        frames = self._frames
+        while frames and not self.closed:
             try:
-                with memoryview(out) as view, view[self._head:] as rest:
-                    sent = self.raw.send(rest, _DONTWAIT)
+                if len(frames) == 1:
+                    with memoryview(frames[0]) as view, view[self._head:] as rest:
+                        sent = self.raw.send(rest, _DONTWAIT)
+                else:
+                    with memoryview(frames[0]) as view, view[self._head:] as rest:
+                        parts = [rest]
+                        parts += itertools.islice(frames, 1, _GATHER)
+                        sent = self.raw.sendmsg(parts, (), _DONTWAIT)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
-                self.broken = self.closed = True
+                self._shut(broken=True)
                 break
-            self._head += sent
+            self._consume(sent)
             self._advance()
-        if self._head == len(out):
-            out.clear()
-            self._head = 0
-        elif self._head >= _COMPACT_AT and self._head * 2 >= len(out):
-            del out[:self._head]
-            self._head = 0
-        return self._head == len(out)
+        return not frames
+
+    def _consume(self, sent):
+        """``sent`` bytes from the front of the buffer went to the kernel: let go of the frames
+        written whole."""
+        self._pending -= sent
+        if self.budget is not None:
+            self.budget.give_back(sent)
+        frames, head = self._frames, self._head + sent
+        while frames and head >= len(frames[0]):
+            head -= len(frames.popleft())
+        self._head = head
+
+    def _drop_frames(self):
+        if self.budget is not None and self._pending:
+            self.budget.give_back(self._pending)
+        self._frames.clear()
+        self._head = self._pending = 0
+
+    def _shut(self, broken=False):
+        """No more writes: what waits is thrown away now, not when the connection is collected
+        (it is part of reference cycles, and freeing a stuck consumer's frames had to wait for
+        the cyclic garbage collector). Its records stay, for the shard to see what was not
+        written (:meth:`unwritten`) until :meth:`release`."""
+        self.closed = True
+        if broken:
+            self.broken = True
+        self._drop_frames()
 
     def _advance(self):
-        written = self._queued - (len(self._out) - self._head)
+        written = self._queued - self._pending
         marks = self._marks
         if marks and marks[-1][0] <= written:      # all of them, as most writes go
             self._written += map(_RECORD, marks)
@@ -176,6 +320,16 @@ class Connection:
         """The offset of the first queued message not yet written whole, or None."""
         with self._lock:
             return self._marks[0][1].offset if self._marks else None
+
+    def oldest_unwritten(self, wanted):
+        """The first record queued and not yet written whole for which ``wanted(record)`` is
+        true, or None. It is usually the first one: unlike :meth:`unwritten`, this does not
+        walk a whole full buffer for every cursor saved."""
+        with self._lock:
+            for _, record in self._marks:
+                if wanted(record):
+                    return record
+            return None
 
     def unwritten(self):
         """The records of the queued messages not yet written whole, in order."""
@@ -201,7 +355,7 @@ class Connection:
         control frame. With 10,000 idle consumers, queueing every Ping was about a sixth of the
         broker's idle CPU (``dpmq bench --idle 10000``)."""
         with self._lock:
-            if self.closed or self._head != len(self._out):
+            if self.closed or self._frames:
                 done, progress = self._write_control_locked(PING)
             else:
                 try:
@@ -209,7 +363,7 @@ class Connection:
                 except (BlockingIOError, InterruptedError):
                     sent = 0
                 except OSError:
-                    self.broken = self.closed = True
+                    self._shut(broken=True)
                     raise BrokenPipeError("the consumer is gone") from None
                 self._queued += sent
                 if sent == len(PING):
@@ -220,11 +374,10 @@ class Connection:
     def _write_control_locked(self, data):
         if self.closed:
             raise BrokenPipeError("DPMQ connection is closed")
-        if len(self._out) - self._head > self.limit + _CONTROL_SLACK:
-            self.broken = self.closed = True
+        if self._pending > self.limit + _CONTROL_SLACK:
+            self._shut(broken=True)
             raise BrokenPipeError("the consumer does not read what it asks for; dropped")
-        self._out += data
-        self._queued += len(data)
+        self._queue_unrefused(data)
         done = self._flush_locked()
         if self.broken:
             raise BrokenPipeError("the consumer is gone")
@@ -238,12 +391,14 @@ class Connection:
             self._flush_blocking(timeout=10)
 
     def _flush_blocking(self, timeout):
-        """Before a shard owns the connection (the handshake), wait for the socket a little."""
+        """Before a shard owns the connection (the handshake), wait for the socket a little.
+        With ``poll``: ``select.select`` fails for descriptors past 1,023."""
+        waiter = select.poll()
+        waiter.register(self.raw, select.POLLOUT)
         while not self.flush():
-            _, writable, _ = select.select([], [self.raw], [], timeout)
-            if not writable:
+            if not waiter.poll(timeout * 1000):
                 with self._lock:
-                    self.broken = self.closed = True
+                    self._shut(broken=True)
                 return
 
     def stop_reading(self):
@@ -256,4 +411,4 @@ class Connection:
     def detach(self):
         """No more writes, but leave the socket to the HTTP server that owns it."""
         with self._lock:
-            self.closed = True
+            self._shut()

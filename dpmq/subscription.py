@@ -77,7 +77,6 @@ class Subscription:
         self.retry_count = limits.sendRetryCount
         self.ack_timeout = limits.ackTimeout
         self.max_in_flight = limits.maxInFlight
-        self.buffer_limit = limits.consumerBufferBytes
         self.on_dead = on_dead      # on_dead(subscription, record, attempts, reason)
         self.timers = timers        # heap shared with the shard: (deadline, seq, subscription, flight)
         self.counts = counts        # this topic's event counts in the shard's table
@@ -97,7 +96,7 @@ class Subscription:
 
     # -- members -----------------------------------------------------------------------------
     def can_take(self, member):
-        if not member.conn.open or member.conn.pending_bytes >= self.buffer_limit:
+        if not member.conn.has_room():
             return False
         return not member.ack or len(member.flights) < self.max_in_flight
 
@@ -113,7 +112,7 @@ class Subscription:
         # chosen last. A trickle of messages finds every member idle, all equal: without the
         # turn, the first member in the list got every one of them.
         count, turn = len(members), self._turn
-        best = None
+        best = best_load = best_index = None
         for index in range(turn, turn + count):
             member = members[index % count]
             if self.can_take(member):
@@ -350,11 +349,11 @@ class Subscription:
             if offset < low and not requeued:
                 low = offset
         if not self.is_group:
+            flights = self.flights
             for member in self.members:     # what waits in its buffer without a Flight
-                for record in member.conn.unwritten():
-                    if record.offset not in self.flights:
-                        low = min(low, record.offset)
-                        break
+                record = member.conn.oldest_unwritten(lambda r: r.offset not in flights)
+                if record is not None:
+                    low = min(low, record.offset)
         return low - 1
 
     @property

@@ -1,12 +1,12 @@
 """The outgoing side of a consumer socket (dpmq.connection.Connection) over a real socket pair:
 a run of frames queued at once is written, counted and bounded exactly like frames queued one
-by one."""
+by one; and the budget that bounds every consumer's buffer together (dpmq.connection.Budget)."""
 
 import socket
 
 import pytest
 
-from dpmq.connection import PING, Connection
+from dpmq.connection import PING, Budget, Connection
 from dpmq.message import Record, Run, frame
 
 
@@ -144,3 +144,71 @@ def test_a_ping_on_a_closed_connection_says_so(pair):
     conn.detach()
     with pytest.raises(BrokenPipeError):
         conn.ping()
+
+
+def test_frames_queued_one_by_one_are_written_in_parts_whole_and_in_order(pair):
+    ours, theirs = pair
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    budget = Budget(1 << 30)
+    conn = Connection(ours, limit=1 << 30)
+    conn.attach(budget)
+    recs = records(1500, size=700)          # more frames than one sendmsg takes
+    for record in recs:
+        assert conn.offer(frame(record), record)
+    expected = b"".join(frame(record) for record in recs)
+    assert budget.used == len(expected)
+    received, written = b"", []
+    while not conn.flush() or len(received) < len(expected):
+        received += theirs.recv(1 << 16)
+        written += conn.take_written()
+    written += conn.take_written()
+    assert received == expected and written == recs
+    assert budget.used == 0 and conn.pending_bytes == 0
+
+
+def test_the_budget_goes_half_to_whoever_comes_then_to_those_under_their_share():
+    budget = Budget(100_000)
+    stuck, reader = [0, 0, 0], 0
+    budget.connections = 4
+    while True:                             # three consumers that never read take turns
+        took = [budget.take(held, 1000) for held in stuck]
+        stuck = [held + 1000 * ok for held, ok in zip(stuck, took)]
+        if not any(took):
+            break
+    assert budget.used == sum(stuck) <= 100_000
+    assert all(held > 100_000 // 8 for held in stuck), "each got its part of the first half"
+    for _ in range(12):                     # a reader holds at most a little, and gets room
+        assert budget.take(reader, 1000)
+        reader += 1000
+    assert reader == 12_000 and budget.used <= 100_000
+    assert not budget.take(reader, 1000), "past its share of the second half: refused"
+    budget.give_back(reader)
+    assert budget.take(0, 1000)
+
+
+def test_nothing_goes_past_the_budget_but_a_frame_larger_than_all_of_it_when_nothing_waits():
+    budget = Budget(10_000)
+    budget.connections = 1
+    assert budget.take(0, 9_000)
+    assert not budget.take(0, 2_000), "an empty connection too: not past the whole"
+    budget.give_back(9_000)
+    assert budget.take(0, 50_000)
+    assert not budget.take(0, 1)
+
+
+def test_a_closed_connection_lets_go_of_its_frames_at_once_and_its_records_when_released(pair):
+    ours, _ = pair
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    budget = Budget(1 << 30)
+    conn = Connection(ours, limit=1 << 30)
+    conn.attach(budget)
+    recs = records(100, size=2000)
+    for record in recs:
+        assert conn.offer(frame(record), record)
+    assert not conn.flush()                 # the peer reads nothing
+    assert budget.used > 0 and budget.connections == 1
+    conn.detach()
+    assert conn.pending_bytes == 0 and budget.used == 0, "the frames are given back at once"
+    assert conn.unwritten() == recs[-len(conn.unwritten()):], "the shard still sees what was not written"
+    conn.release()
+    assert conn.unwritten() == [] and budget.connections == 0

@@ -154,6 +154,6 @@ def test_a_trickle_of_single_messages_goes_round_the_idle_members(broker, ack):
 
     for i in range(20):
         assert broker.publish("t", str(i))["code"] == 0
-        wait_for(lambda: settled(i + 1), what=f"message {i} delivered and done")
+        wait_for(lambda i=i: settled(i + 1), what=f"message {i} delivered and done")
     assert [len(m.messages) for m in members] == [5, 5, 5, 5]
     assert sorted(int(d) for m in members for d in m.datas) == list(range(20))

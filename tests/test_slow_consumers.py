@@ -78,3 +78,80 @@ def test_consumers_that_vanish_mid_stream_do_not_disturb_the_rest(make_broker, e
         churner.join(10)
     assert steady.datas == [str(i) for i in range(1000)]
     wait_for(lambda: len(running.broker.members()) == 1, what="the churned consumers to leave")
+
+
+def _buffered_bytes(running):
+    """What /metrics says waits in the consumers' outboxes, all of them together."""
+    for line in running.http.get(running.url + "/metrics").text.splitlines():
+        if line.startswith("dpmq_consumer_buffered_bytes "):
+            return float(line.split()[1])
+    raise AssertionError("/metrics has no dpmq_consumer_buffered_bytes")
+
+
+def test_consumers_that_never_read_share_one_budget_and_catch_up_from_the_store(make_broker,
+                                                                                engine_name):
+    budget = 256 << 10
+    running = make_broker(engine_name, mq={"consumerBuffersTotalBytes": budget,
+                                           "consumerBufferBytes": 1 << 20,
+                                           "messageChanBuffer": 1000})
+    stalled = [RawConsumer(running.port, f"/ConsumersConn/t/stalled{i}") for i in range(4)]
+    reader = Collector(running.ws_url, "t", "reader")
+    wait_for(lambda: len(running.broker.members()) == 5, what="five consumers")
+    payload, total = "z" * 2000, 3000     # 6 MB each: far more than the kernel holds for one
+    codes, most = [], 0.0
+    for start in range(0, total, 250):
+        codes += running.publish_many("t", [f"{i}:{payload}" for i in range(start, start + 250)])
+        most = max(most, _buffered_bytes(running))
+    reader.wait_count(total)
+    assert reader.codes == codes, "the consumer that reads gets everything, in order"
+    held = _buffered_bytes(running)
+    # Without the budget, the four would hold 1 MB each (mq.consumerBufferBytes).
+    assert budget // 4 < held <= budget and most <= budget, (held, most)
+    for consumer in stalled[:2]:
+        consumer.read_slowly(total, chunk=65536, pause=0, ping_every=60)
+        assert consumer.error is None
+        assert [m["MessageCode"] for m in consumer.messages] == codes
+    for consumer in stalled[2:]:
+        consumer.abort()            # leave with their outboxes full
+    for consumer in stalled[:2]:
+        consumer.close()
+    wait_for(lambda: len(running.broker.members()) == 1, what="the four to leave")
+    wait_for(lambda: _buffered_bytes(running) == 0, what="their outboxes to be given back")
+
+
+class CountingSocket:
+    """A consumer's own socket, counting the writes tried on it."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.sends = 0
+
+    def send(self, *args):
+        self.sends += 1
+        return self.sock.send(*args)
+
+    def sendmsg(self, *args):
+        self.sends += 1
+        return self.sock.sendmsg(*args)
+
+    def __getattr__(self, name):
+        return getattr(self.sock, name)
+
+
+def test_a_consumer_that_stopped_reading_is_not_written_to_for_each_new_message(make_broker):
+    """Trying each stuck socket again for every message was most of what 500 stuck consumers
+    cost the delivery threads, and so the producers."""
+    running = make_broker("memory", mq={"messageChanBuffer": 1000})
+    stuck = RawConsumer(running.port, "/ConsumersConn/t/stuck")
+    reader = Collector(running.ws_url, "t", "reader")
+    wait_for(lambda: len(running.broker.members()) == 2, what="two consumers")
+    running.publish_many("t", ["y" * 16000] * 600)     # 10 MB: its socket takes a part only
+    reader.wait_count(600)
+    member = next(m for m in running.broker.members() if m.consumer_id == "stuck")
+    assert member.conn.pending_bytes > 0, "the stuck consumer's socket should be full"
+    counting = member.conn.raw = CountingSocket(member.conn.raw)
+    for i in range(100):
+        assert running.publish("t", str(i))["code"] == 0     # each wakes the delivery thread
+    reader.wait_count(700)
+    assert counting.sends < 10, f"{counting.sends} writes tried on a socket that takes nothing"
+    stuck.close()
