@@ -51,17 +51,25 @@ def _has_close_frame(data):
 
 
 class GuardedSocket:
-    """What simple-websocket sees as its socket: reads pass through, writes go through the owner."""
+    """What simple-websocket sees as its socket during the handshake: reads pass through, writes
+    (its handshake answer) go through the owner. Once DPMQ's own channel has the stream
+    (:meth:`seal`), simple-websocket has nothing left to say: its writes are let go."""
 
     def __init__(self, raw, owner):
         self._raw = raw
         self._owner = owner
+        self._sealed = False
+
+    def seal(self):
+        self._sealed = True
 
     def send(self, data):
+        if self._sealed:
+            return len(data)
         return self._owner.write_control(data)
 
     def sendall(self, data):
-        self._owner.write_control(data)
+        self.send(data)
 
     def recv(self, size):
         return self._raw.recv(size)
@@ -337,7 +345,8 @@ class Connection:
             return [record for _, record in self._marks]
 
     def write_control(self, data):
-        """simple-websocket's writes (handshake, Ping, Pong, Close): queued whole, in order.
+        """Writes that are not messages (the handshake's answer, Pings, Pongs, Close): queued
+        whole, in order.
 
         A peer that pings without reading would grow the buffer with Pongs for ever: past the
         buffer limit (plus slack) the connection is dropped instead.

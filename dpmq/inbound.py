@@ -1,25 +1,19 @@
 """What consumers send, read by one thread for all of them, and the pings that keep them alive.
 
-simple-websocket reads each connection on a thread of its own and pings from that thread too. With
-10,000 idle consumers and pings every 25 s, that is 800 thread wake-ups a second (a ping sent, a
-Pong read), and it cost 5.4 % of a core on the benchmark machine with nothing to deliver. Here
-one thread waits on every consumer socket in one selector and sends the pings that are due in
-rounds, at most one a second, so that their Pongs come back together and are read in a few passes.
+Reading each consumer on a thread of its own (simple-websocket's way) and pinging from that thread
+too meant, with 10,000 idle consumers and pings every 25 s, 800 thread wake-ups a second (a ping
+sent, a Pong read). Here one thread waits on every consumer socket in one selector and sends the
+pings that are due in rounds, at most one a second, so that their Pongs come back together and
+are read in a few passes. What a consumer sends is parsed by its
+:class:`~dpmq.transport.websocket.WebSocketChannel` on this thread (acks and nacks with ``?ack=1``
+handled as they arrive); every write goes through the consumer's
+:class:`~dpmq.connection.Connection`, which never blocks.
 
-A consumer's route thread still holds its connection (gunicorn serves it on that thread), but only
-waits for the end, in :meth:`Reader.wait`: in ``poll`` for the socket's hang-up alone, which data
-arriving does not wake. Waiting on a lock instead put 10,000 sleepers in the kernel's futex table,
-and every hand-over of the interpreter's lock then paid for walking them: connecting 10,000
+A consumer's route thread still holds its connection (flask-sock serves it on that thread), but
+only waits for the end, in :meth:`Reader.wait`: in ``poll`` for the socket's hang-up alone, which
+data arriving does not wake. Waiting on a lock instead put 10,000 sleepers in the kernel's futex
+table, and every hand-over of the interpreter's lock then paid for walking them: connecting 10,000
 consumers took a third more CPU.
-
-The frames are still parsed by simple-websocket's own event handling (over its wsproto
-connection), so Close, Ping, fragmented and oversized messages are answered as they always were;
-every write goes through the consumer's :class:`~dpmq.connection.Connection`, which never blocks.
-That handling (``_handle_events``) is the reader loop's own step, not a public call, which is why
-setup.cfg keeps simple-websocket below 2. One thing is read without it: a read that is exactly one
-empty Pong, when the bytes before it ended a frame (:class:`~dpmq.frames.FrameEnds` follows where
-they end). That is what an idle consumer sends, and the parser's way took about half of the
-interpreter's time that 10,000 idle consumers cost.
 """
 
 import collections
@@ -30,16 +24,13 @@ import socket
 import threading
 import time
 
-from wsproto.utilities import LocalProtocolError
-
-from .frames import FrameEnds
 from .shard_waits import drain
 
 log = logging.getLogger(__name__)
 
-#: A consumer's answer to our Ping (which carries nothing): FIN and Pong, masked, no payload.
-PONG = b"\x8a\x80"
-CLOSE_PING_TIMEOUT = 1008   # what simple-websocket closes a silent peer with
+#: The most read from a consumer's socket at once.
+READ = 4096
+CLOSE_PING_TIMEOUT = 1008   # a consumer that did not answer the last Ping
 _HANGUP = getattr(select, "POLLRDHUP", 0)
 
 
@@ -48,18 +39,15 @@ class Reader:
     closed or vanished, a Close was exchanged, it stopped answering pings, or the broker is
     stopping)."""
 
-    __slots__ = ("ws", "conn", "on_input", "due", "done", "ended", "frames")
+    __slots__ = ("channel", "conn", "on_input", "due", "done", "ended")
 
-    def __init__(self, ws, conn, on_input, due):
-        self.ws = ws                # the simple-websocket Server: its wsproto state and handling
+    def __init__(self, channel, conn, on_input, due):
+        self.channel = channel      # the WebSocket protocol: parses what arrives, closes
         self.conn = conn
-        self.on_input = on_input    # called when messages arrived
+        self.on_input = on_input    # called with the messages that arrived
         self.due = due              # when it is next pinged
         self.done = False
         self.ended = threading.Event()
-        # simple-websocket's handshake gives its parser a request rebuilt from the WSGI environ
-        # and no frame bytes: the first byte read from the socket starts a frame.
-        self.frames = FrameEnds()
 
     def wait(self):
         """Return once the connection has ended. Any end the inbound thread sees also shuts the
@@ -102,11 +90,11 @@ class Inbound:
         if self._thread is not None:
             self._thread.join(timeout)
 
-    def add(self, ws, conn, on_input):
-        """Read ``ws`` from now on; returns its :class:`Reader`, for the caller to :meth:`wait`
-        on. The caller registers the socket itself (the selector takes that from any thread), so
-        that a burst of new consumers does not wake the inbound thread once each."""
-        reader = Reader(ws, conn, on_input, time.monotonic() + self.interval)
+    def add(self, channel, conn, on_input):
+        """Read ``channel`` from now on; returns its :class:`Reader`, for the caller to
+        :meth:`wait` on. The caller registers the socket itself (the selector takes that from any
+        thread), so that a burst of new consumers does not wake the inbound thread once each."""
+        reader = Reader(channel, conn, on_input, time.monotonic() + self.interval)
         with self._lock:
             if self._closed:
                 _finish(reader)
@@ -125,8 +113,9 @@ class Inbound:
                 self._pings.append(reader)
                 if first:       # the thread may be waiting with no timeout: give it one
                     self._wake()
-        if ws.input_buffer:                     # what arrived with the handshake
-            on_input()
+        if channel.pending:                     # what arrived with the handshake
+            messages, channel.pending = channel.pending, []
+            on_input(messages)
         return reader
 
     def _wake(self):
@@ -167,40 +156,32 @@ class Inbound:
             self._ping(time.monotonic())
 
     def _read(self, reader):
-        """What the socket holds now, through simple-websocket's handling, as its reader thread
-        would do it."""
-        ws = reader.ws
+        """What the socket holds now, through the consumer's channel."""
+        channel = reader.channel
         try:
-            data = reader.conn.raw.recv(ws.receive_bytes)
-            if not data:
-                raise ConnectionResetError("the consumer closed its socket")
-            if len(data) == 6 and data.startswith(PONG) and reader.frames.at_start:
-                ws.pong_received = True     # all simple-websocket would do with it
-                return
-            reader.frames.feed(data)
-            ws.ws.receive_data(data)
-            ws.connected = ws._handle_events()
-        except (OSError, LocalProtocolError):
-            ws.connected = False
-        if ws.input_buffer:
-            reader.on_input()
-        if not ws.connected:
+            data = reader.conn.raw.recv(READ)
+        except OSError:
+            data = b""
+        messages = channel.receive(data)
+        if messages:
+            reader.on_input(messages)
+        if not data or not channel.open:
             self._end(reader)
 
     def _ping(self, now):
         """Ping every reader due within ``slack``; one that has not answered the previous Ping is
-        closed instead (1008), as simple-websocket would."""
+        closed instead (1008)."""
         pings, horizon = self._pings, now + self.slack
         while pings and pings[0].due <= horizon:
             reader = pings.popleft()
             if reader.done:
                 continue
-            ws = reader.ws
+            channel = reader.channel
             try:
-                if not ws.pong_received:
-                    ws.close(CLOSE_PING_TIMEOUT, "Ping/Pong timeout")
+                if not channel.pong_received:
+                    channel.close(CLOSE_PING_TIMEOUT, "Ping/Pong timeout")
                     raise ConnectionResetError("no Pong")
-                ws.pong_received = False
+                channel.pong_received = False
                 reader.conn.ping()
             except Exception:  # noqa: BLE001 - closed meanwhile, by either side
                 self._end(reader)
@@ -223,6 +204,5 @@ class Inbound:
 
 def _finish(reader):
     reader.done = True
-    reader.ws.connected = False
-    reader.conn.detach()            # like simple-websocket's reader at its end: no more writes
+    reader.conn.detach()            # no more writes: the socket goes back to the HTTP server
     reader.ended.set()

@@ -1,13 +1,15 @@
 """The consumer endpoint: ``GET /ConsumersConn/{topic}/{consumerId}`` over WebSocket.
 
-Before flask-sock builds its simple-websocket ``Server``, the request's socket is swapped for a
-:class:`~dpmq.connection.GuardedSocket`, so that the Connection is the only writer of the socket,
-and the permessage-deflate offer is dropped: every consumer then receives the same prebuilt frame
-bytes (declining an extension is allowed by RFC 6455, and DPMQ's small JSON objects gain little).
-simple-websocket would start a reader thread per connection (:class:`NoReaderThread` stands in for
-it): the broker's :class:`~dpmq.inbound.Inbound` reads every consumer and pings them instead, and
-the route thread only waits for its connection to end. What the consumer sends (acks and nacks
-with ``?ack=1``) is handled on the inbound thread as it arrives.
+flask-sock and simple-websocket accept the consumer: the route, and the handshake. Before they do,
+the request's socket is swapped for a :class:`~dpmq.connection.GuardedSocket`, so that the
+consumer's :class:`~dpmq.connection.Connection` is the only writer of the socket, and the
+permessage-deflate offer is dropped: every consumer then receives the same prebuilt frame bytes
+(declining an extension is allowed by RFC 6455, and DPMQ's small JSON objects gain little).
+simple-websocket's reader thread is never started (:class:`NoReaderThread`, its documented
+``thread_class`` option): from the handshake on, the stream is DPMQ's own
+(:class:`~dpmq.transport.websocket.WebSocketChannel`), read with every other consumer by the
+broker's :class:`~dpmq.inbound.Inbound` thread, and the route thread only waits for its end. What
+the consumer sends (acks and nacks with ``?ack=1``) is handled on the inbound thread as it arrives.
 """
 
 import json
@@ -15,15 +17,17 @@ import logging
 
 from flask import Blueprint, request
 from flask_sock import Sock
-from simple_websocket import ConnectionClosed
 
 from ..connection import Connection
 from ..errors import CLOSE_BAD_INPUT, BadRequest, Forbidden, Refused, Unauthorized
 from ..message import text_frame
+from ..transport.websocket import WebSocketChannel
 from . import authorize, broker, json_or_none
 
 log = logging.getLogger(__name__)
 bp = Blueprint("consumer", __name__)
+#: The largest message a consumer may send (an ack is about 60 bytes); larger closes it with 1009.
+MAX_MESSAGE_BYTES = 65536
 sock = Sock()
 _SOCKET_KEYS = ("gunicorn.socket", "werkzeug.socket")
 
@@ -37,11 +41,6 @@ class NoReaderThread:
 
     def start(self):
         pass
-
-
-def _close_reason(text):
-    """A close reason fits in 123 bytes of UTF-8 (RFC 6455 section 5.5)."""
-    return text.encode("utf-8")[:123].decode("utf-8", "ignore")
 
 
 @bp.before_request
@@ -59,38 +58,40 @@ def guard_socket():
             return
 
 
-def _refuse(ws, code, text):
-    try:
-        ws.close(code, _close_reason(text))
-    except ConnectionClosed:
-        pass
+def _take_over():
+    """The consumer's stream from now on: simple-websocket's part ended with the handshake."""
+    environ = request.environ
+    conn = environ["dpmq.connection"]
+    conn.socket.seal()          # flask-sock closes ``ws`` when the route returns: nothing to send
+    return WebSocketChannel(conn, MAX_MESSAGE_BYTES, trailing=environ.get("dpmq.trailing", b""))
 
 
 @sock.route("/ConsumersConn/<topic>/<consumer_id>", bp=bp)
 def consumers_conn(ws, topic, consumer_id):
     b = broker()
+    channel = _take_over()
     try:
         identity = authorize("consumer", topic, allow_query=True)
         options = _options(request.args)
-        member = b.subscribe(request.environ["dpmq.connection"], ws, topic, consumer_id,
-                             identity=identity, **options)
+        member = b.subscribe(channel.conn, channel, topic, consumer_id, identity=identity,
+                             **options)
     except (BadRequest, Refused, Unauthorized, Forbidden) as exc:
-        _refuse(ws, getattr(exc, "close_code", CLOSE_BAD_INPUT), str(exc))
+        channel.close(getattr(exc, "close_code", CLOSE_BAD_INPUT), str(exc))
         return
     try:
-        reader = b.inbound.add(ws, member.conn, lambda: _take_input(b, member, ws))
+        reader = b.inbound.add(channel, member.conn,
+                               lambda messages: _take_input(b, member, messages))
         reader.wait()
     finally:
-        code = ws.close_reason
+        code = channel.close_code
         reason = "closed by the consumer" if code in (1000, 1005) else f"closed with code {code}"
         b.unsubscribe(member, reason)
 
 
-def _take_input(b, member, ws):
+def _take_input(b, member, messages):
     """Frames the consumer sent: acks and nacks with ?ack=1, nothing DPMQ needs otherwise."""
-    while ws.input_buffer:
-        text = ws.input_buffer.pop(0)
-        if member.ack:
+    if member.ack:
+        for text in messages:
             _answer(b, member, text)
 
 
@@ -140,5 +141,5 @@ def _answer(b, member, text):
 
 @sock.route("/ConsumersConn/<path:rest>", bp=bp)
 def consumers_conn_malformed(ws, rest):
-    _refuse(ws, CLOSE_BAD_INPUT, "the URL must be /ConsumersConn/{topic}/{consumerId}, each 1 to 128"
-            " characters without '/' or '|'")
+    _take_over().close(CLOSE_BAD_INPUT, "the URL must be /ConsumersConn/{topic}/{consumerId}, each"
+                                        " 1 to 128 characters without '/' or '|'")
