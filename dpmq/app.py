@@ -41,9 +41,7 @@ def create_app(settings=None, start=True):
     app.extensions["dpmq_auth"] = Auth(settings.auth)
     app.extensions["dpmq_rate"] = RateLimiter(settings.mq.publishRate, settings.mq.publishBurst)
     app.extensions["dpmq_store_writes"] = StoreWrites()
-    serve_reports = getattr(broker.engine, "serve_reports", None)   # None: one process, no one asks
-    if serve_reports is not None:
-        serve_reports(lambda: console.process_report(broker, console.POSITIONS_TIMEOUT))
+    broker.engine.serve_reports(lambda: console.process_report(broker, console.POSITIONS_TIMEOUT))
     for blueprint in (producer.bp, consumer.bp, console.bp, health.bp, metrics.bp, web.bp):
         app.register_blueprint(blueprint)
     app.wsgi_app = app.extensions["dpmq_fastpath"] = PublishFastPath(app, app.wsgi_app)

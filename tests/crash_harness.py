@@ -147,8 +147,15 @@ def _kill_in_turn(brokers, kills, rng, log):
 
 
 def _wait_joined(broker, count):
-    wait_for(lambda: len(requests.get(broker.url + "/Console/GetConsumers").json()["data"]) == count,
-             timeout=20, what=f"{count} consumers on port {broker.port}")
+    """Wait until ``count`` consumers are connected to ``broker`` itself: on Redis the console
+    lists those of every process, each naming the process that holds it."""
+    process = requests.get(broker.url + "/Console/Ping").json()["data"]["process"]
+
+    def held():
+        consumers = requests.get(broker.url + "/Console/GetConsumers").json()["data"]
+        return sum(entry["process"] == process for entry in consumers)
+
+    wait_for(lambda: held() == count, timeout=20, what=f"{count} consumers on port {broker.port}")
 
 
 def _summary(recorders, names, accepted, refused, unknown, run_info):

@@ -14,8 +14,6 @@ import pytest
 import redis
 import requests
 
-from dpmq.storage.redis_streams import RedisEngine
-
 from helpers import (
     Collector,
     ServedBroker,
@@ -331,11 +329,6 @@ def test_processes_with_different_prefixes_are_different_brokers(cluster):
     on_b.close()
 
 
-#: Until the redis engine answers for every process (its storage owner adds these methods).
-needs_reports = pytest.mark.skipif(not hasattr(RedisEngine, "gather_reports"),
-                                   reason="RedisEngine.gather_reports and serve_reports are not there yet")
-
-
 def _console(url, path):
     """A console call on a connection of its own, so that any worker of a server may answer."""
     with requests.Session() as session:
@@ -381,7 +374,6 @@ def _spread_over(server, processes, count):
     return consumers
 
 
-@needs_reports
 def test_every_worker_answers_for_the_consumers_of_every_worker(tmp_path):
     """With ``--workers 2`` a console request reaches either worker, and each held some of the
     consumers: the answers counted 4 4 2 4 4 4 of 6. Every answer now covers both."""
@@ -411,7 +403,6 @@ def test_every_worker_answers_for_the_consumers_of_every_worker(tmp_path):
         drop_prefix(prefix)
 
 
-@needs_reports
 def test_a_process_that_does_not_answer_is_named(cluster):
     a, b = cluster(2, storage={"nodeTimeout": 10})
     here = Collector(a.ws_url, "t", "here")

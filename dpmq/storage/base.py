@@ -188,6 +188,18 @@ class Engine(abc.ABC):
         """Let ``consumer_id`` go (after its connection ended)."""
         return None
 
+    def serve_reports(self, report):
+        """Shared engines: answer the other processes' :meth:`gather_reports` with ``report()``,
+        a JSON-able dict of what this process holds (its consumers, counters), called on a thread
+        of the engine's own that may wait for it. One process has no one to answer."""
+        return None
+
+    def gather_reports(self, timeout):
+        """Shared engines: ask every other live process for its report and wait at most
+        ``timeout`` seconds; returns ``({node: report}, [node…])``, the reports that came and
+        the live processes that did not answer in time. One process: ``({}, [])``."""
+        return {}, []
+
     def claim(self, topic, sub, upto, limit, cursor):
         """Shared engines: take up to ``limit`` messages of group ``(topic, sub)`` for this
         process (requeued, then to retry, then new ones up to ``upto``; a group seen for the

@@ -112,7 +112,9 @@ class FeedFollower:
         self._fed[topic] = max(fed, head)
 
     def _event(self, event):
-        if event.get("node") != self.node and event.get("kind") == "requeue" and self._on_requeue:
+        if event.get("node") != self.node and event.get("kind") == "report":
+            self._asked(event)
+        elif event.get("node") != self.node and event.get("kind") == "requeue" and self._on_requeue:
             key = (event["topic"], event["sub"])
             self._on_requeue(key, [from_json(raw) for raw in event["records"]])
 

@@ -31,13 +31,14 @@ from .base import Engine
 from .redis_browse import BrowseQueries
 from .redis_feed import FeedFollower, from_json, record, text
 from .redis_owners import SubscriptionOwners
+from .redis_reports import ProcessReports
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 1000            # messages per append script, so that one call never holds Redis long
 
 
-class RedisEngine(FeedFollower, BrowseQueries, SubscriptionOwners, Engine):
+class RedisEngine(FeedFollower, ProcessReports, BrowseQueries, SubscriptionOwners, Engine):
     name = "redis"
     durable = True
     shared = True
@@ -71,6 +72,8 @@ class RedisEngine(FeedFollower, BrowseQueries, SubscriptionOwners, Engine):
         self._on_commit = self._on_remote = self._on_requeue = None
         self._fed = {}              # topic -> newest offset seen by the listener
         self._down_since = None
+        self._reporter = None       # answers the other processes' gather_reports
+        self._asks = queue.SimpleQueue()    # their requests, answered by the report thread
 
     # -- plumbing ----------------------------------------------------------------------------
     def _run(self, name, *args):
@@ -93,7 +96,8 @@ class RedisEngine(FeedFollower, BrowseQueries, SubscriptionOwners, Engine):
         self._check_redis_settings()
         self._fed = {topic: head for topic, head in self.heads().items()}
         self._heartbeat()
-        targets = [("dpmq-redis-commit", self._commit_loop), ("dpmq-redis-beat", self._beat_loop)]
+        targets = [("dpmq-redis-commit", self._commit_loop), ("dpmq-redis-beat", self._beat_loop),
+                   ("dpmq-redis-report", self._report_loop)]
         if on_remote is not None:
             targets.append(("dpmq-redis-listen", self._listen_loop))
         for name, target in targets:
@@ -117,6 +121,7 @@ class RedisEngine(FeedFollower, BrowseQueries, SubscriptionOwners, Engine):
             return
         self._closed.set()
         self._jobs.put(None)
+        self._asks.put(None)
         for thread in self._threads:
             thread.join(timeout=10)
         try:        # expired at once: the others take over whatever it still holds

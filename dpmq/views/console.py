@@ -75,17 +75,15 @@ def _consumers(b, positions_timeout):
 def everywhere(b, positions_timeout=None):
     """The reports of every process of the broker, this one first, and what is missing from
     them (None, or which processes did not answer within GATHER_TIMEOUT, and why)."""
-    gather = getattr(b.engine, "gather_reports", None)      # None: an engine of one process
     reports, missing = {}, None
-    if gather is not None:
-        try:
-            reports, silent = gather(GATHER_TIMEOUT)
-        except StoreError as exc:       # this process's own view still helps during an outage
-            missing = f"the other DPMQ processes of this broker could not be asked ({exc})"
-        else:
-            if silent:
-                missing = (f"{len(silent)} DPMQ process(es) of this broker did not answer within"
-                           f" {GATHER_TIMEOUT:g} s ({', '.join(silent)})")
+    try:
+        reports, silent = b.engine.gather_reports(GATHER_TIMEOUT)
+    except StoreError as exc:       # this process's own view still helps during an outage
+        missing = f"the other DPMQ processes of this broker could not be asked ({exc})"
+    else:
+        if silent:
+            missing = (f"{len(silent)} DPMQ process(es) of this broker did not answer within"
+                       f" {GATHER_TIMEOUT:g} s ({', '.join(silent)})")
     return [process_report(b, positions_timeout)] + list(reports.values()), missing
 
 
