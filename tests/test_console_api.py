@@ -1,6 +1,9 @@
 """The console API: topics, message browser, counts, overview."""
 
+import threading
 import time
+
+import requests
 
 from helpers import Collector, wait_for
 
@@ -86,3 +89,21 @@ def test_watching_the_consumers_does_not_hold_back_saving_their_cursors(make_bro
         return running.broker.engine.cursor("t", "c:watched") == head
 
     wait_for(saved, timeout=5, interval=0.01, what="the cursor to be saved")
+
+
+def test_a_slow_console_query_does_not_hold_up_readyz_or_delivery(make_broker):
+    """Console queries scan, and take seconds on a big store; readyz and a consumer catching up
+    from the store must not wait behind one. The browsing connection is held busy here."""
+    running = make_broker("sqlite")
+    running.publish_many("t", ["a", "b"])
+    engine = running.broker.engine
+    with engine._browse_lock:                   # a console query that takes its time
+        asked = threading.Thread(target=running.get, args=("/Console/GetTopics",))
+        asked.start()
+        ready = requests.get(running.url + "/readyz", timeout=5)
+        assert ready.status_code == 200
+        consumer = Collector(running.ws_url, "t", "late", query="?since=beginning")
+        assert consumer.wait_count(2, timeout=5)
+        assert asked.is_alive(), "the console query waits for its own connection"
+    asked.join(5)
+    consumer.close()

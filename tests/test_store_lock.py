@@ -75,6 +75,16 @@ def test_two_brokers_in_one_process_on_one_file_the_second_is_refused(make_broke
         again.stop()
 
 
+def test_a_symlink_to_the_store_meets_the_same_lock(make_broker, tmp_path):
+    first = make_broker("sqlite")
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    (other / "dpmq.db").symlink_to(tmp_path / "dpmq.db")
+    with pytest.raises(ConfigError):
+        RunningBroker(settings_for("sqlite", other))
+    assert first.publish("t", "x")["code"] == 0
+
+
 def test_a_gunicorn_sibling_waits_for_the_worker_it_replaces(tmp_path):
     """A graceful restart starts the new worker (same parent) before the old one has closed the
     store: it waits instead of refusing, and opens the store once the old one lets go."""

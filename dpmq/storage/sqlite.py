@@ -60,6 +60,10 @@ class SQLiteEngine(BrowseQueries, SubscriptionOwners, Engine):
         self._inserts = {}          # (n, shared) -> the statement inserting n messages
         self._read_lock = threading.Lock()
         self._reader = None
+        # The console's queries scan, and take seconds on a big store: they get a connection and
+        # a lock of their own, so that delivery's reads and /readyz never wait behind them.
+        self._browse_lock = threading.Lock()
+        self._browser = None
         self._writer = None
         self._on_commit = None
         self._closed = threading.Event()
@@ -99,6 +103,7 @@ class SQLiteEngine(BrowseQueries, SubscriptionOwners, Engine):
                 raise StoreError(f"the SQLite store {self.path!r} is unusable: {exc}. Restore it"
                                  " from a backup or point storage.path at a new file.") from None
             self._reader = self._connect()
+            self._browser = self._connect()
         except BaseException:
             if self._writer is not None:
                 self._writer.close()
@@ -111,7 +116,7 @@ class SQLiteEngine(BrowseQueries, SubscriptionOwners, Engine):
             return
         with self._commit_lock:
             self._closed.set()
-            for db in (self._reader, self._writer):
+            for db in (self._browser, self._reader, self._writer):
                 try:
                     db.close()
                 except Exception:  # noqa: BLE001 - closing is best effort
@@ -401,6 +406,14 @@ class SQLiteEngine(BrowseQueries, SubscriptionOwners, Engine):
         try:
             with self._read_lock:
                 return self._reader.execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"the SQLite store {self.path!r} could not be read: {exc}") from None
+
+    def _browse(self, sql, args=()):
+        """A console query, on the browsing connection (see ``__init__``)."""
+        try:
+            with self._browse_lock:
+                return self._browser.execute(sql, args).fetchall()
         except sqlite3.Error as exc:
             raise StoreError(f"the SQLite store {self.path!r} could not be read: {exc}") from None
 

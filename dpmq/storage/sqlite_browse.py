@@ -1,7 +1,8 @@
 """The SQLite engine's read-only queries for the console: topics, the message browser, counts.
 
-Kept apart from the engine's write path; they only read through ``self._query`` (the engine's
-read connection), and they scan: they are for people looking at the broker, not for delivery.
+Kept apart from the engine's write path; they only read through ``self._browse`` (a read
+connection of their own), and they scan: they are for people looking at the broker, not for
+delivery, which never waits behind them.
 """
 
 
@@ -13,7 +14,7 @@ class BrowseQueries:
                for topic, head in self.heads().items()}
         for field, table in (("retained", "messages"), ("subscriptions", "subscriptions"),
                              ("deadLetters", "dead_letters"), ("delayed", "delayed")):
-            for topic, count in self._query(f"select topic, count(*) from {table} group by topic"):
+            for topic, count in self._browse(f"select topic, count(*) from {table} group by topic"):
                 out.setdefault(topic, {"head": 0, "retained": 0, "subscriptions": 0,
                                        "deadLetters": 0, "delayed": 0})[field] = count
         return out
@@ -24,16 +25,16 @@ class BrowseQueries:
     def messages(self, topic=None, status=None, limit=50, before=None, code=None):
         keys = ("offset", "code", "topic", "data", "created", "key", "status")
         if status == "delayed":
-            rows = self._query("select 0, code, topic, data, created, key, 'delayed' from delayed"
+            rows = self._browse("select 0, code, topic, data, created, key, 'delayed' from delayed"
                                " where (?1 is null or topic = ?1) and (?2 is null or code = ?2)"
                                " order by due limit ?3", (topic, code, limit))
         elif status == "dead":
-            rows = self._query("select offset, code, topic, data, created, key, 'dead' from dead_letters"
+            rows = self._browse("select offset, code, topic, data, created, key, 'dead' from dead_letters"
                                " where (?1 is null or topic = ?1) and (?2 is null or code = ?2)"
                                " and (?3 is null or offset < ?3) order by offset desc limit ?4",
                                (topic, code, before, limit))
         else:
-            rows = self._query(
+            rows = self._browse(
                 f"select * from (select m.offset, m.code, m.topic, m.data, m.created, m.key,"
                 f" case when m.offset > {self._FLOOR} then 'pending' else 'delivered' end as status"
                 f" from messages m where (?1 is null or m.topic = ?1) and (?2 is null or m.code = ?2)"
@@ -42,11 +43,11 @@ class BrowseQueries:
         return [dict(zip(keys, row)) for row in rows]
 
     def count_messages(self, topic=None):
-        pending, retained = self._query(
+        pending, retained = self._browse(
             f"select coalesce(sum(m.offset > {self._FLOOR}), 0), count(*) from messages m"
             " where (?1 is null or m.topic = ?1)", (topic,))[0]
-        delayed = self._query("select count(*) from delayed where (?1 is null or topic = ?1)",
+        delayed = self._browse("select count(*) from delayed where (?1 is null or topic = ?1)",
                               (topic,))[0][0]
-        dead = self._query("select count(*) from dead_letters where (?1 is null or topic = ?1)",
+        dead = self._browse("select count(*) from dead_letters where (?1 is null or topic = ?1)",
                            (topic,))[0][0]
         return {"delayed": delayed, "pending": pending, "delivered": retained - pending, "dead": dead}

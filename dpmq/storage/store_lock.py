@@ -27,7 +27,9 @@ class StoreLock:
 
     def __init__(self, store_path):
         self.store_path = store_path
-        self.path = store_path + ".lock"
+        # Beside the file itself: a symlink to the store, or another spelling of its path, is
+        # the same store and must meet the same lock.
+        self.path = os.path.realpath(store_path) + ".lock"
         self._file = None
 
     def acquire(self, sibling_wait=SIBLING_WAIT):
