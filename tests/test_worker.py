@@ -10,6 +10,8 @@ from test_fastpath import BATCH_CASES, CASES, _ask
 
 from dpmq.serving.framing import FramingError, RequestFrame
 
+from helpers import wait_for
+
 FORM = b"application/x-www-form-urlencoded"
 BODY = b"topic=t&messageData=m"
 
@@ -52,6 +54,10 @@ REFUSED = {
     "body too large": (_raw(b"/ProducerSend", b"x" * 2000), 413),
     "chunked body too large": (CHUNKED.replace(b"\r\n10;x=y", b"\r\n800"), 413),
     "header block too large": (b"GET / HTTP/1.1\r\n" + b"X: " + b"a" * 70000, 431),
+    "the same length twice": (_raw(b"/ProducerSend", BODY, extra=b"Content-Length: 21\r\n"), 400),
+    "another transfer coding": (CHUNKED.replace(b"Encoding: chunked", b"Encoding: gzip, chunked"),
+                                501),
+    "lines ending in LF alone": (b"GET /healthz HTTP/1.1\nHost: x\n\n", 400),
 }
 
 
@@ -163,3 +169,23 @@ def test_a_big_batch_arriving_in_many_reads_is_served_whole(served):
     assert reply.json()["code"] == 0 and len(set(reply.json()["data"])) == 5000
     topics = requests.get(broker.url + "/Console/GetTopics").json()["data"]
     assert [(t["topic"], t["published"]) for t in topics] == [("t", 5000)]
+
+
+def test_what_a_consumer_sends_right_behind_its_handshake_is_read(served):
+    """A Close in the same packet as the upgrade is answered at once, and the id is free again,
+    instead of waiting for a ping timeout."""
+    broker = served()
+    handshake = (b"GET /ConsumersConn/t/quick HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                 b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                 b"Sec-WebSocket-Version: 13\r\n\r\n")
+    close = b"\x88\x82\x00\x00\x00\x00\x03\xe8"        # Close 1000, masked with a zero key
+    with socket.create_connection(("127.0.0.1", broker.port), timeout=5) as sock:
+        sock.sendall(handshake + close)
+        got = b""
+        while b"\x88" not in got.partition(b"\r\n\r\n")[2]:
+            chunk = sock.recv(4096)
+            assert chunk, f"closed without a Close reply: {got!r}"
+            got += chunk
+    assert got.startswith(b"HTTP/1.1 101")
+    assert wait_for(lambda: requests.get(broker.url + "/Console/GetConsumers").json()["data"] == [],
+                    timeout=5, what="the consumer to be gone")

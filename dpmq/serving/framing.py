@@ -19,6 +19,18 @@ KEPT = frozenset((b"content-type", b"content-length", b"authorization", b"origin
                   b"transfer-encoding", b"connection"))
 
 
+def _blank_line(data):
+    """Where the header block ends (its blank line), or None while it has not arrived."""
+    blank = data.find(b"\r\n\r\n", 0, MAX_HEAD)
+    if data.find(b"\n\n", 0, MAX_HEAD if blank < 0 else blank) >= 0:
+        raise FramingError(400, "the request's lines must end with CRLF (\\r\\n)")
+    if blank < 0:
+        if len(data) >= MAX_HEAD:
+            raise FramingError(431, f"the request's header block is over {MAX_HEAD} bytes")
+        return None
+    return blank
+
+
 class FramingError(Exception):
     """Raised when a request's framing is refused; ``status`` is the HTTP status to answer."""
 
@@ -53,10 +65,8 @@ class RequestFrame:
 
     def end(self, data):
         if self.head_end is None:
-            blank = data.find(b"\r\n\r\n", 0, MAX_HEAD)
-            if blank < 0:
-                if len(data) >= MAX_HEAD:
-                    raise FramingError(431, f"the request's header block is over {MAX_HEAD} bytes")
+            blank = _blank_line(data)
+            if blank is None:
                 return None
             self._read_head(bytes(data[:blank]))
             self.head_end = self._pos = blank + 4
@@ -66,7 +76,7 @@ class RequestFrame:
         return end if len(data) >= end else None
 
     def _read_head(self, head):
-        lengths = set()
+        lengths = []
         lines = head.split(b"\r\n")
         self.line = lines[0]
         fields = self.fields
@@ -79,24 +89,33 @@ class RequestFrame:
                 self.repeated = self.repeated or name in fields
                 fields[name] = value
             if name == b"content-length":
-                lengths.add(value)
+                lengths.append(value)
             elif name == b"transfer-encoding":
-                self.chunked = self.chunked or value.lower().endswith(b"chunked")
+                self._take_transfer_encoding(value)
             elif name == b"upgrade":
                 self.upgrade = self.upgrade or value.lower() == b"websocket"
-        if self.chunked and lengths:
+        if lengths:
+            self._take_length(lengths)
+
+    def _take_transfer_encoding(self, value):
+        if value.lower() != b"chunked" or self.chunked:
+            raise FramingError(501, "DPMQ reads request bodies sent whole or with"
+                                    " Transfer-Encoding: chunked alone, not"
+                                    f" {value[:40].decode('latin-1')!r}")
+        self.chunked = True
+
+    def _take_length(self, lengths):
+        if self.chunked:
             raise FramingError(400, "a request may not carry both Content-Length and"
                                     " Transfer-Encoding: chunked; send one")
         if len(lengths) > 1:
-            raise FramingError(400, "the request has two different Content-Length headers")
-        if lengths:
-            value = lengths.pop()
-            if not (value.isdigit() and len(value) <= 18):
-                raise FramingError(400, "Content-Length must be a whole number of bytes")
-            self.length = int(value)
-            if self.length > self.max_body:
-                raise FramingError(413, f"the request body is larger than mq.maxBodyBytes"
-                                        f" ({self.max_body} bytes)")
+            raise FramingError(400, "the request has more than one Content-Length header")
+        if not (lengths[0].isdigit() and len(lengths[0]) <= 18):
+            raise FramingError(400, "Content-Length must be a whole number of bytes")
+        self.length = int(lengths[0])
+        if self.length > self.max_body:
+            raise FramingError(413, f"the request body is larger than mq.maxBodyBytes"
+                                    f" ({self.max_body} bytes)")
 
     def _chunked_end(self, data):
         pos = self._pos

@@ -171,26 +171,29 @@ class RequestThreads:
         if full:
             conn.refuse(503, "too many consumers: the limit is server.maxConsumers; try again later")
             return
-        threading.Thread(target=self._serve_consumer, args=(conn, request),
+        # What the consumer sent right behind its handshake is the start of its WebSocket stream.
+        trailing = bytes(conn.buf)
+        conn.buf.clear()
+        threading.Thread(target=self._serve_consumer, args=(conn, request, trailing),
                          name="dpmq-consumer", daemon=True).start()
 
-    def _serve_consumer(self, conn, request):
+    def _serve_consumer(self, conn, request, trailing):
         try:
             conn.sock.settimeout(None)
-            self._serve(conn, request)
+            self._serve(conn, request, {"dpmq.trailing": trailing} if trailing else None)
         finally:
             conn.close()
             with self._lock:
                 self._consumers -= 1
 
     # -- through gunicorn ----------------------------------------------------------------------
-    def _serve(self, conn, request):
+    def _serve(self, conn, request, extra_environ=None):
         """One whole request through gunicorn's parser and the application; True if the
         connection may serve another."""
         req = None
         try:
             req = next(http.RequestParser(self.cfg, iter([request]), conn.addr))
-            return self._handle_request(conn, req)
+            return self._handle_request(conn, req, extra_environ)
         except (StopIteration, http.errors.NoMoreData):
             return False
         except OSError:
@@ -199,13 +202,14 @@ class RequestThreads:
             self.handle_error(req, conn.sock, conn.addr, exc)
             return False
 
-    def _handle_request(self, conn, req):
+    def _handle_request(self, conn, req, extra_environ=None):
         """gunicorn's sync worker's ``handle_request``, with keep-alive."""
         environ, resp = {}, None
         try:
             self.cfg.pre_request(self, req)
             started = datetime.now()
             resp, environ = wsgi.create(req, conn.sock, conn.addr, conn.server, self.cfg)
+            environ.update(extra_environ or ())
             self._count_request()
             if not self.alive or not self.cfg.keepalive:
                 resp.force_close()

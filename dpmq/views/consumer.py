@@ -70,6 +70,8 @@ def _take_over():
 def consumers_conn(ws, topic, consumer_id):
     b = broker()
     channel = _take_over()
+    if not channel.open:            # it sent a Close right behind its handshake
+        return
     try:
         identity = authorize("consumer", topic, allow_query=True)
         options = _options(request.args)
