@@ -146,3 +146,17 @@ def test_a_message_over_max_message_bytes_is_refused_naming_it_in_every_encoding
         assert reply.json()["code"] == -1 and "mq.maxMessageBytes" in reply.json()["msg"], encoding
         assert "maxBodyBytes" not in reply.json()["msg"], encoding
     assert running.broker.engine.head("big") == 0
+
+
+def test_a_multipart_file_part_is_the_message_and_bytes_not_utf8_are_refused(broker):
+    """``curl -F messageData=@file`` sends a file part; a part that is not UTF-8 is refused rather
+    than stored with U+FFFD in place of its bytes."""
+    sent = broker.http.post(broker.url + "/ProducerSend",
+                            files={"topic": (None, "t"), "messageData": ("m.txt", "héllo")}).json()
+    assert sent["code"] == 0
+    listed = broker.get("/Console/GetMessageList", topic="t")["data"]
+    assert [m["MessageData"] for m in listed] == ["héllo"]
+    bad = broker.http.post(broker.url + "/ProducerSend",
+                           files={"topic": (None, "t"), "messageData": (None, b"\xff\xfe")})
+    assert bad.status_code == 400 and "UTF-8" in bad.json()["msg"]
+    assert broker.broker.heads.get("t") == 1

@@ -3,6 +3,7 @@
 from urllib.parse import parse_qsl
 
 from flask import Blueprint, current_app, request
+from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
 
 from ..auth import bearer
 from ..errors import BadRequest, StoreError
@@ -75,10 +76,38 @@ def producers_only():
     authorize("producer")
 
 
+def parse_multipart(boundary, body):
+    """The fields of a ``multipart/form-data`` body, file parts included (``curl -F
+    messageData=@file``), each decoded as strict UTF-8: Werkzeug's form parser would replace
+    bytes that are not UTF-8 with U+FFFD, storing something other than what was sent."""
+    if not boundary:
+        raise BadRequest("a multipart body needs a boundary in its Content-Type")
+    decoder = MultipartDecoder(boundary.encode("latin-1"), max_parts=1000)
+    fields, name, parts = {}, None, []
+    try:
+        decoder.receive_data(body)
+        decoder.receive_data(None)
+        while not isinstance(event := decoder.next_event(), (Epilogue, NeedData)):
+            if isinstance(event, (Field, File)):
+                name, parts = event.name, []
+            elif isinstance(event, Data):
+                parts.append(event.data)
+                if not event.more_data:
+                    fields[name] = b"".join(parts).decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest(f"the multipart field {name!r} is not valid UTF-8; send topic and"
+                         " messageData as UTF-8") from None
+    except ValueError as exc:           # Werkzeug's words for a malformed body
+        raise BadRequest(f"the multipart body is malformed: {exc}") from None
+    return fields
+
+
 @bp.post("/ProducerSend")
 def producer_send():
     if request.mimetype in PARSED_TYPES:
         fields = parse_fields(request.mimetype, request.get_data())
+    elif request.mimetype == "multipart/form-data":
+        fields = parse_multipart(request.mimetype_params.get("boundary"), request.get_data())
     else:
         fields = request.form
     return reply(send_one(current_app, fields, bearer(request), request.remote_addr))
