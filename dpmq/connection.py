@@ -102,20 +102,21 @@ class Budget:
         self.connections = 0
         self._lock = threading.Lock()
 
-    def admits(self, held, size):
-        """Whether a connection holding ``held`` bytes may queue ``size`` more. Without the lock,
-        as a guess for whoever decides what to offer; :meth:`take` decides under it."""
+    def admits(self, held, size, single=True):
+        """Whether a connection holding ``held`` bytes may queue ``size`` more (one frame, unless
+        ``single`` is false). Without the lock, as a guess for whoever decides what to offer;
+        :meth:`take` decides under it."""
         used = self.used + size
-        if used > self.total:
-            return not self.used    # a frame larger than the whole budget, when nothing waits
+        if used > self.total:       # but a frame larger than the whole budget, when nothing waits
+            return single and not self.used
         if used * 2 <= self.total or not held:
             return True
         return (held + size) * 2 * max(1, self.connections) <= self.total
 
-    def take(self, held, size):
+    def take(self, held, size, single=True):
         """Count ``size`` more bytes queued by a connection holding ``held``, if admitted."""
         with self._lock:
-            if not self.admits(held, size):
+            if not self.admits(held, size, single):
                 return False
             self.used += size
             return True
@@ -226,7 +227,7 @@ class Connection:
             before_last = ends[-2] if len(ends) > 1 else 0
             if self.closing or self.closed or self._pending + before_last >= self.limit:
                 return False
-            if self.budget is not None and not self.budget.take(self._pending, len(data)):
+            if self.budget is not None and not self.budget.take(self._pending, len(data), False):
                 return False
             base = self._queued
             self._queue(data)
@@ -268,13 +269,14 @@ class Connection:
         frames = self._frames
         while frames and not self.closed:
             try:
-                if len(frames) == 1:
-                    with memoryview(frames[0]) as view, view[self._head:] as rest:
+                with memoryview(frames[0]) as view, view[self._head:] as rest:
+                    if len(frames) == 1:
+                        tried = len(rest)
                         sent = self.raw.send(rest, _DONTWAIT)
-                else:
-                    with memoryview(frames[0]) as view, view[self._head:] as rest:
+                    else:
                         parts = [rest]
                         parts += itertools.islice(frames, 1, _GATHER)
+                        tried = sum(map(len, parts))
                         sent = self.raw.sendmsg(parts, (), _DONTWAIT)
             except (BlockingIOError, InterruptedError):
                 break
@@ -283,6 +285,8 @@ class Connection:
                 break
             self._consume(sent)
             self._advance()
+            if sent < tried:
+                break           # the socket is full: trying again now would only fail
         return not frames
 
     def _consume(self, sent):

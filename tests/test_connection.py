@@ -192,6 +192,7 @@ def test_nothing_goes_past_the_budget_but_a_frame_larger_than_all_of_it_when_not
     assert budget.take(0, 9_000)
     assert not budget.take(0, 2_000), "an empty connection too: not past the whole"
     budget.give_back(9_000)
+    assert not budget.take(0, 50_000, single=False), "several frames: not past it, ever"
     assert budget.take(0, 50_000)
     assert not budget.take(0, 1)
 
