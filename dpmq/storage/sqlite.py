@@ -403,17 +403,16 @@ class SQLiteEngine(BrowseQueries, SubscriptionOwners, Engine):
 
     # -- reads -------------------------------------------------------------------------------
     def _query(self, sql, args=()):
-        try:
-            with self._read_lock:
-                return self._reader.execute(sql, args).fetchall()
-        except sqlite3.Error as exc:
-            raise StoreError(f"the SQLite store {self.path!r} could not be read: {exc}") from None
+        return self._read_on(self._reader, self._read_lock, sql, args)
 
     def _browse(self, sql, args=()):
         """A console query, on the browsing connection (see ``__init__``)."""
+        return self._read_on(self._browser, self._browse_lock, sql, args)
+
+    def _read_on(self, db, lock, sql, args):
         try:
-            with self._browse_lock:
-                return self._browser.execute(sql, args).fetchall()
+            with lock:
+                return db.execute(sql, args).fetchall()
         except sqlite3.Error as exc:
             raise StoreError(f"the SQLite store {self.path!r} could not be read: {exc}") from None
 
