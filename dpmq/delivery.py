@@ -11,10 +11,8 @@ from the store later, up to what the broker has already handed out, so pacing ho
 too. A consumer that stopped reading costs the shard nothing per message: a subscription that is
 behind is not offered live messages (it will read them), one whose members cannot take anything
 is set aside (parked) until a write, an ack or a timer gives them room, and a socket known to be
-full is not tried again until the selector says it is writable. With 500 consumers that never
-read (2 KB messages, sqlite, one producer), a publish used to cost the broker 6-7 times the CPU
-it cost without them, and the publish rate fell to 0.35-0.45 of its own; with these three and
-the shared frames and budget of :mod:`dpmq.connection`, 1.2-1.4 times and 0.8-0.9.
+full is not tried again until the selector says it is writable (docs/BENCHMARKS.md measures what
+such consumers cost a publish).
 
 When messages have lately come fast enough to fill a gathering window (``mq.writeCoalesce``,
 10 ms) with several (``GATHER``), the shard opens one: it does not wake for each message but
