@@ -8,11 +8,11 @@ from werkzeug.exceptions import HTTPException
 
 from . import config
 from .auth import Auth
-from .broker import Broker
+from .broker.broker import Broker
 from .errors import DPMQError
-from .fastpath import PublishFastPath
 from .ratelimit import RateLimiter
 from .views import console, consumer, health, metrics, producer, reply, web
+from .views.fastpath import PublishFastPath
 from .views.health import StoreWrites
 
 log = logging.getLogger(__name__)

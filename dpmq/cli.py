@@ -207,7 +207,7 @@ def _serve(args):
     logging.getLogger("dpmq").info(
         "DPMQ %s on http://%s:%d, engine %s (%s), config %s", __version__, settings.server.host,
         settings.server.port, storage.engine, where, settings.source)
-    from .server import serve
+    from .serving.server import serve
     serve(settings)
     return EXIT_OK
 
@@ -365,7 +365,7 @@ def _check_config(args):
 
 
 def _bench(args):
-    from .bench import main as bench
+    from .bench.run import main as bench
     return bench(args)
 
 

@@ -5,6 +5,6 @@ thread count and the graceful-stop hook always match the broker's settings.
 """
 
 from dpmq import config as _config
-from dpmq.server import gunicorn_options as _options
+from dpmq.serving.server import gunicorn_options as _options
 
 globals().update(_options(_config.load()))

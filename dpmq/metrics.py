@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
-from .connection import Budget
+from .transport.connection import Budget
 
 EVENTS = ("published", "delivered", "acked", "redelivered", "failed", "dead_lettered")
 PUBLISHED, DELIVERED, ACKED, REDELIVERED, FAILED, DEAD_LETTERED = range(len(EVENTS))

@@ -23,7 +23,7 @@ from gunicorn import http
 from gunicorn.http import wsgi
 from werkzeug.http import HTTP_STATUS_CODES
 
-from ..fastpath import mimetype_of
+from ..views.fastpath import mimetype_of
 from .framing import FramingError
 
 #: How long a pool thread waits for the next request of a keep-alive connection.
@@ -113,7 +113,7 @@ class RequestThreads:
         publish. So a plain one (HTTP/1.1 keep-alive, ``POST /ProducerSend`` or
         ``/ProducerSendBatch``, a Content-Length body of a type the publish fast path reads, no
         Origin, Expect or Transfer-Encoding, no such header given twice) is answered from the
-        framing already read, by the same :class:`~dpmq.fastpath.PublishFastPath` the WSGI
+        framing already read, by the same :class:`~dpmq.views.fastpath.PublishFastPath` the WSGI
         application uses; anything else goes through gunicorn. Where an access log or a request
         hook is configured, every request goes through gunicorn, so that they see every one."""
         fields = frame.fields

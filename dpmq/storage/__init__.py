@@ -7,8 +7,8 @@ import importlib
 
 _ENGINES = {
     "memory": ("dpmq.storage.memory", "MemoryEngine"),
-    "sqlite": ("dpmq.storage.sqlite", "SQLiteEngine"),
-    "redis": ("dpmq.storage.redis_streams", "RedisEngine"),
+    "sqlite": ("dpmq.storage.sqlite.engine", "SQLiteEngine"),
+    "redis": ("dpmq.storage.redis.engine", "RedisEngine"),
 }
 
 

@@ -4,11 +4,11 @@ flask-sock and simple-websocket accept a consumer (the route, the handshake); fr
 owns the stream. What the consumer sends is parsed by a ``wsproto.connection.Connection`` of its
 own (wsproto's documented way to handle a connection whose handshake was done elsewhere), and
 every frame DPMQ sends, messages, Pings, Pongs and Close, goes through the consumer's
-:class:`~dpmq.connection.Connection`, the only writer of the socket. No extension is negotiated
+:class:`~dpmq.transport.connection.Connection`, the only writer of the socket. No extension is negotiated
 (the handshake is offered none), so every consumer receives the same prebuilt frame bytes.
 
 One read is taken without the parser: exactly one empty Pong, when the bytes before it ended a
-frame (:class:`~dpmq.frames.FrameEnds` follows where they end). That is what an idle consumer
+frame (:class:`~dpmq.transport.frames.FrameEnds` follows where they end). That is what an idle consumer
 sends in answer to each Ping, and the parser's way took about half of the interpreter's time that
 many idle consumers cost.
 """
@@ -21,7 +21,7 @@ from wsproto.connection import ConnectionState
 from wsproto.events import BytesMessage, CloseConnection, Message, Ping, Pong
 from wsproto.utilities import LocalProtocolError
 
-from ..frames import FrameEnds
+from .frames import FrameEnds
 
 #: A consumer's answer to our Ping (which carries nothing): FIN and Pong, masked, no payload.
 PONG = b"\x8a\x80"

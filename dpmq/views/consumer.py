@@ -1,14 +1,14 @@
 """The consumer endpoint: ``GET /ConsumersConn/{topic}/{consumerId}`` over WebSocket.
 
 flask-sock and simple-websocket accept the consumer: the route, and the handshake. Before they do,
-the request's socket is swapped for a :class:`~dpmq.connection.GuardedSocket`, so that the
-consumer's :class:`~dpmq.connection.Connection` is the only writer of the socket, and the
+the request's socket is swapped for a :class:`~dpmq.transport.connection.GuardedSocket`, so that the
+consumer's :class:`~dpmq.transport.connection.Connection` is the only writer of the socket, and the
 permessage-deflate offer is dropped: every consumer then receives the same prebuilt frame bytes
 (declining an extension is allowed by RFC 6455, and DPMQ's small JSON objects gain little).
 simple-websocket's reader thread is never started (:class:`NoReaderThread`, its documented
 ``thread_class`` option): from the handshake on, the stream is DPMQ's own
 (:class:`~dpmq.transport.websocket.WebSocketChannel`), read with every other consumer by the
-broker's :class:`~dpmq.inbound.Inbound` thread, and the route thread only waits for its end. What
+broker's :class:`~dpmq.transport.inbound.Inbound` thread, and the route thread only waits for its end. What
 the consumer sends (acks and nacks with ``?ack=1``) is handled on the inbound thread as it arrives.
 """
 
@@ -18,9 +18,9 @@ import logging
 from flask import Blueprint, request
 from flask_sock import Sock
 
-from ..connection import Connection
 from ..errors import CLOSE_BAD_INPUT, BadRequest, Forbidden, Refused, Unauthorized
 from ..message import text_frame
+from ..transport.connection import Connection
 from ..transport.websocket import WebSocketChannel
 from . import authorize, broker, json_or_none
 
@@ -53,7 +53,7 @@ def guard_socket():
             conn = Connection(environ[key], broker().settings.mq.consumerBufferBytes,
                               remote_addr=request.remote_addr or "")
             environ[key] = conn.socket
-            environ["dpmq.connection"] = conn
+            environ["dpmq.transport.connection"] = conn
             environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
             return
 
@@ -61,7 +61,7 @@ def guard_socket():
 def _take_over():
     """The consumer's stream from now on: simple-websocket's part ended with the handshake."""
     environ = request.environ
-    conn = environ["dpmq.connection"]
+    conn = environ["dpmq.transport.connection"]
     conn.socket.seal()          # flask-sock closes ``ws`` when the route returns: nothing to send
     return WebSocketChannel(conn, MAX_MESSAGE_BYTES, trailing=environ.get("dpmq.trailing", b""))
 

@@ -42,7 +42,7 @@ _FIELDS = ("topic", "messageData", "delay", "key", "idempotencyKey")
 
 def send_one(app, fields, token, address):
     """Publish one producer's message once its body is parsed and its token may publish at all;
-    returns the MessageCode. Shared by the view below and :mod:`dpmq.fastpath`."""
+    returns the MessageCode. Shared by the view below and :mod:`dpmq.views.fastpath`."""
     if fields.get("messageData") is None:
         raise BadRequest("messageData is required (form field or JSON key)")
     app.extensions["dpmq_auth"].require(token, "producer", fields.get("topic"))
@@ -144,7 +144,7 @@ def batch_items(mimetype, body):
 
 def send_batch(app, items, token, address):
     """Publish a batch once its token may publish at all; returns the MessageCodes. Shared by the
-    view above and :mod:`dpmq.fastpath`."""
+    view above and :mod:`dpmq.views.fastpath`."""
     auth = app.extensions["dpmq_auth"]
     topics = [items.fields] if isinstance(items, Uniform) else items
     for topic in {item.get("topic") for item in topics if isinstance(item.get("topic"), str)}:

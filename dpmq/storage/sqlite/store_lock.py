@@ -15,7 +15,7 @@ import fcntl
 import os
 import time
 
-from ..errors import ConfigError, StoreError
+from ...errors import ConfigError, StoreError
 
 #: How long a gunicorn worker waits for a sibling (the worker it replaces) to let the store go;
 #: below gunicorn's 30 s worker timeout, which a worker still starting up is held to.

@@ -7,7 +7,7 @@ pings that are due in rounds, at most one a second, so that their Pongs come bac
 are read in a few passes. What a consumer sends is parsed by its
 :class:`~dpmq.transport.websocket.WebSocketChannel` on this thread (acks and nacks with ``?ack=1``
 handled as they arrive); every write goes through the consumer's
-:class:`~dpmq.connection.Connection`, which never blocks.
+:class:`~dpmq.transport.connection.Connection`, which never blocks.
 
 A consumer's route thread still holds its connection (flask-sock serves it on that thread), but
 only waits for the end, in :meth:`Reader.wait`: in ``poll`` for the socket's hang-up alone, which
@@ -24,7 +24,7 @@ import socket
 import threading
 import time
 
-from .shard_waits import drain
+from ..delivery.shard_waits import drain
 
 log = logging.getLogger(__name__)
 

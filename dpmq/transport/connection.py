@@ -8,7 +8,7 @@ write, simple-websocket's own included, is appended whole to the connection's ou
 under one lock and written from there with non-blocking sends, so frames never interleave and a
 short write simply leaves the rest for later.
 
-A delivery thread (see :mod:`dpmq.delivery`) queues data frames with :meth:`Connection.offer` and
+A delivery thread (see :mod:`dpmq.delivery.shards`) queues data frames with :meth:`Connection.offer` and
 writes them with :meth:`Connection.flush`; when the socket is not writable it is told through
 ``on_progress`` and waits for writability in its selector. No thread ever blocks on a consumer.
 

@@ -18,12 +18,12 @@ import sqlite3
 import threading
 import time
 
-from ..errors import StoreError
-from ..message import Appended, Record, from_columns
-from .base import Engine
-from .sqlite_browse import BrowseQueries
-from .sqlite_owners import SubscriptionOwners
-from .sqlite_schema import SCHEMA
+from ...errors import StoreError
+from ...message import Appended, Record, from_columns
+from ..base import Engine
+from .browse import BrowseQueries
+from .owners import SubscriptionOwners
+from .schema import SCHEMA
 from .store_lock import StoreLock
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ class SQLiteEngine(BrowseQueries, SubscriptionOwners, Engine):
 
     def open(self, on_commit, on_remote=None, on_requeue=None):
         """Take the store's lock (a second broker on the file is refused with ConfigError, see
-        :mod:`~dpmq.storage.store_lock`), then open and check the file."""
+        :mod:`~dpmq.storage.sqlite.store_lock`), then open and check the file."""
         self._on_commit = on_commit
         folder = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(folder, exist_ok=True)

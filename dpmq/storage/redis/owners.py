@@ -1,6 +1,6 @@
 """The redis engine's record of who owns each subscription, and forgetting a subscription.
 
-Both are Lua scripts (:mod:`dpmq.storage.redis_lua`: ``OWN``, ``FORGET``), so that two processes
+Both are Lua scripts (:mod:`dpmq.storage.redis.lua`: ``OWN``, ``FORGET``), so that two processes
 racing to create one subscription record one owner, and a forgotten subscription leaves nothing
 half deleted. The owner is read first without a script: it is on record for nearly every
 connection after the first.
@@ -9,11 +9,11 @@ connection after the first.
 import json
 import time
 
-from .base import Ownership
+from ..base import Ownership
 
 
 class SubscriptionOwners:
-    """Mixed into :class:`~dpmq.storage.redis_streams.RedisEngine`."""
+    """Mixed into :class:`~dpmq.storage.redis.engine.RedisEngine`."""
 
     def own(self, topic, sub, owner, durable):
         name = f"{topic}|{sub}"

@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 
-from .errors import StoreError
+from ..errors import StoreError
 
 log = logging.getLogger(__name__)
 

@@ -6,13 +6,13 @@ at the broker, not for delivery.
 
 import json
 
-from .redis_feed import record, text
+from .feed import record, text
 
 FAR = 1 << 62
 
 
 class BrowseQueries:
-    """Mixed into :class:`~dpmq.storage.redis_streams.RedisEngine`."""
+    """Mixed into :class:`~dpmq.storage.redis.engine.RedisEngine`."""
 
     def _floors(self):
         """``{topic: lowest cursor}`` and ``{topic: subscriptions}``."""

@@ -14,8 +14,8 @@ import time
 
 import redis
 
-from ..errors import StoreError
-from ..message import Record
+from ...errors import StoreError
+from ...message import Record
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def from_json(raw):
 
 
 class FeedFollower:
-    """Mixed into :class:`~dpmq.storage.redis_streams.RedisEngine`."""
+    """Mixed into :class:`~dpmq.storage.redis.engine.RedisEngine`."""
 
     def _listen_loop(self):
         while not self._closed.is_set():

@@ -23,7 +23,7 @@ Thread-safe: consumers join and leave on their own threads, the housekeeping thr
 import logging
 import threading
 
-from .errors import CLOSE_BAD_INPUT, CLOSE_TRY_AGAIN, Forbidden, Refused, StoreError
+from ..errors import CLOSE_BAD_INPUT, CLOSE_TRY_AGAIN, Forbidden, Refused, StoreError
 
 log = logging.getLogger(__name__)
 

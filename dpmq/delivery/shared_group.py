@@ -12,7 +12,7 @@ lowest offset not settled.
 Not thread-safe: like every subscription, it belongs to one delivery shard's thread.
 """
 
-from .metrics import FAILED
+from ..metrics import FAILED
 from .subscription import Subscription
 
 

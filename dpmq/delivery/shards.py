@@ -33,9 +33,9 @@ import math
 import queue
 import time
 
-from .errors import CLOSE_BAD_INPUT, CLOSE_TRY_AGAIN, Refused, StoreError
-from .message import Run, text_frame
-from .metrics import ACKED, DEAD_LETTERED, DELIVERED, TopicCounts
+from ..errors import CLOSE_BAD_INPUT, CLOSE_TRY_AGAIN, Refused, StoreError
+from ..message import Run, text_frame
+from ..metrics import ACKED, DEAD_LETTERED, DELIVERED, TopicCounts
 from .shard_waits import ShardWaits
 from .shared_group import SharedGroup
 from .subscription import Subscription

@@ -28,7 +28,7 @@ import tempfile
 import time
 import urllib.request
 
-from . import benchkit
+from . import kit
 
 SCENARIOS = {
     "fanout": dict(topics=1, consumers=50, messages=10_000, producers=2),
@@ -101,7 +101,7 @@ class LocalBroker:
         """Leave nothing of the run behind in the shared Redis."""
         import redis
 
-        from . import config
+        from .. import config
         settings = config.load(os.path.join(self.folder, "none.yaml"))    # as the broker had it
         client = redis.Redis.from_url(settings.storage.redisUrl)
         try:
@@ -215,7 +215,7 @@ def _start_consumers(ctx, url, paths, producers, per_producer, keep_latency, per
     workers = []
     for group in groups:
         parent, child = ctx.Pipe()
-        process = ctx.Process(target=benchkit.consumer_process,
+        process = ctx.Process(target=kit.consumer_process,
                               args=(url, group, producers, per_producer, keep_latency, child,
                                     protocol))
         process.start()
@@ -244,7 +244,7 @@ def run_scenario(name, url, token=None, pid=None, size=100, progress=print,
     feeders = []
     for index in range(producers):
         parent, child = ctx.Pipe()
-        process = ctx.Process(target=benchkit.producer_process, args=(
+        process = ctx.Process(target=kit.producer_process, args=(
             url, index, topics, per_producer, size, spec.get("batch", 1),
             (spec.get("rate") or 0) / producers, token, child))
         process.start()

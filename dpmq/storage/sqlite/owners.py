@@ -7,11 +7,11 @@ owner is looked up once per connection. Retention deletes both together (see ``p
 
 import time
 
-from .base import Ownership
+from ..base import Ownership
 
 
 class SubscriptionOwners:
-    """Mixed into :class:`~dpmq.storage.sqlite.SQLiteEngine`."""
+    """Mixed into :class:`~dpmq.storage.sqlite.engine.SQLiteEngine`."""
 
     def own(self, topic, sub, owner, durable):
         rows = self._query("select owner, durable from owners where topic = ? and sub = ?",

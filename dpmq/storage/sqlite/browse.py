@@ -7,7 +7,7 @@ delivery, which never waits behind them.
 
 
 class BrowseQueries:
-    """Mixed into :class:`~dpmq.storage.sqlite.SQLiteEngine`."""
+    """Mixed into :class:`~dpmq.storage.sqlite.engine.SQLiteEngine`."""
 
     def topics(self):
         out = {topic: {"head": head, "retained": 0, "subscriptions": 0, "deadLetters": 0, "delayed": 0}

@@ -73,7 +73,7 @@ def serve(settings):
     """Run the broker under gunicorn in this process (the master); returns when it exits."""
     from gunicorn.app.base import BaseApplication
 
-    from .app import create_app
+    from ..app import create_app
 
     class DPMQApplication(BaseApplication):
         def load_config(self):

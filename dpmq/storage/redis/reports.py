@@ -13,8 +13,8 @@ import logging
 import time
 import uuid
 
-from ..errors import StoreError
-from .redis_feed import text
+from ...errors import StoreError
+from .feed import text
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ ANSWER_TTL_MS = 10_000       # an answer that came too late is dropped by Redis 
 
 
 class ProcessReports:
-    """Mixed into :class:`~dpmq.storage.redis_streams.RedisEngine`; needs ``self._asks``, a
+    """Mixed into :class:`~dpmq.storage.redis.engine.RedisEngine`; needs ``self._asks``, a
     ``queue.SimpleQueue``, and ``self._reporter = None`` from its ``__init__``."""
 
     def serve_reports(self, report):

@@ -22,8 +22,8 @@ import itertools
 import threading
 import time
 
-from . import message
-from .metrics import FAILED, REDELIVERED
+from .. import message
+from ..metrics import FAILED, REDELIVERED
 
 STICKY_KEYS = 100_000       # ordering keys remembered per group before the oldest are forgotten
 

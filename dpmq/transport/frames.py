@@ -1,7 +1,7 @@
 """WebSocket frame headers (RFC 6455, section 5.2), read without parsing what the frames carry.
 
 Two places need to know where frames end and nothing more: a consumer's
-:class:`~dpmq.connection.Connection`, to see whether a write carries a Close, and the inbound
+:class:`~dpmq.transport.connection.Connection`, to see whether a write carries a Close, and the inbound
 thread, to know whether what a consumer has sent so far ends between two frames (see
 :class:`FrameEnds`).
 """

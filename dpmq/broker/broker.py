@@ -21,9 +21,10 @@ import threading
 import time
 from operator import attrgetter
 
-from . import message
-from .delivery import Shard, subscription_key
-from .errors import (
+from .. import message
+from ..delivery.shards import Shard, subscription_key
+from ..delivery.subscription import Member
+from ..errors import (
     CLOSE_DUPLICATE,
     CLOSE_GOING_AWAY,
     CLOSE_TRY_AGAIN,
@@ -33,14 +34,13 @@ from .errors import (
     TooLarge,
     Unavailable,
 )
+from ..metrics import PUBLISHED, History, Metrics, TopicCounts, merge
+from ..storage import open_engine
+from ..transport.inbound import Inbound
+from ..validation import check_name, new_messages
 from .housekeeping import Housekeeping
-from .inbound import Inbound
-from .metrics import PUBLISHED, History, Metrics, TopicCounts, merge
 from .ownership import Owners
 from .slots import Slots
-from .storage import open_engine
-from .subscription import Member
-from .validation import check_name, new_messages
 
 log = logging.getLogger(__name__)
 
@@ -273,7 +273,7 @@ class Broker:
                   durable=True, identity=None):
         """Register a connected consumer; raises Refused or Forbidden (with its close code) if it
         may not join. ``identity`` (auth on) must own the subscription or may take it over;
-        ``durable=False`` asks for an ephemeral subscription (see :mod:`dpmq.ownership`)."""
+        ``durable=False`` asks for an ephemeral subscription (see :mod:`dpmq.broker.ownership`)."""
         mq = self.settings.mq
         check_name("topic", topic, mq.maxTopicLength)
         check_name("consumerId", consumer_id, mq.maxConsumerIdLength)

@@ -2,10 +2,10 @@
 
 Several processes (gunicorn workers, machines) with the same ``storage.redisUrl`` and
 ``storage.prefix`` are one broker. Every write that must be atomic is a Lua script
-(:mod:`dpmq.storage.redis_lua`), so offsets stay contiguous whoever appends. Appends go through one
+(:mod:`dpmq.storage.redis.lua`), so offsets stay contiguous whoever appends. Appends go through one
 committer thread that sends every append waiting at that moment in one script call (group commit),
 and hands the new records to ``on_commit`` in order. What other processes append, and this
-process's heartbeat, are :mod:`dpmq.storage.redis_feed`'s.
+process's heartbeat, are :mod:`dpmq.storage.redis.feed`'s.
 
 Durability is Redis's: with ``appendonly yes`` and ``appendfsync always`` a ``code:0`` survives a
 Redis restart; DPMQ warns at start when Redis keeps nothing on disk.
@@ -24,14 +24,14 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ..errors import ConfigError, StoreError
-from ..message import Appended, Record
-from . import redis_lua
-from .base import Engine
-from .redis_browse import BrowseQueries
-from .redis_feed import FeedFollower, from_json, record, text
-from .redis_owners import SubscriptionOwners
-from .redis_reports import ProcessReports
+from ...errors import ConfigError, StoreError
+from ...message import Appended, Record
+from ..base import Engine
+from . import lua
+from .browse import BrowseQueries
+from .feed import FeedFollower, from_json, record, text
+from .owners import SubscriptionOwners
+from .reports import ProcessReports
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class RedisEngine(FeedFollower, ProcessReports, BrowseQueries, SubscriptionOwner
                               " write it like redis://127.0.0.1:6379/0") from None
         kwargs = self.client.connection_pool.connection_kwargs
         self.where = f"{kwargs.get('host', kwargs.get('path', '?'))}:{kwargs.get('port', '')}"
-        self._scripts = {name: self.client.register_script(getattr(redis_lua, name))
+        self._scripts = {name: self.client.register_script(getattr(lua, name))
                          for name in ("APPEND", "CANCEL", "PROMOTE", "SAVE_CURSORS", "REQUEUE", "CLAIM",
                                       "SETTLE", "HEARTBEAT", "LOCK", "UNLOCK", "PURGE", "OWN", "FORGET",
                                       "PURGE_OWNERS")}

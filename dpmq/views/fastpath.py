@@ -15,10 +15,10 @@ import logging
 from werkzeug.exceptions import InternalServerError
 from werkzeug.http import HTTP_STATUS_CODES
 
-from .auth import bearer_token
-from .errors import BadRequest, DPMQError
-from .views import reply_body
-from .views.producer import PARSED_TYPES, batch_items, parse_fields, send_batch, send_one
+from ..auth import bearer_token
+from ..errors import BadRequest, DPMQError
+from . import reply_body
+from .producer import PARSED_TYPES, batch_items, parse_fields, send_batch, send_one
 
 log = logging.getLogger(__name__)
 
