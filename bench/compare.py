@@ -26,7 +26,7 @@ import tempfile
 import time
 import urllib.request
 
-from dpmq.bench import LocalBroker, disk_flush, run_scenario
+from dpmq.bench.run import LocalBroker, disk_flush, run_scenario
 
 HERE = pathlib.Path(__file__).resolve().parent
 SCENARIOS = ("fanout", "topics", "publish", "latency", "idle")

@@ -6,7 +6,7 @@ import subprocess
 import sys
 import time
 
-from dpmq.bench import run_scenario, settle
+from dpmq.bench.run import run_scenario, settle
 
 
 def test_fanout_and_latency_scenarios_account_for_every_message(make_broker):

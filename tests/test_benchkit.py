@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from dpmq.benchkit import KeepAlive
+from dpmq.bench.kit import KeepAlive
 
 REPLIES = {
     b"/length": b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\nX-Other: a:b\r\n\r\n{\"code\":0}\n",

@@ -1,13 +1,13 @@
-"""The outgoing side of a consumer socket (dpmq.connection.Connection) over a real socket pair:
+"""The outgoing side of a consumer socket (dpmq.transport.connection.Connection) over a real socket pair:
 a run of frames queued at once is written, counted and bounded exactly like frames queued one
-by one; and the budget that bounds every consumer's buffer together (dpmq.connection.Budget)."""
+by one; and the budget that bounds every consumer's buffer together (dpmq.transport.connection.Budget)."""
 
 import socket
 
 import pytest
 
-from dpmq.connection import PING, Budget, Connection
 from dpmq.message import Record, Run, frame
+from dpmq.transport.connection import PING, Budget, Connection
 
 
 def records(count, first=1, size=10):

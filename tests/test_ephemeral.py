@@ -3,7 +3,7 @@ consumer leaves."""
 
 import pytest
 
-from dpmq.ownership import Owners
+from dpmq.broker.ownership import Owners
 from dpmq.storage.memory import MemoryEngine
 
 from helpers import Collector, connect_and_close_code, wait_for

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from dpmq.fastpath import PublishFastPath, _codes_reply
+from dpmq.views.fastpath import PublishFastPath, _codes_reply
 
 # An Origin header (not in server.corsOrigins) sends a request through Flask without changing its
 # answer, so each case below is asked both ways and must get the same reply.

@@ -1,11 +1,11 @@
-"""Frame boundaries in a consumer's byte stream (dpmq.frames): wherever the stream is cut into
+"""Frame boundaries in a consumer's byte stream (dpmq.transport.frames): wherever the stream is cut into
 chunks, FrameEnds says after each chunk whether the next byte starts a frame."""
 
 import random
 
 from wsproto.frame_protocol import FrameProtocol
 
-from dpmq.frames import FrameEnds, frame_extent
+from dpmq.transport.frames import FrameEnds, frame_extent
 
 SIZES = [0, 1, 5, 125, 126, 127, 300, 65535, 65536, 70000]
 

@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from dpmq.errors import ConfigError
-from dpmq.storage.store_lock import StoreLock
+from dpmq.storage.sqlite.store_lock import StoreLock
 
 from conftest import RunningBroker, settings_for
 from helpers import Collector, ServedBroker, wait_for
@@ -111,7 +111,7 @@ def test_a_stranger_is_refused_at_once(tmp_path):
     holder = subprocess.Popen(
         [sys.executable, "-c",
          "import sys, time; sys.path.insert(0, %r)\n"
-         "from dpmq.storage.store_lock import StoreLock\n"
+         "from dpmq.storage.sqlite.store_lock import StoreLock\n"
          "lock = StoreLock(%r); lock.acquire(); print('held', flush=True); time.sleep(30)"
          % (os.getcwd(), store)], stdout=subprocess.PIPE, text=True)
     try:
