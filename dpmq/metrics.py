@@ -20,8 +20,6 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
-from .transport.connection import Budget
-
 EVENTS = ("published", "delivered", "acked", "redelivered", "failed", "dead_lettered")
 PUBLISHED, DELIVERED, ACKED, REDELIVERED, FAILED, DEAD_LETTERED = range(len(EVENTS))
 #: What each event's counter counts, for the metrics' HELP. "failed" is not failed pushes only:
@@ -138,10 +136,6 @@ class Metrics:
         self.push_seconds = OneWriterHistogram(
             "dpmq_publish_to_push_seconds", "Time from publish (or from due time) to the push to consumers",
             buckets=(.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60))
-        # What waits in the consumers' outgoing buffers, bounded by mq.consumerBuffersTotalBytes:
-        # made here, with the broker, for its delivery shards to share (each connection counts
-        # into it from when its member joins), and exported as a gauge.
-        self.consumer_buffers = Budget(broker.settings.mq.consumerBuffersTotalBytes)
         self.registry.register(_Collector(broker))
 
     def export(self):
@@ -179,7 +173,7 @@ class _Collector:
              sum(len(member.flights) for member in members)),
             ("dpmq_consumer_buffered_bytes", "Bytes waiting in the consumers' outgoing buffers,"
              " all together (at most mq.consumerBuffersTotalBytes, Pongs and Closes aside)",
-             broker.metrics.consumer_buffers.used),
+             broker.consumer_buffers.used),
         )
         for name, text, value in gauges:
             yield GaugeMetricFamily(name, text, value=value)

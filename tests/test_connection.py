@@ -1,13 +1,14 @@
 """The outgoing side of a consumer socket (dpmq.transport.connection.Connection) over a real socket pair:
 a run of frames queued at once is written, counted and bounded exactly like frames queued one
-by one; and the budget that bounds every consumer's buffer together (dpmq.transport.connection.Budget)."""
+by one; and the budget that bounds every consumer's buffer together (dpmq.transport.budget.Budget)."""
 
 import socket
 
 import pytest
 
 from dpmq.message import Record, Run, frame
-from dpmq.transport.connection import PING, Budget, Connection
+from dpmq.transport.budget import Budget
+from dpmq.transport.connection import PING, Connection
 
 
 def records(count, first=1, size=10):

@@ -36,6 +36,7 @@ from ..errors import (
 )
 from ..metrics import PUBLISHED, History, Metrics, TopicCounts, merge
 from ..storage import open_engine
+from ..transport.budget import Budget
 from ..transport.inbound import Inbound
 from ..validation import check_name, new_messages
 from .housekeeping import Housekeeping
@@ -70,6 +71,9 @@ class Broker:
         mq = settings.mq
         self.buffer = queue.SimpleQueue()     # bounded by self.slots
         self.slots = Slots(mq.messageChanBuffer)
+        # What waits in every consumer's outgoing buffer, together (each connection counts into
+        # it from when its member joins); shared by the delivery shards.
+        self.consumer_buffers = Budget(mq.consumerBuffersTotalBytes)
         self._members = {}          # (topic, consumer id) -> Member, or None while it joins
         self._lock = threading.Lock()
         self._unlock_later = set()  # (topic, consumer id) whose release in the store failed

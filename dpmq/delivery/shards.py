@@ -67,7 +67,7 @@ class Shard:
         self.batch = self.limits.catchUpBatch
         self.coalesce = self.limits.writeCoalesce
         self.counts = TopicCounts()     # what this shard delivered, acked, failed…
-        self.budget = broker.metrics.consumer_buffers   # one per broker, shared by the shards
+        self.budget = broker.consumer_buffers    # one per broker, shared by the shards
         self._inbox = queue.SimpleQueue()
         self._waits = ShardWaits()
         self._subs = {}                 # (topic, key) -> Subscription

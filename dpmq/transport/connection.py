@@ -19,7 +19,7 @@ never read used to hold a copy each, 4 MB apiece (``mq.consumerBufferBytes``), w
 after they left until the cyclic garbage collector came by; now what waits costs each of them a
 reference per frame, and the frames are let go as soon as a connection is closed.
 
-What waits in every buffer of one broker is also bounded together (:class:`Budget`,
+What waits in every buffer of one broker is also bounded together (:class:`~dpmq.transport.budget.Budget`,
 ``mq.consumerBuffersTotalBytes``): a consumer over its share is refused further frames, and its
 subscription catches up from the store, as when its own buffer is full.
 """
@@ -81,73 +81,12 @@ class GuardedSocket:
         return getattr(self._raw, name)
 
 
-class Budget:
-    """The bytes waiting in the outgoing buffers of all of one broker's consumers, and how many
-    more they may take (``mq.consumerBuffersTotalBytes``). Thread-safe: connections count into
-    it from the delivery shards and from the inbound thread.
-
-    Half of it goes first come, first served (each consumer up to its own limit). Past that half,
-    a connection may add a frame only while it holds less than an equal share of the other half,
-    or nothing at all, and nothing goes past the whole. So consumers that stop reading can take
-    half of the budget and their shares of the rest, and a consumer that reads, whose buffer
-    empties at every write, still finds room instead of being made to catch up from the store
-    because others do not read. Frames that are not messages (Pongs, Closes, error replies) are
-    never refused: each connection's are bounded by its own limit (see ``write_control``); nor is
-    a message larger than the whole budget when nothing else waits.
-    """
-
-    def __init__(self, total):
-        self.total = total
-        self.used = 0
-        self.connections = 0
-        self._lock = threading.Lock()
-
-    def admits(self, held, size, single=True):
-        """Whether a connection holding ``held`` bytes may queue ``size`` more (one frame, unless
-        ``single`` is false). Without the lock, as a guess for whoever decides what to offer;
-        :meth:`take` decides under it."""
-        used = self.used + size
-        if used > self.total:       # but a frame larger than the whole budget, when nothing waits
-            return single and not self.used
-        if used * 2 <= self.total or not held:
-            return True
-        return (held + size) * 2 * max(1, self.connections) <= self.total
-
-    def take(self, held, size, single=True):
-        """Count ``size`` more bytes queued by a connection holding ``held``, if admitted."""
-        with self._lock:
-            if not self.admits(held, size, single):
-                return False
-            self.used += size
-            return True
-
-    def add(self, size):
-        """Count bytes that may not be refused (frames that are not messages)."""
-        with self._lock:
-            self.used += size
-
-    def give_back(self, size):
-        """Bytes written to their socket, or thrown away with a closed connection."""
-        with self._lock:
-            self.used -= size
-
-    def join(self, held):
-        with self._lock:
-            self.connections += 1
-            self.used += held
-
-    def leave(self, held):
-        with self._lock:
-            self.connections -= 1
-            self.used -= held
-
-
 class Connection:
     """The outgoing side of one consumer socket. Thread-safe: every method takes the one lock.
 
     Message frames carry their record; :meth:`take_written` tells which were handed whole to the
     kernel. ``limit`` bounds the bytes waiting in the buffer, and so does the broker's
-    :class:`Budget` once the delivery shard has attached it.
+    :class:`~dpmq.transport.budget.Budget` once the delivery shard has attached it.
     """
 
     def __init__(self, raw, limit, remote_addr=""):
