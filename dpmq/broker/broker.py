@@ -273,7 +273,7 @@ class Broker:
     def shard_for(self, topic, key):
         return self.shards[hash((topic, key)) % len(self.shards)]
 
-    def subscribe(self, conn, ws, topic, consumer_id, group=None, ack=False, since=None,
+    def subscribe(self, conn, closer, topic, consumer_id, group=None, ack=False, since=None,
                   durable=True, identity=None):
         """Register a connected consumer; raises Refused or Forbidden (with its close code) if it
         may not join. ``identity`` (auth on) must own the subscription or may take it over;
@@ -283,7 +283,7 @@ class Broker:
         check_name("consumerId", consumer_id, mq.maxConsumerIdLength)
         if group is not None:
             check_name("group", group, mq.maxConsumerIdLength)
-        member = Member(conn, ws, topic, consumer_id, group, ack, since)
+        member = Member(conn, closer, topic, consumer_id, group, ack, since)
         sub = subscription_key(member)
         owned = self.owners.claim(topic, sub, group or consumer_id, identity, durable)
         key = (topic, consumer_id)
@@ -371,7 +371,7 @@ class Broker:
         inbound thread sees the connection end now, without waiting for the consumer's answer.
         """
         try:
-            member.ws.close(code, reason)
+            member.closer.close(code, reason)
         except Exception:  # noqa: BLE001 - already closed by the peer
             pass
         member.conn.stop_reading()

@@ -31,9 +31,9 @@ STICKY_KEYS = 100_000       # ordering keys remembered per group before the olde
 class Member:
     """One connected consumer. ``flights`` maps the MessageCodes it holds to their flights."""
 
-    def __init__(self, conn, ws, topic, consumer_id, group=None, ack=False, since=None):
+    def __init__(self, conn, closer, topic, consumer_id, group=None, ack=False, since=None):
         self.conn = conn
-        self.ws = ws                # the simple-websocket object, to close it from any thread
+        self.closer = closer        # the transport's side: close(code, reason), from any thread
         self.topic = topic
         self.consumer_id = consumer_id
         self.group = group
