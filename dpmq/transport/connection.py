@@ -1,12 +1,12 @@
 """One consumer socket, and the one place where bytes are written to it.
 
-simple-websocket writes to its socket from whichever thread calls it, with no lock: ``send`` and
-``close`` from the caller, Pong and Close answers from whoever reads (here the broker's inbound
-thread), and it ignores short writes. Two writers can interleave a Pong inside a data frame.
-DPMQ therefore hands simple-websocket a :class:`GuardedSocket` instead of the real one: every
-write, simple-websocket's own included, is appended whole to the connection's outgoing buffer
-under one lock and written from there with non-blocking sends, so frames never interleave and a
-short write simply leaves the rest for later.
+Several threads have something to write to a consumer: the delivery shard its messages, the
+inbound thread Pongs and the answer to a Close, any thread a Close of DPMQ's own, and during the
+handshake simple-websocket its answer (through :class:`GuardedSocket`, handed to it in place of
+the real socket). Written directly, two of them could interleave a Pong inside a data frame. So
+every write is appended whole to the connection's outgoing buffer under one lock and written from
+there with non-blocking sends: frames never interleave, and a short write simply leaves the rest
+for later.
 
 A delivery thread (see :mod:`dpmq.delivery.shards`) queues data frames with :meth:`Connection.offer` and
 writes them with :meth:`Connection.flush`; when the socket is not writable it is told through
@@ -199,7 +199,7 @@ class Connection:
 
     def _queue_unrefused(self, data):
         if type(data) is not bytes:
-            data = bytes(data)          # simple-websocket's own buffer may be reused
+            data = bytes(data)          # the caller's buffer may be reused
         if self.budget is not None:
             self.budget.add(len(data))
         self._queue(data)
