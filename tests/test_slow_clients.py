@@ -28,6 +28,12 @@ def _threads(pid):
                .split()[1])
 
 
+def _joined(broker, count=1):
+    """Wait until the broker has taken ``count`` consumers in: a new consumerId starts at "now"."""
+    wait_for(lambda: len(requests.get(broker.url + "/Console/GetConsumers", timeout=5).json()["data"])
+             >= count, what=f"{count} consumer(s) joined")
+
+
 def _open(port, count, first=HALF):
     socks = []
     for _ in range(count):
@@ -64,6 +70,7 @@ def test_thousands_of_half_sent_requests_do_not_stop_producers_or_consumers(slow
     attackers = _open(broker.port, 3000)
     try:
         consumer = Collector(broker.ws_url, "t", "c")
+        _joined(broker)
         session = requests.Session()
         for n in range(5):
             assert session.post(broker.url + "/ProducerSend",
@@ -123,6 +130,7 @@ def test_past_descriptor_1024_every_keep_alive_publish_is_answered(served):
     held = _open(broker.port, 1100, first=b"")     # the worker's next descriptors are past 1024
     try:
         consumer = Collector(broker.ws_url, "t", "c")
+        _joined(broker)
         sessions = [requests.Session() for _ in range(4)]
         replies = []
 
