@@ -244,8 +244,10 @@ class Consumer:
                 return
             except (OSError, HandshakeRefused, ConnectionClosed) as exc:
                 reason = exc if not isinstance(exc, HandshakeRefused) else (
-                    f"the server answered HTTP {exc.status_code} instead of a WebSocket: is it a DPMQ"
-                    " broker, with the right URL?")
+                    "the server did not answer the WebSocket handshake" if exc.status_code is None
+                    else f"the server answered HTTP {exc.status_code} instead of a WebSocket")
+                if isinstance(exc, HandshakeRefused):
+                    reason += ": is it a DPMQ broker, with the right URL?"
                 if not self.reconnect:
                     raise ConnectionFailed(f"cannot connect to {self._base}: {reason}") from None
                 wait = backoff * (0.5 + random.random())

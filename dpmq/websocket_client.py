@@ -191,12 +191,15 @@ def _handshake(sock, ws):
     """Read the server's answer; returns the events that came after it in the same reads."""
     while True:
         data = sock.recv(READ)
-        ws.receive_data(data or None)
-        events = list(ws.events())
+        if not data:
+            raise ConnectionError(None)     # closed before it answered the handshake
+        try:
+            ws.receive_data(data)
+            events = list(ws.events())
+        except RemoteProtocolError:         # not an HTTP answer at all
+            raise ConnectionError(None) from None
         for index, event in enumerate(events):
             if isinstance(event, AcceptConnection):
                 return events[index + 1:]
             if isinstance(event, (RejectConnection, RejectData)):
                 raise ConnectionError(getattr(event, "status_code", None))
-        if not data:
-            raise ConnectionError(None)

@@ -276,3 +276,23 @@ def test_an_ephemeral_consumer_is_forgotten_when_it_leaves(make_broker):
         again.close()
         wait_for(lambda: not _consumers(running), what="the consumer to leave")
         assert (message is not None) == durable, f"durable={durable} got {message}"
+
+
+def test_a_server_that_closes_without_answering_the_handshake_is_a_failed_connection():
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def slam():
+        for _ in range(50):
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            conn.close()
+    threading.Thread(target=slam, daemon=True).start()
+    try:
+        consumer = Consumer(f"http://127.0.0.1:{port}", "t", "c", first_connect_timeout=1)
+        with pytest.raises(ConnectionFailed, match="did not answer the WebSocket handshake"):
+            consumer.receive(timeout=5)
+    finally:
+        listener.close()

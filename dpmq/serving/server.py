@@ -43,6 +43,9 @@ def post_worker_init(worker):
         # This runs on the main thread between two bytecodes, and a second signal can run it again
         # inside the first (systemd's stop sends SIGTERM to the worker, and the master forwards its
         # own): so no lock, which the inner call would wait for for ever, and the flag goes first.
+        # The worker stops keeping connections alive before the broker starts refusing, so that
+        # no refusal says "keep-alive".
+        worker.handle_exit(signum, frame)
         if not begun:
             begun.append(signum)
             log.info("signal %d: stopping gracefully", signum)
@@ -50,7 +53,6 @@ def post_worker_init(worker):
                 stopper.start()
             except RuntimeError:    # an inner call started it between the check and the flag
                 pass
-        worker.handle_exit(signum, frame)
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
         signal.signal(signum, begin_stop)
