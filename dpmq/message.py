@@ -1,9 +1,11 @@
-"""Messages: the MessageCode, the pushed JSON object, and the WebSocket frame built once per message.
+"""Messages: the MessageCode, the pushed JSON object, and the runs that carry them to consumers.
 
-Server-to-client frames are never masked, so the bytes of one frame are the same for every consumer:
-the pump builds them once and every connection shares them (only a redelivery, whose ``Status``
-differs, gets a frame of its own). Messages of one topic handed out together go further: their
-frames are joined once (:class:`Run`) and a consumer that takes them all gets them in one append.
+The JSON object pushed for a message is the same for every consumer, and so are the bytes a
+transport wraps it in (a WebSocket server's frames are never masked): the broker encodes each
+message once, and a :class:`Run` frames it once per transport, for every connection of that
+transport to share (only a redelivery, whose ``Status`` differs, is framed on its own). Messages of
+one topic handed out together go further: their frames are joined once and a consumer that takes
+them all gets them in one append.
 """
 
 import itertools
@@ -90,34 +92,21 @@ def payload(record, status=0):
     }, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-def text_frame(data):
-    """One unmasked, unfragmented WebSocket text frame (RFC 6455 section 5.2) holding ``data``."""
-    length = len(data)
-    if length < 126:
-        header = struct.pack("!BB", 0x81, length)
-    elif length < 65536:
-        header = struct.pack("!BBH", 0x81, 126, length)
-    else:
-        header = struct.pack("!BBQ", 0x81, 127, length)
-    return header + data
-
-
-def frame(record, status=0):
-    """The complete frame that delivers ``record`` with the given ``Status``."""
-    return text_frame(payload(record, status))
-
-
 class Run:
-    """Messages of one topic handed out together, in log order: ``items`` are (record, frame)."""
+    """Messages of one topic handed out together, in log order: ``items`` are (record, payload).
 
-    __slots__ = ("items", "first", "last", "_contiguous", "_joined")
+    A *framing* is how a transport puts a payload on its stream (``framing.message(payload)``
+    returns the bytes); the run frames its messages once per framing it is asked for."""
+
+    __slots__ = ("items", "first", "last", "_contiguous", "_framed", "_joined")
 
     def __init__(self, items):
         self.items = items
         self.first = items[0][0].offset
         self.last = items[-1][0].offset
         self._contiguous = None
-        self._joined = None
+        self._framed = {}
+        self._joined = {}
 
     @property
     def contiguous(self):
@@ -129,11 +118,24 @@ class Run:
                 for (record, _), offset in zip(self.items, itertools.count(self.first))))
         return self._contiguous
 
-    def joined(self):
-        """``(every frame in one bytes, where each ends in it, the records)``, built once for
-        all the consumers that take the whole run."""
-        if self._joined is None:
-            frames = [frame for _, frame in self.items]
-            self._joined = (b"".join(frames), list(itertools.accumulate(map(len, frames))),
-                            [record for record, _ in self.items])
-        return self._joined
+    def frames(self, framing):
+        """The messages' bytes in ``framing``, in order, built once for all its connections."""
+        frames = self._framed.get(framing)
+        if frames is None:
+            frames = self._framed[framing] = list(map(framing.message, map(_PAYLOAD, self.items)))
+        return frames
+
+    def joined(self, framing):
+        """``(every frame in one bytes, where each ends in it, the records)`` in ``framing``,
+        built once for all the consumers that take the whole run."""
+        joined = self._joined.get(framing)
+        if joined is None:
+            frames = self.frames(framing)
+            joined = self._joined[framing] = (
+                b"".join(frames), list(itertools.accumulate(map(len, frames))),
+                list(map(_RECORD, self.items)))
+        return joined
+
+
+_RECORD = operator.itemgetter(0)
+_PAYLOAD = operator.itemgetter(1)

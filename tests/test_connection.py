@@ -6,9 +6,16 @@ import socket
 
 import pytest
 
-from dpmq.message import Record, Run, frame
+from dpmq.message import Record, Run, payload
 from dpmq.transport.budget import Budget
-from dpmq.transport.connection import PING, Connection
+from dpmq.transport.connection import Connection
+from dpmq.transport.frames import WEBSOCKET
+
+PING = WEBSOCKET.keepalive
+
+
+def frame(record):
+    return WEBSOCKET.message(payload(record))
 
 
 def records(count, first=1, size=10):
@@ -16,7 +23,7 @@ def records(count, first=1, size=10):
 
 
 def run_of(recs):
-    return Run([(record, frame(record)) for record in recs])
+    return Run([(record, payload(record)) for record in recs])
 
 
 @pytest.fixture
@@ -37,10 +44,10 @@ def receive(sock, size):
 
 def test_a_run_is_written_as_the_frames_one_after_another_and_every_record_counted(pair):
     ours, theirs = pair
-    conn = Connection(ours, limit=1 << 20)
+    conn = Connection(ours, 1 << 20, WEBSOCKET)
     recs = records(5)
     run = run_of(recs)
-    data, ends, taken = run.joined()
+    data, ends, taken = run.joined(WEBSOCKET)
     assert conn.offer_all(data, ends, taken)
     assert conn.flush()
     assert receive(theirs, len(data)) == b"".join(frame(record) for record in recs)
@@ -51,11 +58,11 @@ def test_a_run_is_written_as_the_frames_one_after_another_and_every_record_count
 
 def test_a_run_after_single_frames_keeps_the_order_and_the_stream_positions(pair):
     ours, theirs = pair
-    conn = Connection(ours, limit=1 << 20)
+    conn = Connection(ours, 1 << 20, WEBSOCKET)
     first, rest = records(2), records(3, first=3)
     for record in first:
         assert conn.offer(frame(record), record)
-    assert conn.offer_all(*run_of(rest).joined())
+    assert conn.offer_all(*run_of(rest).joined(WEBSOCKET))
     assert conn.unwritten() == first + rest
     assert conn.flush()
     assert conn.take_written() == first + rest
@@ -69,38 +76,38 @@ def test_a_run_is_taken_whole_or_not_at_all_with_the_limit_that_single_offers_ha
     # One by one, a frame is taken while the buffer holds less than the limit: with a limit
     # just over three frames all four go in; just under three frames, only three.
     for limit, taken_one_by_one in ((3 * size + 1, 4), (3 * size, 3)):
-        single = Connection(ours, limit=limit)
+        single = Connection(ours, limit, WEBSOCKET)
         assert sum(single.offer(frame(r), r) for r in recs) == taken_one_by_one
-        whole = Connection(ours, limit=limit)
-        assert whole.offer_all(*run.joined()) == (taken_one_by_one == 4)
+        whole = Connection(ours, limit, WEBSOCKET)
+        assert whole.offer_all(*run.joined(WEBSOCKET)) == (taken_one_by_one == 4)
         assert whole.pending_bytes == (4 * size if taken_one_by_one == 4 else 0)
 
 
 def test_a_closing_connection_takes_no_run(pair):
     ours, _ = pair
-    conn = Connection(ours, limit=1 << 20)
+    conn = Connection(ours, 1 << 20, WEBSOCKET)
     conn.write_control(b"\x88\x02\x03\xe8")        # a Close frame
-    assert not conn.offer_all(*run_of(records(2)).joined())
+    assert not conn.offer_all(*run_of(records(2)).joined(WEBSOCKET))
     assert conn.unwritten() == []
 
 
 def test_a_run_written_in_part_reports_only_the_frames_written_whole(pair):
     ours, theirs = pair
     ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    conn = Connection(ours, limit=1 << 22)
+    conn = Connection(ours, 1 << 22, WEBSOCKET)
     recs = records(400, size=1000)
     run = run_of(recs)
-    assert conn.offer_all(*run.joined())
+    assert conn.offer_all(*run.joined(WEBSOCKET))
     assert not conn.flush()                         # the peer reads nothing yet
     written = conn.take_written()
     assert written == recs[:len(written)] and len(written) < 400
     received = b""
-    while not conn.flush() or len(received) < len(run.joined()[0]):
+    while not conn.flush() or len(received) < len(run.joined(WEBSOCKET)[0]):
         received += theirs.recv(1 << 16)
         written += conn.take_written()
     written += conn.take_written()
     assert written == recs
-    assert received == run.joined()[0]
+    assert received == run.joined(WEBSOCKET)[0]
 
 
 def test_a_run_knows_whether_its_offsets_follow_one_another():
@@ -113,7 +120,7 @@ def test_a_run_knows_whether_its_offsets_follow_one_another():
 
 def test_a_ping_with_nothing_waiting_goes_straight_to_the_socket(pair):
     ours, theirs = pair
-    conn = Connection(ours, limit=1 << 20)
+    conn = Connection(ours, 1 << 20, WEBSOCKET)
     conn.ping()
     assert conn.pending_bytes == 0
     assert receive(theirs, 2) == PING
@@ -122,7 +129,7 @@ def test_a_ping_with_nothing_waiting_goes_straight_to_the_socket(pair):
 def test_a_ping_behind_a_frame_the_socket_did_not_take_waits_for_it_whole(pair):
     ours, theirs = pair
     ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    conn = Connection(ours, limit=1 << 22)
+    conn = Connection(ours, 1 << 22, WEBSOCKET)
     told = []
     conn.on_progress = told.append                  # as a delivery shard does
     first, second = records(2, size=200_000)
@@ -141,7 +148,7 @@ def test_a_ping_behind_a_frame_the_socket_did_not_take_waits_for_it_whole(pair):
 
 def test_a_ping_on_a_closed_connection_says_so(pair):
     ours, _ = pair
-    conn = Connection(ours, limit=1 << 20)
+    conn = Connection(ours, 1 << 20, WEBSOCKET)
     conn.detach()
     with pytest.raises(BrokenPipeError):
         conn.ping()
@@ -151,7 +158,7 @@ def test_frames_queued_one_by_one_are_written_in_parts_whole_and_in_order(pair):
     ours, theirs = pair
     ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     budget = Budget(1 << 30)
-    conn = Connection(ours, limit=1 << 30)
+    conn = Connection(ours, 1 << 30, WEBSOCKET)
     conn.attach(budget)
     recs = records(1500, size=700)          # more frames than one sendmsg takes
     for record in recs:
@@ -202,7 +209,7 @@ def test_a_closed_connection_lets_go_of_its_frames_at_once_and_its_records_when_
     ours, _ = pair
     ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     budget = Budget(1 << 30)
-    conn = Connection(ours, limit=1 << 30)
+    conn = Connection(ours, 1 << 30, WEBSOCKET)
     conn.attach(budget)
     recs = records(100, size=2000)
     for record in recs:

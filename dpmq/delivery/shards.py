@@ -3,7 +3,7 @@
 Each shard is one long-lived task on the broker's fan-out ``ThreadPoolExecutor`` and owns a share of
 the subscriptions (all members of a group land on the same shard): only its thread touches their
 state, so a message costs one hand-off per shard, not one per consumer. The broker posts each
-message, with its frame built once, to every shard with a subscription to its topic (from the
+message, encoded once, to every shard with a subscription to its topic (from the
 committing thread, or from the pump when pushes are paced); the shard offers it to each subscription
 of the topic and writes with non-blocking sends, watching unwritable sockets in its selector. A
 consumer that cannot keep up never blocks the shard: its subscription falls behind and catches up
@@ -27,14 +27,13 @@ requeued dead letters, and requests for the cursors to save.
 """
 
 import heapq
-import json
 import logging
 import math
 import queue
 import time
 
 from ..errors import CLOSE_BAD_INPUT, CLOSE_TRY_AGAIN, Refused, StoreError
-from ..message import Run, text_frame
+from ..message import Run
 from ..metrics import ACKED, DEAD_LETTERED, DELIVERED, TopicCounts
 from .shard_waits import ShardWaits
 from .shared_group import SharedGroup
@@ -339,7 +338,7 @@ class Shard:
         if not done:
             error = {"error": f"{kind} of {code!r}: this consumer holds no such message (unknown,"
                               " already acked, or timed out and redelivered)", kind: code}
-            member.conn.send_text(text_frame(json.dumps(error).encode()))
+            member.conn.reply(error)
         self._touch(sub)
 
     def _requeue(self, key, records):

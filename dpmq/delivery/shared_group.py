@@ -43,7 +43,7 @@ class SharedGroup(Subscription):
         """Claim up to ``limit`` messages from the store and hand them out; True if caught up."""
         claimed = self.store.claim(self.topic, self.key, upto, limit, self.start_after)
         for position, (record, attempts, requeued) in enumerate(claimed):
-            if not self._send(record, None, attempts, requeued, now):
+            if not self._send(record, attempts, requeued, now):
                 for record, attempts, requeued in claimed[position:]:
                     self._push_retry(record, attempts, requeued)
                 return False

@@ -172,15 +172,16 @@ class Subscription:
         members = self.members
         if (run.first == self.next and not (self.behind or self._retry or self.attempts)
                 and len(members) == 1 and not (self.is_group or members[0].ack)
-                and run.contiguous and members[0].conn.offer_all(*run.joined())):
+                and run.contiguous
+                and members[0].conn.offer_all(*run.joined(members[0].conn.framing))):
             self.sent += len(run.items)
             self.next = run.last + 1
             return
-        for record, frame in run.items:
+        for index, (record, _) in enumerate(run.items):
             if record.offset < self.next:
                 continue
             if record.offset > self.next or self.behind or not self._send(
-                    record, frame, self.attempts.get(record.offset, 0), False, now):
+                    record, self.attempts.get(record.offset, 0), False, now, run, index):
                 self.behind = True
                 return
 
@@ -188,7 +189,7 @@ class Subscription:
         """Send what waits for redelivery, lowest offset first, while members can take it."""
         while self._retry:
             _, _, record, attempts, requeued = self._retry[0]
-            if not self._send(record, None, attempts, requeued, now):
+            if not self._send(record, attempts, requeued, now):
                 return False
             heapq.heappop(self._retry)
         return True
@@ -223,7 +224,7 @@ class Subscription:
         if records and records[0].offset > self.next:
             self.next = records[0].offset      # the ones between were purged by retention
         for sent, record in enumerate(records):
-            if not self._send(record, None, self.attempts.get(record.offset, 0), False, now):
+            if not self._send(record, self.attempts.get(record.offset, 0), False, now):
                 self._reads = max(1, 2 * sent)
                 return False
         self._reads = min(2 * max(self._reads, len(records)), 1 << 20)
@@ -231,8 +232,10 @@ class Subscription:
             self.behind = False
         return not self.behind
 
-    def _send(self, record, frame, attempts, requeued, now):
-        """Hand one message to a member; False if none can take it now (nothing changes then)."""
+    def _send(self, record, attempts, requeued, now, run=None, index=0):
+        """Hand one message to a member; False if none can take it now (nothing changes then).
+        A live message comes with its ``run`` and its ``index`` in it, whose frames are shared;
+        one read from the store, or a redelivery, is framed for its member alone."""
         if attempts > self.retry_count:
             self.attempts.pop(record.offset, None)
             reason = (f"not delivered after {attempts} attempt{'s' if attempts != 1 else ''}"
@@ -243,8 +246,11 @@ class Subscription:
         member = self._choose(record)
         if member is None:
             return False
-        if attempts or frame is None:
-            frame = message.frame(record, attempts)
+        framing = member.conn.framing
+        if attempts or run is None:
+            frame = framing.message(message.payload(record, attempts))
+        else:
+            frame = run.frames(framing)[index]
         if not member.conn.offer(frame, record):
             return False
         self.sent += 1

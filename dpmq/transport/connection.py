@@ -8,6 +8,10 @@ every write is appended whole to the connection's outgoing buffer under one lock
 there with non-blocking sends: frames never interleave, and a short write simply leaves the rest
 for later.
 
+The connection does not know the protocol on its stream: its *framing* (for a WebSocket,
+:data:`~dpmq.transport.frames.WEBSOCKET`) says how a reply and a keep-alive are written and
+whether a write closes the stream, and delivery asks the same framing for a message's bytes.
+
 A delivery thread (see :mod:`dpmq.delivery.shards`) queues data frames with :meth:`Connection.offer` and
 writes them with :meth:`Connection.flush`; when the socket is not writable it is told through
 ``on_progress`` and waits for writability in its selector. No thread ever blocks on a consumer.
@@ -31,23 +35,10 @@ import select
 import socket
 import threading
 
-from .frames import frame_extent
-
 _DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 _GATHER = 512       # frames given to one sendmsg, below the kernel's IOV_MAX (1024 on Linux)
 _CONTROL_SLACK = 1 << 16        # Pongs and Closes may exceed the buffer limit by this much
 _RECORD = operator.itemgetter(1)    # of a mark: (stream position where a message ends, record)
-PING = b"\x89\x00"          # a server's Ping frame: unmasked, no payload
-
-
-def _has_close_frame(data):
-    """Whether the server frames in ``data`` include a Close frame (opcode 8)."""
-    pos = 0
-    while (extent := frame_extent(data, pos)) is not None:
-        if data[pos] & 0x0F == 0x8:
-            return True
-        pos += extent[0] + extent[1]
-    return False
 
 
 class GuardedSocket:
@@ -89,8 +80,9 @@ class Connection:
     :class:`~dpmq.transport.budget.Budget` once the delivery shard has attached it.
     """
 
-    def __init__(self, raw, limit, remote_addr=""):
+    def __init__(self, raw, limit, framing, remote_addr=""):
         self.raw = raw
+        self.framing = framing      # how messages, replies and keep-alives go on the stream
         self.socket = GuardedSocket(raw, self)
         self.limit = limit
         self.remote_addr = remote_addr
@@ -173,12 +165,14 @@ class Connection:
             self._marks.extend(zip(map(base.__add__, ends), records))
             return True
 
-    def send_text(self, frame):
-        """Queue a frame that is not a message (an error reply); False if closing."""
+    def reply(self, answer):
+        """Queue an answer that is not a message (an error, a mapping sent as JSON) for the next
+        flush; False if closing."""
+        data = self.framing.reply(answer)
         with self._lock:
             if not self.open:
                 return False
-            self._queue_unrefused(frame)
+            self._queue_unrefused(data)
             return True
 
     def take_written(self):
@@ -295,32 +289,34 @@ class Connection:
         buffer limit (plus slack) the connection is dropped instead.
         """
         with self._lock:
-            if not self.closed and not data.startswith(b"HTTP/") and _has_close_frame(data):
+            if not self.closed and self.framing.closes(data):
                 self.closing = True
             done, progress = self._write_control_locked(data)
         self._after_control(done, progress)
         return len(data)
 
     def ping(self):
-        """A keep-alive Ping. When nothing waits before it, the usual case for an idle consumer,
-        it goes straight to the socket; what the socket does not take is queued like any
-        control frame. With 10,000 idle consumers, queueing every Ping was about a sixth of the
-        broker's idle CPU (``dpmq bench --idle 10000``)."""
+        """A keep-alive (the framing's: a Ping on a WebSocket). When nothing waits before it, the
+        usual case for an idle consumer, it goes straight to the socket, without the queue: with
+        many idle consumers, queueing every one was a large part of the broker's idle CPU (see
+        docs/BENCHMARKS.md, idle consumers). What the socket does not take is queued like any
+        control frame."""
+        keepalive = self.framing.keepalive
         with self._lock:
             if self.closed or self._frames:
-                done, progress = self._write_control_locked(PING)
+                done, progress = self._write_control_locked(keepalive)
             else:
                 try:
-                    sent = self.raw.send(PING, _DONTWAIT)
+                    sent = self.raw.send(keepalive, _DONTWAIT)
                 except (BlockingIOError, InterruptedError):
                     sent = 0
                 except OSError:
                     self._shut(broken=True)
                     raise BrokenPipeError("the consumer is gone") from None
                 self._queued += sent
-                if sent == len(PING):
+                if sent == len(keepalive):
                     return
-                done, progress = self._write_control_locked(PING[sent:])
+                done, progress = self._write_control_locked(keepalive[sent:])
         self._after_control(done, progress)
 
     def _write_control_locked(self, data):

@@ -1,10 +1,60 @@
-"""WebSocket frame headers (RFC 6455, section 5.2), read without parsing what the frames carry.
+"""WebSocket frames (RFC 6455, section 5.2): the ones DPMQ writes, and where the ones it reads end.
 
-Two places need to know where frames end and nothing more: a consumer's
-:class:`~dpmq.transport.connection.Connection`, to see whether a write carries a Close, and the inbound
-thread, to know whether what a consumer has sent so far ends between two frames (see
-:class:`FrameEnds`).
+:data:`WEBSOCKET` is the WebSocket *framing*, what a consumer's
+:class:`~dpmq.transport.connection.Connection` is given to put messages, replies and keep-alives
+on its stream; delivery hands it payloads and never sees a frame. Every other transport offers
+the same four things (``message``, ``reply``, ``keepalive``, ``closes``).
+
+Two places need to know where frames end and nothing more: the framing, to see whether a write
+carries a Close, and the inbound thread, to know whether what a consumer has sent so far ends
+between two frames (see :class:`FrameEnds`).
 """
+
+import json
+import struct
+
+
+def text_frame(data):
+    """One unmasked, unfragmented text frame holding ``data`` (a server's frames are unmasked)."""
+    length = len(data)
+    if length < 126:
+        header = struct.pack("!BB", 0x81, length)
+    elif length < 65536:
+        header = struct.pack("!BBH", 0x81, 126, length)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, length)
+    return header + data
+
+
+class WebSocketFraming:
+    """Messages and replies as text frames, a Ping to keep the connection alive. Stateless: one
+    instance serves every connection."""
+
+    #: A server's Ping: unmasked, no payload.
+    keepalive = b"\x89\x00"
+
+    message = staticmethod(text_frame)
+
+    @staticmethod
+    def reply(obj):
+        """An answer that is not a message (an error), as a JSON text frame."""
+        return text_frame(json.dumps(obj).encode())
+
+    @staticmethod
+    def closes(data):
+        """Whether ``data``, written to the stream, carries a Close: nothing may follow it. The
+        handshake's answer (HTTP) is written the same way and closes nothing."""
+        if data.startswith(b"HTTP/"):
+            return False
+        pos = 0
+        while (extent := frame_extent(data, pos)) is not None:
+            if data[pos] & 0x0F == 0x8:
+                return True
+            pos += extent[0] + extent[1]
+        return False
+
+
+WEBSOCKET = WebSocketFraming()
 
 
 def frame_extent(data, pos):

@@ -12,15 +12,14 @@ broker's :class:`~dpmq.transport.inbound.Inbound` thread, and the route thread o
 the consumer sends (acks and nacks with ``?ack=1``) is handled on the inbound thread as it arrives.
 """
 
-import json
 import logging
 
 from flask import Blueprint, request
 from flask_sock import Sock
 
 from ..errors import CLOSE_BAD_INPUT, BadRequest, Forbidden, Refused, Unauthorized
-from ..message import text_frame
 from ..transport.connection import Connection
+from ..transport.frames import WEBSOCKET
 from ..transport.websocket import WebSocketChannel
 from . import authorize, broker, json_or_none
 
@@ -50,7 +49,7 @@ def guard_socket():
     environ = request.environ
     for key in _SOCKET_KEYS:
         if key in environ:
-            conn = Connection(environ[key], broker().settings.mq.consumerBufferBytes,
+            conn = Connection(environ[key], broker().settings.mq.consumerBufferBytes, WEBSOCKET,
                               remote_addr=request.remote_addr or "")
             environ[key] = conn.socket
             environ["dpmq.transport.connection"] = conn
@@ -134,8 +133,8 @@ def _answer(b, member, text):
         else:
             code = None
     if not isinstance(code, str):
-        member.conn.send_text(text_frame(json.dumps(
-            {"error": 'expected a MessageCode, {"ack": "<code>"} or {"nack": "<code>"}'}).encode()))
+        member.conn.reply(
+            {"error": 'expected a MessageCode, {"ack": "<code>"} or {"nack": "<code>"}'})
         member.conn.on_progress(member.conn)
         return
     b.reply(member, kind, code)
