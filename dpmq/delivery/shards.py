@@ -58,8 +58,9 @@ def subscription_key(member):
 class Shard:
     """A delivery thread and the subscriptions it owns. ``post`` is its only thread-safe entry."""
 
-    def __init__(self, index, broker):
+    def __init__(self, index, broker, clock=time.monotonic):
         self.index = index
+        self.clock = clock              # for timers, gathering and retries; tests give their own
         self.broker = broker
         self.engine = broker.engine
         self.limits = broker.settings.mq
@@ -121,14 +122,16 @@ class Shard:
     def run(self, stop):
         while not stop.is_set():
             try:
-                self._once()
+                self.run_once()
             except Exception:  # noqa: BLE001 - a delivery thread must never die silently
                 log.exception("delivery shard %d failed; continuing in 0.5 s", self.index)
                 stop.wait(0.5)
         self._waits.close()
 
-    def _once(self):
-        now = time.monotonic()
+    def run_once(self):
+        """One turn of the loop: wait for a post, a writable socket or the next timer (at most
+        a second), then take what came and write. Only the shard's thread calls it."""
+        now = self.clock()
         timeout = 1.0
         if self._timers:
             timeout = min(timeout, max(0.0, self._timers[0][0] - now))
@@ -146,7 +149,7 @@ class Shard:
         _, writable = self._waits.sleep(timeout)
         self._blocked.difference_update(writable)
         self._dirty.update(writable)
-        now = time.monotonic()
+        now = self.clock()
         self._take_inbox(now)
         self._fire_timers(now)
         if self._shared and now >= self._next_poll:
