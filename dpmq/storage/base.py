@@ -8,9 +8,16 @@ A subscription is a topic and a key: ``c:<consumerId>`` for a lone consumer, ``g
 group. Beside its cursor the store keeps who owns it (:class:`Ownership`): with auth on, the
 subscription belongs to the identity that created it, and that must survive a restart.
 
-Every method is thread-safe and may block on I/O; none holds a lock while calling back into the
-broker except :meth:`Engine.open`'s ``on_commit``, which is called in commit order and must not block.
-Failures raise :class:`~dpmq.errors.StoreError` and change nothing.
+The interface is split by who calls it, because each caller needs different promises:
+
+- :class:`DeliveryStore`, the publish and delivery path: producers wait on it, so it must be quick
+  and never wait behind the other two;
+- :class:`ConsoleStore`, browsing for people at the console: it may scan, slowly;
+- :class:`CoordinationStore`, what processes and consumers must agree on: owners, consumerIds,
+  group claims, reports from the other processes.
+
+:class:`Engine` is all three, plus opening and closing; the broker holds one. Failures raise
+:class:`~dpmq.errors.StoreError` and change nothing.
 """
 
 import abc
@@ -25,33 +32,21 @@ class Ownership(NamedTuple):
     durable: bool
 
 
-class Engine(abc.ABC):
-    """What every engine provides. ``durable`` says whether a commit survives the process."""
+class DeliveryStore(abc.ABC):
+    """The log and the delivery state: what the publish and delivery path reads and writes.
 
-    name = "?"
-    durable = False
-    shared = False      # several processes use the store at once (see "sharing" below)
+    Callers: the request threads of producers (:meth:`append`), the delivery shards (reads,
+    cursors, attempts, dead letters, redeliveries) and the broker's housekeeping thread (delayed
+    messages, cursor sweeps, retention), all at once: every method is thread-safe.
 
-    # -- lifecycle ---------------------------------------------------------------------------
-    @abc.abstractmethod
-    def open(self, on_commit, on_remote=None, on_requeue=None):
-        """Open the store. From then on ``on_commit(records)`` is called once per commit of this
-        engine object that adds records to logs, in offset order per topic, one call at a time,
-        before the call that added them returns. The broker feeds its buffer from it, so the
-        buffer follows log order.
-
-        A shared engine also calls, from a thread of its own, ``on_remote(records)`` with what
-        other processes committed (in offset order per topic; it may block, to wait for room) and
-        ``on_requeue((topic, sub), records)`` when another process requeued dead letters of a
-        lone consumer's subscription. The others ignore both."""
-
-    @abc.abstractmethod
-    def close(self):
-        """Finish pending writes and release the store. Idempotent."""
-
-    @abc.abstractmethod
-    def ping(self):
-        """Raise StoreError if the store cannot be read and written now."""
+    Blocking: a write returns once committed (durably, for a durable engine), because a producer
+    is answered ``code:0`` only after that; it may wait for the commit ahead of it, which it then
+    shares. Any call may wait on the store: sqlite on the file's lock up to its busy timeout
+    (30 s), redis up to ``storage.redisTimeout`` per round trip (an append whose reply was lost
+    waits up to twice that again to learn whether it was stored). The memory engine only takes a
+    lock for the length of the call. No method holds a lock while calling back into the broker
+    except the ``on_commit`` of :meth:`Engine.open`.
+    """
 
     # -- messages ----------------------------------------------------------------------------
     @abc.abstractmethod
@@ -59,55 +54,41 @@ class Engine(abc.ABC):
         """Store :class:`~dpmq.message.NewMessage` items all or nothing; returns
         :class:`~dpmq.message.Appended`.
 
-        Blocks until committed (durably, for a durable engine). A message whose ``idempotency_key``
-        was seen on its topic before is not stored again: its code is the first message's. One with
-        ``due`` in the future is kept aside until :meth:`promote_due`. Concurrent callers share
-        commits (group commit) where the engine can.
+        A message whose ``idempotency_key`` was seen on its topic before is not stored again: its
+        code is the first message's, so a producer that retries after a lost reply stores once.
+        One with ``due`` in the future is kept aside until :meth:`promote_due`, so that it never
+        holds up the messages behind it.
         """
 
     @abc.abstractmethod
     def next_due(self):
-        """The earliest ``due`` of the delayed messages, or None if there are none."""
+        """The earliest ``due`` of the delayed messages, or None if there are none: how long the
+        scheduler may sleep."""
 
     @abc.abstractmethod
     def promote_due(self, now, limit):
         """Move up to ``limit`` delayed messages due by ``now`` into their logs, in order of due time;
-        returns their records (also handed to ``on_commit``)."""
+        returns their records (also handed to ``on_commit``). ``limit`` is the room left in the
+        broker's buffer."""
 
     @abc.abstractmethod
     def read(self, topic, after, limit, upto=None):
-        """Up to ``limit`` records of ``topic`` with ``after < offset <= upto``, in offset order."""
+        """Up to ``limit`` records of ``topic`` with ``after < offset <= upto``, in offset order:
+        how a subscription catches up on what its buffer no longer holds."""
 
     @abc.abstractmethod
     def head(self, topic):
-        """The offset of the newest message of ``topic``; 0 for an empty or unknown topic."""
+        """The offset of the newest message of ``topic``; 0 for an empty or unknown topic. It
+        never goes back, not even when retention deletes every message of the topic."""
 
     @abc.abstractmethod
     def heads(self):
-        """``{topic: newest offset}`` for every topic that has messages."""
+        """``{topic: newest offset}`` for every topic that has had messages."""
 
     @abc.abstractmethod
     def find(self, topic, code):
-        """The offset of the retained message ``code`` of ``topic``, or None."""
-
-    # -- browsing, for the console ----------------------------------------------------------
-    @abc.abstractmethod
-    def topics(self):
-        """``{topic: {"head", "retained", "subscriptions", "deadLetters", "delayed"}}``."""
-
-    @abc.abstractmethod
-    def messages(self, topic=None, status=None, limit=50, before=None, code=None):
-        """Messages newest first, as dicts (offset, code, topic, data, created, key, status).
-
-        ``status`` is ``delayed`` (not due yet), ``pending`` (after the cursor of some subscription
-        of its topic), ``delivered`` (done by every subscription, or nobody subscribes) or ``dead``
-        (a dead letter of some subscription); None means any but dead. ``before`` pages by offset;
-        ``code`` finds one message in any topic.
-        """
-
-    @abc.abstractmethod
-    def count_messages(self, topic=None):
-        """``{"delayed": n, "pending": n, "delivered": n, "dead": n}``."""
+        """The offset of the retained message ``code`` of ``topic``, or None: where a consumer
+        that asks to start after that message starts."""
 
     # -- subscriptions -----------------------------------------------------------------------
     @abc.abstractmethod
@@ -116,20 +97,107 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     def save_cursors(self, cursors):
-        """Save ``{(topic, sub): offset}``; a cursor only ever moves forward here."""
+        """Save ``{(topic, sub): offset}``. A cursor only ever moves forward here, so that a sweep
+        that computed its positions before a concurrent save cannot undo it."""
 
     @abc.abstractmethod
     def set_cursor(self, topic, sub, offset):
-        """Put a cursor anywhere (replay from an earlier message); forgets its failed attempts."""
+        """Put a cursor anywhere (replay from an earlier message); forgets its failed attempts,
+        which belonged to the deliveries that went before."""
 
     @abc.abstractmethod
     def attempts(self, topic, sub, after):
-        """``{offset: failed attempts}`` of this subscription's messages after offset ``after``."""
+        """``{offset: failed attempts}`` of this subscription's messages after offset ``after``,
+        so that retries count on across a restart."""
 
     @abc.abstractmethod
     def add_attempts(self, topic, sub, offsets):
         """Count one more failed delivery of each message in ``offsets`` to ``(topic, sub)``;
         returns ``{offset: count}``."""
+
+    # -- dead letters and redeliveries -------------------------------------------------------
+    @abc.abstractmethod
+    def dead_letter(self, topic, sub, record, reason, attempts):
+        """Keep ``record`` as a dead letter of ``(topic, sub)``, with why and after how many
+        attempts; it is no longer retried nor waiting for redelivery."""
+
+    @abc.abstractmethod
+    def redeliveries(self, topic, sub):
+        """The requeued records waiting for ``(topic, sub)`` (see :meth:`ConsoleStore.requeue`),
+        oldest offset first."""
+
+    @abc.abstractmethod
+    def redelivered(self, topic, sub, offset):
+        """A requeued message was delivered: forget it, or it would come again after a restart."""
+
+    # -- retention ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    def purge(self, before, keep_messages, limit):
+        """Delete at most ``limit`` messages created before ``before`` or beyond the newest
+        ``keep_messages`` of their topic (0 = no count limit), and the cursors, attempts, dead
+        letters and idempotency keys older than ``before``, with the ownership of the
+        subscriptions whose cursors went (or that were recorded before ``before`` and never got
+        one); returns how many messages went. ``limit`` keeps one call short, so the
+        housekeeping thread calls again while there is more."""
+
+
+class ConsoleStore(abc.ABC):
+    """What the console shows and the one thing it changes: topics, messages, dead letters.
+
+    Callers: the console's request threads, for people. Thread-safe. The reads scan and may take
+    seconds on a big store, so they must never make delivery wait: sqlite runs them on a connection
+    and a lock of their own, redis as separate round trips (each bounded by
+    ``storage.redisTimeout``). What they return is a snapshot that may be stale once shown.
+    :meth:`requeue` is a write and blocks like one of :class:`DeliveryStore`.
+    """
+
+    @abc.abstractmethod
+    def topics(self):
+        """``{topic: {"head", "retained", "subscriptions", "deadLetters", "delayed"}}`` for every
+        topic with messages, subscriptions, dead letters or delayed messages."""
+
+    @abc.abstractmethod
+    def messages(self, topic=None, status=None, limit=50, before=None, code=None):
+        """Messages newest first, as dicts (offset, code, topic, data, created, key, status).
+
+        ``status`` is ``delayed`` (not due yet; these come soonest due first, with offset 0, as
+        they have none yet), ``pending`` (after the cursor of some subscription of its topic),
+        ``delivered`` (done by every subscription, or nobody subscribes) or ``dead`` (a dead
+        letter of some subscription); None means any but delayed and dead. ``before`` pages by
+        offset; ``code`` finds one message in any topic.
+        """
+
+    @abc.abstractmethod
+    def count_messages(self, topic=None):
+        """``{"delayed": n, "pending": n, "delivered": n, "dead": n}``, as :meth:`messages`
+        counts them."""
+
+    @abc.abstractmethod
+    def dead_letters(self, topic=None, sub=None, limit=100):
+        """Dead letters, newest first, as dicts: topic, sub, offset, code, data, key, reason,
+        attempts, created (of the message), dead_at."""
+
+    @abc.abstractmethod
+    def requeue(self, topic, sub=None, code=None):
+        """Turn dead letters of ``topic`` (of one subscription, or one message) into redeliveries
+        (:meth:`DeliveryStore.redeliveries`); returns ``{(topic, sub): [Record, …]}`` of what was
+        requeued, for the broker to hand to the subscriptions now."""
+
+
+class CoordinationStore(abc.ABC):
+    """What consumers and processes must agree on: who owns a subscription, who holds a
+    consumerId, which process delivers which message of a group, and what each process holds.
+
+    Callers: the threads of consumers joining and leaving (owners, consumer locks), group
+    delivery on a shared engine (:meth:`claim`, :meth:`settle`) and the console
+    (:meth:`gather_reports`). Thread-safe.
+
+    With one process (memory, sqlite; see :class:`OneProcess`) the broker's own registry does the
+    agreeing, and only owners touch the store. A shared engine (``Engine.shared``) agrees through
+    it: each call is one atomic round trip, bounded by ``storage.redisTimeout``, and a process that
+    misses its heartbeats for ``storage.nodeTimeout`` loses its consumerIds and group claims to the
+    others.
+    """
 
     @abc.abstractmethod
     def own(self, topic, sub, owner, durable):
@@ -146,67 +214,97 @@ class Engine(abc.ABC):
         """Delete everything kept for ``(topic, sub)``: cursor, attempts, dead letters,
         requeued messages and ownership (an ephemeral subscription whose consumer left)."""
 
-    # -- dead letters ------------------------------------------------------------------------
     @abc.abstractmethod
-    def dead_letter(self, topic, sub, record, reason, attempts):
-        """Keep ``record`` as a dead letter of ``(topic, sub)``, with why and after how many attempts."""
-
-    @abc.abstractmethod
-    def dead_letters(self, topic=None, sub=None, limit=100):
-        """Dead letters, newest first, as dicts: topic, sub, offset, code, data, key, reason, attempts,
-        created (of the message), dead_at."""
-
-    @abc.abstractmethod
-    def requeue(self, topic, sub=None, code=None):
-        """Turn dead letters of ``topic`` (of one subscription, or one message) into redeliveries;
-        returns ``{(topic, sub): [Record, …]}`` of what was requeued."""
-
-    @abc.abstractmethod
-    def redeliveries(self, topic, sub):
-        """The requeued records waiting for ``(topic, sub)``, oldest offset first."""
-
-    @abc.abstractmethod
-    def redelivered(self, topic, sub, offset):
-        """A requeued message was delivered: forget it."""
-
-    # -- retention ---------------------------------------------------------------------------
-    @abc.abstractmethod
-    def purge(self, before, keep_messages, limit):
-        """Delete at most ``limit`` messages created before ``before`` or beyond the newest
-        ``keep_messages`` of their topic (0 = no count limit), and the cursors, attempts, dead
-        letters and idempotency keys older than ``before``, with the ownership of the
-        subscriptions whose cursors went (or that were recorded before ``before`` and never got
-        one); returns how many messages went."""
-
-    # -- sharing, for engines several processes use at once ---------------------------------
     def lock_consumer(self, topic, consumer_id):
         """Take ``consumer_id`` on ``topic`` for this process; False if another live process
-        has it. One process needs no lock: the broker's own registry refuses duplicates."""
+        has it. Taking it again in the process that holds it succeeds."""
+
+    @abc.abstractmethod
+    def unlock_consumer(self, topic, consumer_id):
+        """Let ``consumer_id`` go (after its connection ended), if this process holds it."""
+
+    @abc.abstractmethod
+    def claim(self, topic, sub, upto, limit, cursor):
+        """Take up to ``limit`` messages of group ``(topic, sub)`` for this process (requeued,
+        then to retry, then new ones up to ``upto``; a group seen for the first time starts after
+        ``cursor``); returns ``[(record, attempts, requeued)]`` in offset order. What one process
+        claimed no other gets until it is settled for retry or its process stops beating."""
+
+    @abc.abstractmethod
+    def settle(self, topic, sub, items, retry=False):
+        """Claimed ``(offset, requeued)`` items are done, or with ``retry`` are to be handed out
+        again (to any process); returns the group's cursor, which follows the lowest offset that
+        is not done."""
+
+    @abc.abstractmethod
+    def serve_reports(self, report):
+        """Answer the other processes' :meth:`gather_reports` with ``report()``, a JSON-able dict
+        of what this process holds (its consumers, counters), called on a thread of the engine's
+        own that may wait for it."""
+
+    @abc.abstractmethod
+    def gather_reports(self, timeout):
+        """Ask every other live process for its report and wait at most ``timeout`` seconds;
+        returns ``({node: report}, [node…])``, the reports that came and the live processes that
+        did not answer in time."""
+
+
+class OneProcess(CoordinationStore):
+    """The coordination of a store only one process uses (``Engine.shared`` is False): there is
+    no one to agree with, so the process parts answer at once without touching the store."""
+
+    def lock_consumer(self, topic, consumer_id):
+        """Always True: the broker's own registry refuses a consumerId already connected."""
         return True
 
     def unlock_consumer(self, topic, consumer_id):
-        """Let ``consumer_id`` go (after its connection ended)."""
         return None
 
     def serve_reports(self, report):
-        """Shared engines: answer the other processes' :meth:`gather_reports` with ``report()``,
-        a JSON-able dict of what this process holds (its consumers, counters), called on a thread
-        of the engine's own that may wait for it. One process has no one to answer."""
+        """No other process will ask."""
         return None
 
     def gather_reports(self, timeout):
-        """Shared engines: ask every other live process for its report and wait at most
-        ``timeout`` seconds; returns ``({node: report}, [node…])``, the reports that came and
-        the live processes that did not answer in time. One process: ``({}, [])``."""
+        """``({}, [])``: there are no other processes."""
         return {}, []
 
     def claim(self, topic, sub, upto, limit, cursor):
-        """Shared engines: take up to ``limit`` messages of group ``(topic, sub)`` for this
-        process (requeued, then to retry, then new ones up to ``upto``; a group seen for the
-        first time starts after ``cursor``); returns ``[(record, attempts, requeued)]``."""
-        raise NotImplementedError
+        """Refused: one process delivers its groups from the broker's own state (the broker
+        checks ``engine.shared`` before it claims)."""
+        raise NotImplementedError(f"the {self.name} engine has no groups shared by processes:"
+                                  " claim is for an engine with shared = True")
 
     def settle(self, topic, sub, items, retry=False):
-        """Shared engines: claimed ``(offset, requeued)`` items are done, or with ``retry`` are
-        to be handed out again (to any process); returns the group's cursor, which follows."""
-        raise NotImplementedError
+        """Refused, as :meth:`claim` is."""
+        raise NotImplementedError(f"the {self.name} engine has no groups shared by processes:"
+                                  " settle is for an engine with shared = True")
+
+
+class Engine(DeliveryStore, ConsoleStore, CoordinationStore):
+    """A whole store: the three interfaces, and its life. ``durable`` says whether a commit
+    survives the process; ``shared`` whether several processes use the store at once."""
+
+    name = "?"
+    durable = False
+    shared = False
+
+    @abc.abstractmethod
+    def open(self, on_commit, on_remote=None, on_requeue=None):
+        """Open the store. From then on ``on_commit(records)`` is called once per commit of this
+        engine object that adds records to logs, in offset order per topic, one call at a time,
+        before the call that added them returns. The broker feeds its buffer from it, so the
+        buffer follows log order; it is called under the engine's commit lock, so it must not
+        block.
+
+        A shared engine also calls, from a thread of its own, ``on_remote(records)`` with what
+        other processes committed (in offset order per topic; it may block, to wait for room) and
+        ``on_requeue((topic, sub), records)`` when another process requeued dead letters of a
+        lone consumer's subscription. The others ignore both."""
+
+    @abc.abstractmethod
+    def close(self):
+        """Finish pending writes, stop the engine's threads and release the store. Idempotent."""
+
+    @abc.abstractmethod
+    def ping(self):
+        """Raise StoreError if the store cannot be read and written now (readiness probes)."""

@@ -10,7 +10,7 @@ import threading
 import time
 
 from ..message import Appended, Record, from_columns
-from .base import Engine, Ownership
+from .base import Engine, OneProcess, Ownership
 
 
 class _Log:
@@ -22,7 +22,7 @@ class _Log:
         self.head = 0
 
 
-class MemoryEngine(Engine):
+class MemoryEngine(OneProcess, Engine):
     name = "memory"
     durable = False
 

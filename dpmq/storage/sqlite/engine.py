@@ -1,62 +1,40 @@
 """The ``sqlite`` engine: the default, one file in WAL mode, with group commit.
 
-Writers take turns at one lock that guards the write connection. A caller queues its job, then
-takes the lock: if an earlier holder already committed the job, it is done; if not, it runs every
-job waiting at that moment in one transaction, its own and those of everyone queued behind it, so
-many producers share one fsync (with ``synchronous=FULL`` a commit survives power loss, and any
-setting survives ``kill -9``). A lone producer commits on its own thread, with no hand-off to a
-committer thread and back; when its append is plain (messages due now, no idempotency keys, topics
-that have started) it is one multi-row insert that SQLite commits by itself. Reads use a second
-connection: WAL lets them run beside a commit.
+Every write goes through one writer that lets concurrent callers share a transaction and its
+fsync (:mod:`~dpmq.storage.sqlite.commit`). An append that is plain (messages due now, no
+idempotency keys, topics that have started) is one multi-row insert that SQLite commits by itself.
+Reads use a second connection, and the console's scans a third: WAL lets them run beside a commit,
+and delivery's reads never wait behind the console.
 """
 
 import itertools
-import logging
 import os
-import queue
 import sqlite3
 import threading
 import time
 
 from ...errors import StoreError
 from ...message import Appended, Record, from_columns
-from ..base import Engine
+from ..base import Engine, OneProcess
 from .browse import BrowseQueries
+from .commit import GroupCommit
 from .owners import SubscriptionOwners
 from .schema import SCHEMA
 from .store_lock import StoreLock
-
-log = logging.getLogger(__name__)
 
 _RECORD = "offset, code, topic, data, created, key"
 #: The most messages inserted by one statement (6 values each, well under SQLite's 32,766).
 _ONE_INSERT = 1000
 
 
-class _Job:
-    """One write waiting for a commit; ``run(db)`` executes inside the shared transaction."""
-
-    __slots__ = ("run", "appends", "alone", "finished", "result", "error")
-
-    def __init__(self, run, appends=False, alone=False):
-        self.run = run
-        self.appends = appends  # the result is a list of new records to hand to on_commit
-        self.alone = alone      # one statement: if no other job waits, it commits by itself
-        self.finished = False   # set under the commit lock
-        self.result = None
-        self.error = None
-
-
-class SQLiteEngine(BrowseQueries, SubscriptionOwners, Engine):
+class SQLiteEngine(BrowseQueries, SubscriptionOwners, OneProcess, Engine):
     name = "sqlite"
     durable = True
 
     def __init__(self, storage_settings):
         self.path = storage_settings.path
         self.synchronous = storage_settings.synchronous.upper()
-        self._jobs = queue.SimpleQueue()
-        self._commit_lock = threading.Lock()
-        self._heads = {}            # topic -> newest offset; touched under the commit lock only
+        self._writes = None         # the GroupCommit on the write connection, once open
         self._inserts = {}          # (n, shared) -> the statement inserting n messages
         self._read_lock = threading.Lock()
         self._reader = None
@@ -65,8 +43,6 @@ class SQLiteEngine(BrowseQueries, SubscriptionOwners, Engine):
         self._browse_lock = threading.Lock()
         self._browser = None
         self._writer = None
-        self._on_commit = None
-        self._closed = threading.Event()
         self._store_lock = StoreLock(self.path)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -86,7 +62,6 @@ class SQLiteEngine(BrowseQueries, SubscriptionOwners, Engine):
     def open(self, on_commit, on_remote=None, on_requeue=None):
         """Take the store's lock (a second broker on the file is refused with ConfigError, see
         :mod:`~dpmq.storage.sqlite.store_lock`), then open and check the file."""
-        self._on_commit = on_commit
         folder = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(folder, exist_ok=True)
         self._store_lock.acquire()
@@ -96,7 +71,7 @@ class SQLiteEngine(BrowseQueries, SubscriptionOwners, Engine):
                 for statement in SCHEMA:
                     self._writer.execute(statement)
                 self._writer.execute("pragma quick_check(1)")
-                self._heads = dict(self._writer.execute(
+                heads = dict(self._writer.execute(
                     "select topic, max(head, coalesce((select max(offset) from messages m"
                     " where m.topic = t.topic), 0)) from topics t"))
             except sqlite3.DatabaseError as exc:
@@ -104,95 +79,23 @@ class SQLiteEngine(BrowseQueries, SubscriptionOwners, Engine):
                                  " from a backup or point storage.path at a new file.") from None
             self._reader = self._connect()
             self._browser = self._connect()
+            self._writes = GroupCommit(self._writer, heads, on_commit, self.path)
         except BaseException:
-            if self._writer is not None:
-                self._writer.close()
-                self._writer = None
+            for db in (self._browser, self._reader, self._writer):
+                if db is not None:
+                    db.close()
+            self._browser = self._reader = self._writer = None
             self._store_lock.release()
             raise
 
     def close(self):
-        if self._closed.is_set() or self._writer is None:
+        if self._writes is None:
             return
-        with self._commit_lock:
-            self._closed.set()
-            for db in (self._browser, self._reader, self._writer):
-                try:
-                    db.close()
-                except Exception:  # noqa: BLE001 - closing is best effort
-                    pass
-            self._store_lock.release()
+        self._writes.close(self._browser, self._reader)
+        self._store_lock.release()
 
-    # -- group commit ------------------------------------------------------------------------
     def _write(self, run, appends=False, alone=False):
-        if self._closed.is_set():
-            raise StoreError("the store is closed: the broker is shutting down")
-        job = _Job(run, appends, alone)
-        self._jobs.put(job)
-        with self._commit_lock:
-            if not job.finished:
-                self._commit(self._waiting())
-        if job.error is not None:
-            raise job.error
-        return job.result
-
-    def _waiting(self):
-        batch = []
-        while True:
-            try:
-                batch.append(self._jobs.get_nowait())
-            except queue.Empty:
-                return batch
-
-    def _commit(self, batch):
-        """Run ``batch`` in one transaction; every job in it is finished on return."""
-        try:
-            if self._closed.is_set():
-                raise StoreError("the store is closed: the broker is shutting down")
-            committed = self._transaction(batch)
-            for records in committed:
-                if records:
-                    self._on_commit(records)
-        except StoreError as exc:
-            for job in batch:
-                job.error = exc
-        except BaseException as exc:
-            for job in batch:
-                job.error = StoreError(f"the SQLite store {self.path!r} could not commit: {exc!r}")
-            raise
-        finally:
-            for job in batch:
-                job.finished = True
-
-    def _transaction(self, batch):
-        db = self._writer
-        heads = dict(self._heads)
-        committed = []
-        try:
-            # A lone single-statement job is its own transaction: no begin and commit around it,
-            # each of which would let the interpreter go to another thread and wait to get it back.
-            alone = len(batch) == 1 and batch[0].alone
-            if not alone:
-                db.execute("begin immediate")
-            for job in batch:
-                job.result = job.run(db, heads)
-                if job.appends:
-                    committed.append(job.result.records)
-            if not alone:
-                db.execute("commit")
-        except BaseException as exc:
-            try:
-                db.execute("rollback")
-            except sqlite3.Error:
-                pass
-            if not isinstance(exc, sqlite3.Error):
-                raise
-            log.error("sqlite commit of %d writes failed: %s", len(batch), exc)
-            raise StoreError(f"the SQLite store {self.path!r} could not commit: {exc}. Free disk"
-                             " space, or fix the file's permissions or a file system that turned"
-                             " read-only; nothing was stored.") from None
-        self._heads = heads
-        return committed
+        return self._writes.write(run, appends, alone)
 
     # -- writes ------------------------------------------------------------------------------
     @staticmethod
@@ -214,8 +117,9 @@ class SQLiteEngine(BrowseQueries, SubscriptionOwners, Engine):
         db.executemany(f"insert into messages ({_RECORD}) values (?, ?, ?, ?, ?, ?)",
                        [record[:6] for record in records])
         # A topic's row is written when it starts, and its head when messages are purged (see
-        # purge): rewriting that page on every commit cost a sixth of a single publish. Between
-        # the two the newest offset is the last message's, which open() takes into account.
+        # purge), not on every commit: rewriting that page each time was a large part of the cost
+        # of a single publish. Between the two the newest offset is the last message's, which
+        # open() takes into account.
         if new_topics:
             db.executemany("insert into topics (topic, head) values (?, ?) on conflict (topic)"
                            " do update set head = max(head, excluded.head)",
@@ -253,8 +157,7 @@ class SQLiteEngine(BrowseQueries, SubscriptionOwners, Engine):
     def _insert_sql(self, count, shared):
         """The statement inserting ``count`` messages: six values each or, when they ``shared``
         one topic, time and key (a batch), the first offset, the topic, time and key once, then
-        a code and a text each. Binding a third as many values took 29 % off the instructions of
-        a 100-message insert."""
+        a code and a text each, so that a batch binds a third as many values."""
         sql = self._inserts.get((count, shared))
         if sql is None:
             rows = ([f"(?1 + {n}, ?{5 + 2 * n}, ?2, ?{6 + 2 * n}, ?3, ?4)" for n in range(count)]
@@ -268,7 +171,7 @@ class SQLiteEngine(BrowseQueries, SubscriptionOwners, Engine):
         if 0 < len(messages) <= _ONE_INSERT:
             codes, topics, texts, created, keys, idempotency_keys, dues = zip(*messages)
             if (not any(dues) and idempotency_keys.count(None) == len(messages)
-                    and self._heads.keys() >= set(topics)):
+                    and self._writes.heads.keys() >= set(topics)):
                 columns = (codes, topics, texts, created, keys)
                 return self._write(lambda db, heads: Appended(
                     list(codes), self._insert_at_once(db, heads, columns)), appends=True, alone=True)
@@ -423,10 +326,10 @@ class SQLiteEngine(BrowseQueries, SubscriptionOwners, Engine):
         return [Record(*row) for row in rows]
 
     def head(self, topic):
-        return self._heads.get(topic, 0)    # replaced whole after each commit: safe to read
+        return self._writes.heads.get(topic, 0)     # replaced whole after each commit: safe to read
 
     def heads(self):
-        return dict(self._heads)
+        return dict(self._writes.heads)
 
     def find(self, topic, code):
         rows = self._query("select offset from messages where code = ? and topic = ?", (code, topic))
