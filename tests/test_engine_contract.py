@@ -1,5 +1,13 @@
-"""The storage-engine contract, run against every engine."""
+"""The storage-engine contract, run against every engine (memory, sqlite, redis).
 
+Every method of the interface (:mod:`dpmq.storage.base`) is called here in a test that runs on
+every engine; :func:`test_the_contract_calls_every_method_of_the_interface` fails, naming the
+method, when one is not. The coordination between processes is tested with a second engine on the
+same store where the engine is shared, and its documented refusal or one-process answer elsewhere.
+"""
+
+import ast
+import pathlib
 import threading
 import time
 
@@ -8,9 +16,12 @@ import pytest
 from dpmq import config
 from dpmq.message import NewMessage, new_code
 from dpmq.storage import open_engine
-from dpmq.storage.base import Ownership
+from dpmq.storage.base import ConsoleStore, CoordinationStore, DeliveryStore, Engine, Ownership
 
-from helpers import drop_prefix, redis_prefix
+from helpers import drop_prefix, redis_prefix, wait_for
+
+#: Fixtures parametrised over every engine: a test or fixture that takes one runs on all three.
+EVERY_ENGINE = {"engine_name", "settings", "engine", "another_process"}
 
 
 @pytest.fixture
@@ -19,15 +30,38 @@ def committed():
 
 
 @pytest.fixture
-def engine(engine_name, tmp_path, committed):
-    settings = config.build({"storage": {"engine": engine_name, "path": str(tmp_path / "s.db"),
-                                         "synchronous": "NORMAL", "prefix": redis_prefix()}})
+def settings(engine_name, tmp_path):
+    """The store of one test: a SQLite file in its folder, or a Redis prefix of its own."""
+    built = config.build({"storage": {"engine": engine_name, "path": str(tmp_path / "s.db"),
+                                      "synchronous": "NORMAL", "prefix": redis_prefix()}})
+    yield built
+    if engine_name == "redis":
+        drop_prefix(built.storage.prefix)
+
+
+@pytest.fixture
+def engine(settings, committed):
     store = open_engine(settings)
     store.open(committed.extend)
     yield store
     store.close()
-    if engine_name == "redis":
-        drop_prefix(settings.storage.prefix)
+
+
+@pytest.fixture
+def another_process(settings):
+    """``another_process(listen=False)`` -> for a shared engine, the engine of another process on
+    the same store; ``listen`` follows the others' commits and requests, as a broker does."""
+    opened = []
+
+    def make(listen=False):
+        store = open_engine(settings)
+        store.open(lambda records: None, (lambda records: None) if listen else None)
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        store.close()
 
 
 def _msgs(topic, *datas, **fields):
@@ -92,7 +126,13 @@ def test_attempts_count_up_and_dead_letters_keep_the_message(engine):
     (dead,) = engine.dead_letters(topic="t")
     assert dead["code"] == record.code and dead["data"] == "poison"
     assert dead["sub"] == "c:x" and dead["attempts"] == 2 and dead["reason"] == "push failed"
+    assert dead["created"] == record.created and dead["offset"] == record.offset
     assert engine.dead_letters(topic="other") == []
+    (later,) = engine.append(_msgs("t", "poison too")).records
+    engine.dead_letter("t", "g:w", later, "nacked", 1)
+    assert [d["data"] for d in engine.dead_letters()] == ["poison too", "poison"]   # newest first
+    assert [d["data"] for d in engine.dead_letters(limit=1)] == ["poison too"]
+    assert [d["data"] for d in engine.dead_letters(topic="t", sub="c:x")] == ["poison"]
 
 
 def test_ping_succeeds_on_a_working_store(engine):
@@ -263,3 +303,136 @@ def test_retention_forgets_an_owner_with_its_subscription(engine):
     assert engine.cursor("t", "c:idle") is None
     assert engine.own("t", "c:idle", "token:b", False) == Ownership("token:b", False)
     assert engine.own("t", "c:never", "token:b", False) == Ownership("token:b", False)
+
+
+def _view(found):
+    return [(m["topic"], m["data"], m["status"]) for m in found]
+
+
+@pytest.fixture
+def browsed(engine):
+    """Topic a: 1 and 2 delivered to its one subscription, 3 and 4 pending, 1 also a dead
+    letter, two delayed; topic b: one message, no subscription. Created in that order (b's
+    between a's 2 and 3), so "newest first" means one thing on every engine."""
+    t0 = time.time()
+    a = engine.append([NewMessage(new_code(), "a", str(n), t0 + n) for n in (1, 2, 3, 4)]).records
+    b = engine.append([NewMessage(new_code(), "b", "b1", t0 + 2.5, key="k")]).records
+    engine.append(_msgs("a", "later", due=t0 + 100) + _msgs("a", "soon", due=t0 + 50))
+    engine.save_cursors({("a", "c:x"): 2})
+    engine.dead_letter("a", "c:x", a[0], "timeout", 3)
+    return a, b
+
+
+def test_messages_are_browsed_newest_first_by_topic_status_page_and_code(engine, browsed):
+    a, b = browsed
+    assert _view(engine.messages(topic="a")) == [
+        ("a", "4", "pending"), ("a", "3", "pending"), ("a", "2", "delivered"), ("a", "1", "delivered")]
+    assert _view(engine.messages()) == [
+        ("a", "4", "pending"), ("a", "3", "pending"), ("b", "b1", "delivered"),
+        ("a", "2", "delivered"), ("a", "1", "delivered")]
+    assert _view(engine.messages(status="pending")) == [("a", "4", "pending"), ("a", "3", "pending")]
+    assert _view(engine.messages(status="delivered", limit=2)) == [
+        ("b", "b1", "delivered"), ("a", "2", "delivered")]
+    assert _view(engine.messages(topic="a", before=3)) == [("a", "2", "delivered"), ("a", "1", "delivered")]
+    assert _view(engine.messages(topic="a", limit=1)) == [("a", "4", "pending")]
+    assert _view(engine.messages(status="dead")) == [("a", "1", "dead")]
+    delayed = engine.messages(status="delayed")
+    assert _view(delayed) == [("a", "soon", "delayed"), ("a", "later", "delayed")]    # soonest due
+    assert [m["offset"] for m in delayed] == [0, 0]
+    assert engine.messages(code=b[0].code) == [{
+        "offset": 1, "code": b[0].code, "topic": "b", "data": "b1", "created": b[0].created,
+        "key": "k", "status": "delivered"}]
+    assert engine.messages(topic="a", code=b[0].code) == []
+
+
+def test_count_messages_counts_as_messages_lists(engine, browsed):
+    assert engine.count_messages() == {"delayed": 2, "pending": 2, "delivered": 3, "dead": 1}
+    assert engine.count_messages("a") == {"delayed": 2, "pending": 2, "delivered": 2, "dead": 1}
+    assert engine.count_messages("b") == {"delayed": 0, "pending": 0, "delivered": 1, "dead": 0}
+    assert engine.count_messages("none") == {"delayed": 0, "pending": 0, "delivered": 0, "dead": 0}
+
+
+def test_topics_count_retained_messages_subscriptions_dead_letters_and_delayed(engine, browsed):
+    engine.save_cursors({("a", "g:w"): 4})
+    engine.append(_msgs("c", "only delayed", due=time.time() + 100))
+    assert engine.purge(before=0, keep_messages=3, limit=10) == 1      # a's first goes
+    assert engine.topics() == {
+        "a": {"head": 4, "retained": 3, "subscriptions": 2, "deadLetters": 1, "delayed": 2},
+        "b": {"head": 1, "retained": 1, "subscriptions": 0, "deadLetters": 0, "delayed": 0},
+        "c": {"head": 0, "retained": 0, "subscriptions": 0, "deadLetters": 0, "delayed": 1}}
+
+
+def test_a_consumer_id_is_held_by_one_process_at_a_time(engine, another_process):
+    assert engine.lock_consumer("t", "c1")
+    assert engine.lock_consumer("t", "c1"), "taking it again in the process that holds it"
+    if not engine.shared:
+        engine.unlock_consumer("t", "c1")           # one process: its broker refuses duplicates
+        assert engine.lock_consumer("t", "c1")
+        return
+    other = another_process()
+    assert not other.lock_consumer("t", "c1")
+    assert other.lock_consumer("u", "c1"), "consumerIds are per topic"
+    other.unlock_consumer("t", "c1")                # not the holder: changes nothing
+    assert not other.lock_consumer("t", "c1")
+    engine.unlock_consumer("t", "c1")
+    assert other.lock_consumer("t", "c1") and not engine.lock_consumer("t", "c1")
+
+
+def test_group_messages_are_claimed_by_one_process_until_settled(engine, another_process):
+    records = engine.append(_msgs("t", "1", "2", "3", "4")).records
+    if not engine.shared:       # one process delivers its groups from the broker's own state
+        with pytest.raises(NotImplementedError, match="shared"):
+            engine.claim("t", "g:w", upto=4, limit=10, cursor=0)
+        with pytest.raises(NotImplementedError, match="shared"):
+            engine.settle("t", "g:w", [(1, False)])
+        return
+    other = another_process()
+    assert engine.claim("t", "g:w", upto=3, limit=2, cursor=0) == [
+        (records[0], 0, False), (records[1], 0, False)]
+    assert other.claim("t", "g:w", upto=3, limit=10, cursor=0) == [(records[2], 0, False)]
+    assert engine.settle("t", "g:w", [(2, False)]) == 0, "1 is not done: the cursor stays"
+    engine.add_attempts("t", "g:w", [1])
+    assert engine.settle("t", "g:w", [(1, False)], retry=True) == 0
+    assert other.claim("t", "g:w", upto=4, limit=10, cursor=0) == [
+        (records[0], 1, False), (records[3], 0, False)]
+    assert other.settle("t", "g:w", [(1, False), (3, False), (4, False)]) == 4
+    assert engine.cursor("t", "g:w") == 4
+    engine.dead_letter("t", "g:w", records[1], "timeout", 3)
+    engine.requeue("t", "g:w")
+    assert engine.claim("t", "g:w", upto=4, limit=10, cursor=0) == [(records[1], 0, True)]
+    assert other.claim("t", "g:w", upto=4, limit=10, cursor=0) == []
+    assert engine.settle("t", "g:w", [(2, True)]) == 4
+    assert engine.redeliveries("t", "g:w") == []
+
+
+def test_reports_are_gathered_from_every_other_live_process(engine, another_process):
+    engine.serve_reports(lambda: {"consumers": 1})
+    if not engine.shared:
+        assert engine.gather_reports(0.1) == ({}, [])       # no one else to ask
+        return
+    answering = another_process(listen=True)
+    answering.serve_reports(lambda: {"consumers": 2})
+    wait_for(lambda: engine.gather_reports(0.5)[0], what="the other process to listen")
+    another_process()                                   # alive, but never hears the request
+    reports, silent = engine.gather_reports(0.3)
+    assert list(reports.values()) == [{"consumers": 2}] and len(silent) == 1
+
+
+def _called_on_every_engine():
+    """The names of the methods called in this module's tests and fixtures that run on every
+    engine (those taking a fixture of ``EVERY_ENGINE``)."""
+    called = set()
+    for node in ast.walk(ast.parse(pathlib.Path(__file__).read_text())):
+        if isinstance(node, ast.FunctionDef) and EVERY_ENGINE & {a.arg for a in node.args.args}:
+            called |= {call.func.attr for call in ast.walk(node)
+                       if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)}
+    return called
+
+
+def test_the_contract_calls_every_method_of_the_interface():
+    interface = {name for cls in (DeliveryStore, ConsoleStore, CoordinationStore, Engine)
+                 for name, value in vars(cls).items() if callable(value) and not name.startswith("_")}
+    assert Engine.__abstractmethods__ <= interface
+    missing = sorted(interface - _called_on_every_engine())
+    assert not missing, (f"the engine contract never calls {', '.join(missing)} on every engine:"
+                         " add a test of it to tests/test_engine_contract.py")

@@ -158,7 +158,8 @@ class ConsoleStore(abc.ABC):
 
     @abc.abstractmethod
     def messages(self, topic=None, status=None, limit=50, before=None, code=None):
-        """Messages newest first, as dicts (offset, code, topic, data, created, key, status).
+        """Messages newest first (by offset within one topic, by creation time across topics), as
+        dicts (offset, code, topic, data, created, key, status).
 
         ``status`` is ``delayed`` (not due yet; these come soonest due first, with offset 0, as
         they have none yet), ``pending`` (after the cursor of some subscription of its topic),

@@ -13,6 +13,14 @@ from ..message import Appended, Record, from_columns
 from .base import Engine, OneProcess, Ownership
 
 
+def _newest_first(topic):
+    """The order of :meth:`~dpmq.storage.base.ConsoleStore.messages`: by offset within one topic,
+    by age across topics."""
+    if topic is not None:
+        return lambda m: -m["offset"]
+    return lambda m: (-m["created"], -m["offset"])
+
+
 class _Log:
     """One topic: records in offset order; ``first`` is the offset of ``records[0]``."""
 
@@ -186,7 +194,7 @@ class MemoryEngine(OneProcess, Engine):
                                           status=state))
                         if len(found) >= limit and topic is not None:
                             break
-            found.sort(key=lambda m: (-m["created"], -m["offset"]))
+            found.sort(key=_newest_first(topic))
             return found[:limit]
 
     def count_messages(self, topic=None):

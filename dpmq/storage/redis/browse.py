@@ -60,7 +60,8 @@ class BrowseQueries:
         found = []
         for name in ([topic] if topic is not None else sorted(self.heads())):
             found += self._browse(name, floors.get(name, FAR), status, limit, before, code)
-        found.sort(key=lambda m: (-m["created"], -m["offset"]))
+        if topic is None:                   # one topic is newest first already, by offset
+            found.sort(key=lambda m: (-m["created"], -m["offset"]))
         return found[:limit]
 
     def _browse(self, topic, floor, status, limit, before, code):

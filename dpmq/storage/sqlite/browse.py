@@ -34,11 +34,13 @@ class BrowseQueries:
                                " and (?3 is null or offset < ?3) order by offset desc limit ?4",
                                (topic, code, before, limit))
         else:
+            # One topic is read backwards along its primary key; several are merged by age.
+            order = "m.offset desc" if topic is not None else "m.created desc, m.offset desc"
             rows = self._browse(
                 f"select * from (select m.offset, m.code, m.topic, m.data, m.created, m.key,"
                 f" case when m.offset > {self._FLOOR} then 'pending' else 'delivered' end as status"
                 f" from messages m where (?1 is null or m.topic = ?1) and (?2 is null or m.code = ?2)"
-                f" and (?3 is null or m.offset < ?3) order by m.offset desc)"
+                f" and (?3 is null or m.offset < ?3) order by {order})"
                 f" where (?4 is null or status = ?4) limit ?5", (topic, code, before, status, limit))
         return [dict(zip(keys, row)) for row in rows]
 
