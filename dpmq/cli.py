@@ -335,8 +335,10 @@ def _stats(args):
         ping = _get(args.url, "/Console/Ping", args.token)
         consumers = _get(args.url, "/Console/GetConsumers", args.token)
         lines = [f"DPMQ {args.url}  engine {ping['engine']}  up {ping['uptime']:.0f}s  "
-                 f"buffered {ping['buffered']}  published {ping['published']}  pushed "
-                 f"{ping['pushed']}  failed {ping['failed']}  dead {ping['deadLettered']}",
+                 f"buffer {ping['bufferUsed']}/{ping['bufferCapacity']}  awaiting paced push "
+                 f"{ping['awaitingPacedPush']}  in flight {ping['inFlight']}",
+                 f"published {ping['published']}  pushed {ping['pushed']}  failed {ping['failed']}"
+                 f"  dead {ping['deadLettered']}",
                  f"{'TOPIC':24} {'CONSUMER':20} {'GROUP':12} {'DELIVERED':>9} {'PENDING':>8}  FROM"]
         for c in sorted(consumers, key=lambda c: (c["topic"], c["consumerId"])):
             lines.append(f"{c['topic'][:24]:24} {c['consumerId'][:20]:20} {(c['group'] or '-')[:12]:12}"

@@ -98,10 +98,11 @@ class History:
         self.samples = collections.deque(maxlen=seconds)
         self.topic_samples = collections.deque(maxlen=7)
 
-    def sample(self, counts, buffered, now=None):
+    def sample(self, counts, buffer_used, now=None):
+        """``buffer_used``: the room of the buffer (``mq.messageChanBuffer``) taken now."""
         now = now or time.time()
         totals = [sum(row[i] for row in counts.values()) for i in range(len(EVENTS))]
-        self.samples.append((now, totals[PUBLISHED], totals[DELIVERED], buffered))
+        self.samples.append((now, totals[PUBLISHED], totals[DELIVERED], buffer_used))
         if not self.topic_samples or now - self.topic_samples[-1][0] >= 10:
             self.topic_samples.append((now, {t: row[PUBLISHED] for t, row in counts.items()}))
 
@@ -114,13 +115,14 @@ class History:
                 for topic, count in now.items()}
 
     def rates(self):
-        """``[{time, published, delivered, buffered}]``: per-second rates between samples."""
+        """``[{time, published, delivered, bufferUsed}]``: per-second rates between samples, and
+        the buffer's fill when each was taken."""
         out = []
         samples = list(self.samples)
         for (t0, p0, d0, _), (t1, p1, d1, b1) in zip(samples, samples[1:]):
             span = max(t1 - t0, 1e-6)
             out.append({"time": round(t1, 3), "published": round((p1 - p0) / span, 2),
-                        "delivered": round((d1 - d0) / span, 2), "buffered": b1})
+                        "delivered": round((d1 - d0) / span, 2), "bufferUsed": b1})
         return out
 
 
@@ -165,9 +167,14 @@ class _Collector:
             yield family
         members = broker.members()
         gauges = (
-            ("dpmq_buffer_depth", "Accepted messages waiting in the buffer", broker.buffer.qsize()),
-            ("dpmq_buffer_capacity", "Capacity of the buffer (mq.messageChanBuffer)",
+            ("dpmq_buffer_used", "Messages holding room in the buffer (mq.messageChanBuffer):"
+             " accepted and not yet handed to the delivery shards, those being committed included;"
+             " when it is full a publish waits mq.publishTimeout, then gets 503", broker.slots.used),
+            ("dpmq_buffer_capacity", "Capacity of the buffer: mq.messageChanBuffer messages",
              broker.slots.capacity),
+            ("dpmq_messages_awaiting_paced_push", "Committed messages waiting in the pacing queue"
+             " for their paced push (mq.pushMessagesSpeed); always 0 unpaced, where each is handed"
+             " out as it commits", broker.pacer.waiting()),
             ("dpmq_consumers_connected", "Connected consumers", len(members)),
             ("dpmq_messages_in_flight", "Messages handed to consumers and not done yet",
              sum(len(member.flights) for member in members)),

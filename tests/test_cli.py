@@ -76,6 +76,7 @@ def test_stats_once_lists_consumers(broker):
     result = dpmq("stats", "--once", url=broker.url)
     assert result.returncode == 0, result.stderr
     assert "watched" in result.stdout and "engine" in result.stdout
+    assert "buffer 0/100" in result.stdout and "awaiting paced push 0" in result.stdout
 
 
 def test_help_shows_examples():

@@ -34,6 +34,9 @@ def test_metrics_count_what_happened(make_broker, engine_name):
     assert metrics["dpmq_messages_acked_total" + topic] == 0
     assert metrics["dpmq_consumers_connected[]"] == 2
     assert metrics["dpmq_buffer_capacity[]"] == 100
+    assert metrics["dpmq_buffer_used[]"] == 0                       # unpaced: handed out at commit
+    assert metrics["dpmq_messages_awaiting_paced_push[]"] == 0      # and no pacing queue
+    assert "dpmq_buffer_depth[]" not in metrics
     assert metrics["dpmq_store_commit_seconds_count[]"] == 1
     assert metrics["dpmq_publish_to_push_seconds_count[]"] == 2
 

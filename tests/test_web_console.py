@@ -70,7 +70,10 @@ def test_the_rate_charts_have_a_legend_and_axes(make_broker, browser):
     assert len(lines) == len(page.query_selector_all("#rates-chart .legend li")) == 2
     assert "messages" in page.text_content("#buffer .y-axis .axis-title")
     page.wait_for_function("document.getElementById('buffer-capacity').textContent === '100'")
-    assert "waiting to be pushed" in page.inner_text("#buffer-chart .legend")
+    legend = page.inner_text("#buffer-chart .legend")
+    assert "not yet handed out" in legend and "mq.messageChanBuffer" in legend
+    tile = page.wait_for_selector(".tile[data-label='Awaiting paced push']")
+    assert "Always 0 unpaced" in tile.get_attribute("title")
 
 
 def test_the_failed_tile_says_what_it_counts(make_broker, browser):

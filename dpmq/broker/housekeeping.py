@@ -86,10 +86,10 @@ class Housekeeping:
             try:
                 if time.monotonic() >= next_sample:
                     next_sample = time.monotonic() + 1.0
-                    self.broker.history.sample(self.broker.topic_counts(), self.broker.buffer.qsize())
+                    self.broker.history.sample(self.broker.topic_counts(), self.broker.slots.used)
                 sweeping = time.monotonic() >= next_sweep
                 self.save_cursors(refresh=sweeping)
-                self.broker.retry_unlocks()
+                self.broker.consumers.retry_unlocks()
                 if sweeping:
                     next_sweep = time.monotonic() + mq.sweepInterval
                     self.purge()

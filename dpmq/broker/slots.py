@@ -1,9 +1,13 @@
-"""The buffer's room (``mq.messageChanBuffer``), counted in messages.
+"""The buffer (``mq.messageChanBuffer``): room for the messages accepted and not yet handed to the
+delivery shards, counted in messages. It is the only thing DPMQ calls "the buffer" (a consumer's
+outgoing bytes are its connection's, :mod:`dpmq.transport.connection`).
 
 A publish reserves room for its messages before it commits, waiting at most
 ``mq.publishTimeout``, so a message the store accepted always fits in the buffer; the room is
-given back once the message is handed to the delivery shards. A delayed message takes none while
-it waits in the store; when it is due, the scheduler moves as many as there is room for.
+given back once the message is handed to the delivery shards. Paced, a committed message holds
+its room while it waits in the pacing queue (:mod:`.pacing`); unpaced, it is handed out as it
+commits, so only messages being committed hold room. A delayed message takes none while it waits
+in the store; when it is due, the scheduler moves as many as there is room for.
 """
 
 import threading
@@ -14,7 +18,7 @@ class Slots:
 
     def __init__(self, capacity):
         self.capacity = capacity
-        self.used = 0
+        self.used = 0               # read without the lock by the console and the metrics
         self._cond = threading.Condition()
 
     def acquire(self, count, timeout):

@@ -112,12 +112,21 @@ def ping():
 
 
 def overview(b):
-    """A process's vital signs: what Ping answers and each process reports."""
+    """A process's vital signs: what Ping answers and each process reports.
+
+    What waits, and where: ``bufferUsed`` of ``bufferCapacity`` (``mq.messageChanBuffer``) is the
+    messages accepted and not yet handed to the delivery shards, those being committed included;
+    ``awaitingPacedPush`` the part of them committed and waiting for their paced push (always 0
+    unpaced); ``inFlight`` the messages handed to consumers and not done yet; and
+    ``consumerBufferedBytes`` the bytes waiting in the consumers' outgoing buffers."""
     totals = [sum(column) for column in zip(*b.topic_counts().values())] or [0] * len(EVENTS)
+    members = b.members()
     return {"engine": b.engine.name, "process": process_name(), "accepting": b.accepting,
-            "uptime": round(time.time() - b.started, 3), "buffered": b.buffer.qsize(),
-            "bufferCapacity": b.slots.capacity, "consumers": len(b.members()), "pushed": b.pushed,
-            **{_camel(event): totals[index] for index, event in enumerate(EVENTS)}}
+            "uptime": round(time.time() - b.started, 3), "bufferUsed": b.slots.used,
+            "bufferCapacity": b.slots.capacity, "awaitingPacedPush": b.pacer.waiting(),
+            "inFlight": sum(len(member.flights) for member in members),
+            "consumerBufferedBytes": b.consumer_buffers.used, "consumers": len(members),
+            "pushed": b.pushed, **{_camel(event): totals[index] for index, event in enumerate(EVENTS)}}
 
 
 def _camel(name):
@@ -126,7 +135,7 @@ def _camel(name):
 
 
 #: The overview's counters that add up over the processes of a broker.
-_SUMMED = ("consumers", "pushed", *map(_camel, EVENTS))
+_SUMMED = ("consumers", "inFlight", "consumerBufferedBytes", "pushed", *map(_camel, EVENTS))
 
 
 def _subscription(fields, required_topic=True):
@@ -245,7 +254,7 @@ def get_overview():
     data = dict(processes[0], processes=processes, missing=missing,
                 history=b.history.rates()[-300:])
     for name in _SUMMED:
-        data[name] = sum(vitals[name] for vitals in processes)
+        data[name] = sum(vitals.get(name, 0) for vitals in processes)   # an older process lacks new ones
     return _answer(data, missing)
 
 
