@@ -6,6 +6,8 @@ import time
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from dpmq import config
 from dpmq.errors import StoreError
@@ -42,6 +44,18 @@ def engines():
     drop_prefix(prefix)
 
 
+def _redis_is_busy():
+    """True while a script holds Redis: a ping gets no answer in time (and is not retried)."""
+    probe = redis.Redis(socket_timeout=0.05, retry=Retry(NoBackoff(), 0))
+    try:
+        probe.ping()
+        return False
+    except redis.TimeoutError:
+        return True
+    finally:
+        probe.close()
+
+
 def _message(topic, data):
     return NewMessage(new_code(), topic, data, time.time())
 
@@ -52,7 +66,7 @@ def test_an_append_whose_reply_is_lost_is_either_stored_or_never_stored(engines,
     for attempt in range(4):
         busy = threading.Thread(target=redis.Redis().eval, args=(BUSY, 0, 700 + 100 * attempt))
         busy.start()
-        time.sleep(0.2)             # the busy script runs: this append gets no reply in time
+        wait_for(_redis_is_busy, what="the busy script to hold Redis")  # the append gets no reply
         message = _message("t", f"m{attempt}")
         try:
             engine.append([message])
@@ -60,7 +74,9 @@ def test_an_append_whose_reply_is_lost_is_either_stored_or_never_stored(engines,
         except StoreError as exc:
             outcomes.append(("refused", message, str(exc)))
         busy.join()
-    time.sleep(0.5)                 # anything still on its way has reached Redis by now
+    # Redis answers a ping sent after the last busy script ended only once it has read what was
+    # sent while it was busy: whatever the engine sent has run (or been refused) by then.
+    redis.Redis().ping()
     stored = {record.code for record in engine.read("t", 0, 100)}
     for kind, message, reason in outcomes:
         if kind == "stored":
@@ -102,10 +118,9 @@ def test_a_process_whose_heartbeat_stops_loses_its_group_claims_and_consumer_ids
     assert survivor.claim("t", "g:w", upto=3, limit=10, cursor=0) == []
     assert quick.lock_consumer("t", "c1") and not survivor.lock_consumer("t", "c1")
     quick._closed.set()             # its heartbeat thread stops, as if the process hung or died
-    time.sleep(1.3)
+    wait_for(lambda: survivor.lock_consumer("t", "c1"), what="the silent process to expire")
     survivor.ping()                 # a heartbeat: it takes over what expired nodes held
     again = survivor.claim("t", "g:w", upto=3, limit=10, cursor=0)
     assert [(record.data, attempts) for record, attempts, _ in again] == [("0", 1), ("1", 1), ("2", 1)]
-    assert survivor.lock_consumer("t", "c1")
     assert survivor.settle("t", "g:w", [(r.offset, False) for r, _, _ in again]) == 3
     assert survivor.cursor("t", "g:w") == 3
