@@ -1,13 +1,20 @@
 """Keep-alive pings: every consumer is pinged about once per server.pingInterval by the broker's one
-inbound thread; one that answers stays however long it is idle, one that does not is closed."""
+inbound thread; one that answers stays however long it is idle, one that does not is closed.
+
+Through real sockets these tests check that pings come and what happens to those who answer and
+those who do not; when each ping is due is checked on the inbound thread's schedule with ``now``
+given (gaps measured on a busy machine are that machine's)."""
 
 import json
 import socket
 import threading
 import time
 
+import pytest
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Ping, Request, TextMessage
+
+from dpmq.transport.inbound import CLOSE_PING_TIMEOUT, Inbound, Reader
 
 from helpers import Collector, wait_for
 
@@ -70,9 +77,10 @@ def test_consumers_that_answer_stay_and_one_that_does_not_is_closed_with_1008(ma
     assert silent.closed == (1008, "Ping/Pong timeout")
     assert len(silent.pings) == 1, "closed at the second ping after an unanswered first"
     wait_for(lambda: len(running.broker.members()) == 6, what="the silent consumer to be removed")
-    time.sleep(1.5)                     # five more intervals, idle
+    wait_for(lambda: all(len(c.pings) >= 4 or c.closed for c in answering),
+             what="four pings at every answering consumer, idle")
+    assert [c.closed for c in answering] == [None] * 5
     assert len(running.broker.members()) == 6
-    assert all(len(c.pings) >= 4 for c in answering), [len(c.pings) for c in answering]
     (code,) = running.publish_many("t", ["still here"])
     wait_for(lambda: all(c.messages for c in answering), what="the message on every live consumer")
     assert collector.wait_count(1)[0]["MessageCode"] == code
@@ -80,24 +88,128 @@ def test_consumers_that_answer_stay_and_one_that_does_not_is_closed_with_1008(ma
         consumer.close()
 
 
-def test_each_consumer_is_pinged_about_once_per_interval(make_broker):
-    running = make_broker("memory", server={"pingInterval": 0.5})
+def test_many_answering_consumers_are_all_pinged_and_all_stay(make_broker):
+    running = make_broker("memory", server={"pingInterval": 0.2})
     consumers = [PingCounter(running.port, f"/ConsumersConn/t/c{i}") for i in range(20)]
     wait_for(lambda: len(running.broker.members()) == 20, what="twenty consumers")
-    time.sleep(3.2)
+    wait_for(lambda: all(len(c.pings) >= 3 or c.closed for c in consumers),
+             what="three pings at every consumer")
+    assert [c.closed for c in consumers] == [None] * 20
+    assert len(running.broker.members()) == 20
     for consumer in consumers:
-        gaps = [b - a for a, b in zip(consumer.pings, consumer.pings[1:])]
-        assert 4 <= len(consumer.pings) <= 8, consumer.pings
-        assert all(0.3 < gap < 1.0 for gap in gaps), gaps
         consumer.close()
     wait_for(lambda: not running.broker.members(), what="the consumers to be gone")
+
+
+class FakeChannel:
+    def __init__(self, answers):
+        self.answers = answers
+        self.pong_received = True
+        self.closed = None
+
+    def close(self, code, reason):
+        self.closed = (code, reason)
+
+
+class FakeConn:
+    raw = None
+
+    def __init__(self, channel):
+        self.channel = channel
+        self.pings = []
+
+    def ping(self):
+        self.pings.append(self.now)
+        if self.channel.answers:
+            self.channel.pong_received = True       # its Pong is read before the next round
+
+    def stop_reading(self):
+        pass
+
+    def detach(self):
+        pass
+
+
+@pytest.fixture
+def schedule():
+    """The inbound thread's ping schedule, driven with ``now`` given (the thread is not started)."""
+    made = []
+
+    def make(interval, count, answers=True, start=100.0):
+        inbound = Inbound(interval)
+        made.append(inbound)
+        readers = []
+        for _ in range(count):
+            channel = FakeChannel(answers)
+            reader = Reader(channel, FakeConn(channel), None, start + interval)
+            inbound._pings.append(reader)
+            readers.append(reader)
+
+        def at(now):
+            for reader in readers:
+                reader.conn.now = now
+            inbound._ping(now)
+        return inbound, readers, at
+
+    yield make
+    for inbound in made:
+        inbound._selector.close()
+        inbound._wake_r.close()
+        inbound._wake_w.close()
+
+
+def test_each_consumer_is_pinged_once_per_interval_and_never_before_it_is_due(schedule):
+    inbound, readers, at = schedule(0.5, 20)
+    now = 100.0
+    while now < 103.0:                  # a round every 100 ms, for 3 s
+        now = round(now + 0.1, 1)
+        at(now)
+    for reader in readers:
+        pings = reader.conn.pings
+        assert pings == [100.5, 101.0, 101.5, 102.0, 102.5, 103.0], pings
+        assert not reader.done and reader.channel.closed is None
+
+
+def test_pings_due_within_the_slack_go_in_one_round_a_little_early(schedule):
+    inbound, readers, at = schedule(10.0, 2)     # slack: a tenth of the interval, 1 s
+    readers[1].due = 110.8
+    at(108.9)
+    assert [r.conn.pings for r in readers] == [[], []], "nothing is due within 1 s of 108.9"
+    at(110.0)
+    assert [r.conn.pings for r in readers] == [[110.0], [110.0]]
+    assert [r.due for r in readers] == [120.0, 120.8], "early once; the interval is kept"
+
+
+def test_a_round_that_comes_late_pings_once_and_the_next_is_a_whole_interval_later(schedule):
+    inbound, (reader,), at = schedule(0.5, 1)
+    at(103.0)                           # the thread was held up for five intervals
+    assert reader.conn.pings == [103.0]
+    at(103.3)
+    assert reader.conn.pings == [103.0]
+    at(103.5)
+    assert reader.conn.pings == [103.0, 103.5]
+
+
+def test_a_consumer_that_did_not_answer_is_closed_at_its_next_ping(schedule):
+    inbound, (reader,), at = schedule(0.5, 1, answers=False)
+    at(100.5)
+    assert reader.conn.pings == [100.5] and reader.channel.closed is None
+    at(100.9)
+    assert reader.channel.closed is None, "closed before the next ping was due"
+    at(101.0)
+    assert reader.channel.closed == (CLOSE_PING_TIMEOUT, "Ping/Pong timeout")
+    assert reader.conn.pings == [100.5] and reader.done
+    at(102.0)
+    assert reader.conn.pings == [100.5], "a closed consumer is pinged no more"
 
 
 def test_without_pings_a_silent_consumer_stays(make_broker):
     running = make_broker("memory", server={"pingInterval": 0})
     silent = PingCounter(running.port, "/ConsumersConn/t/quiet", answer=False)
     wait_for(lambda: len(running.broker.members()) == 1, what="the consumer")
-    time.sleep(1.0)
+    running.publish_many("t", ["hello"])
+    wait_for(lambda: silent.messages, what="a message to the silent consumer")
+    time.sleep(0.3)                     # no event to wait for: pings that never come
     assert silent.pings == [] and silent.closed is None
     assert len(running.broker.members()) == 1
     silent.close()
@@ -120,9 +232,8 @@ def test_a_pong_that_arrives_in_two_pieces_still_counts(make_broker):
     running = make_broker("memory", server={"pingInterval": 0.3})
     consumer = SplitPongs(running.port, "/ConsumersConn/t/split")
     wait_for(lambda: len(running.broker.members()) == 1, what="the consumer")
-    time.sleep(1.5)
+    wait_for(lambda: len(consumer.pings) >= 4 or consumer.closed, what="four pings")
     assert consumer.closed is None and len(running.broker.members()) == 1
-    assert len(consumer.pings) >= 4
     consumer.close()
 
 
@@ -143,7 +254,7 @@ def ack_frame_ending_like_a_pong(code):
 
 
 def test_an_ack_whose_last_six_bytes_look_like_a_pong_is_read_as_the_ack(make_broker):
-    running = make_broker("memory", server={"pingInterval": 0}, mq={"ackTimeout": 2.0})
+    running = make_broker("memory", server={"pingInterval": 0}, mq={"ackTimeout": 60})
     consumer = PingCounter(running.port, "/ConsumersConn/t/acker?ack=1")
     consumer.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     wait_for(lambda: len(running.broker.members()) == 1, what="the consumer")
@@ -152,12 +263,12 @@ def test_an_ack_whose_last_six_bytes_look_like_a_pong_is_read_as_the_ack(make_br
     wait_for(lambda: consumer.messages, what="the first message")
     frame = ack_frame_ending_like_a_pong(first)
     consumer.sock.sendall(frame[:-6])
-    time.sleep(0.3)                     # read by the broker on its own
+    time.sleep(0.1)     # the behaviour under test: the broker reads the first part on its own
     consumer.sock.sendall(frame[-6:])
-    wait_for(lambda: acked() == 1, timeout=1.5, what="the ack to be taken")
+    wait_for(lambda: acked() == 1, what="the ack to be taken")
     (second,) = running.publish_many("t", ["two"])
     wait_for(lambda: len(consumer.messages) == 2, what="the second message")
     consumer.sock.sendall(consumer.ws.send(TextMessage(second)))
-    wait_for(lambda: acked() == 2, timeout=1.5, what="the plain ack after it")
+    wait_for(lambda: acked() == 2, what="the plain ack after it")
     assert [json.loads(m)["MessageCode"] for m in consumer.messages] == [first, second]
     consumer.close()
