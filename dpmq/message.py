@@ -8,6 +8,7 @@ one topic handed out together go further: their frames are joined once and a con
 them all gets them in one append.
 """
 
+import functools
 import itertools
 import json
 import operator
@@ -78,7 +79,13 @@ def new_code():
 
 def format_time(created):
     """``CreateTime`` as the original gave it: server local time, ``YYYY-MM-DD HH:MM:SS``."""
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(created))
+    return _format_second(int(created))
+
+
+@functools.lru_cache(maxsize=64)
+def _format_second(second):
+    """Messages come many to a second: each second is formatted once."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
 
 
 def payload(record, status=0):

@@ -10,6 +10,8 @@ is not hex, a chunk without its CRLF) is refused here with 400, so the applicati
 body whose end is unknown.
 """
 
+import re
+
 #: The most bytes a header block may take (request line and fields together).
 MAX_HEAD = 65536
 #: The longest chunk-size line (size, extensions, CRLF).
@@ -17,6 +19,10 @@ MAX_CHUNK_LINE = 4096
 #: Header fields kept (lowercased) for the worker's direct publishes; the rest only gunicorn reads.
 KEPT = frozenset((b"content-type", b"content-length", b"authorization", b"origin", b"expect",
                   b"transfer-encoding", b"connection"))
+#: A header field DPMQ reads (the kept ones and Upgrade), any case: ``(name, value)``. Fields
+#: without a colon, or with anything between the name and it, are gunicorn's to refuse.
+_FIELD = re.compile(b"\r\n(" + b"|".join(sorted(KEPT | {b"upgrade"})) + b"):([^\r\n]*)",
+                    re.IGNORECASE)
 
 
 def _blank_line(data):
@@ -77,13 +83,9 @@ class RequestFrame:
 
     def _read_head(self, head):
         lengths = []
-        lines = head.split(b"\r\n")
-        self.line = lines[0]
+        self.line = head.partition(b"\r\n")[0]
         fields = self.fields
-        for line in lines[1:]:
-            name, colon, value = line.partition(b":")
-            if not colon:
-                continue                    # gunicorn's parser refuses it with the right words
+        for name, value in _FIELD.findall(head):    # only the fields DPMQ looks at
             name, value = name.lower(), value.strip()
             if name in KEPT:
                 self.repeated = self.repeated or name in fields
