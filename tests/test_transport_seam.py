@@ -10,6 +10,7 @@ import socket
 import pytest
 
 from dpmq import config
+from dpmq.delivery.consumer_connection import ConsumerConnection, Framing
 from dpmq.delivery.subscription import Member, Subscription
 from dpmq.message import Record, Run, payload
 from dpmq.storage.memory import MemoryEngine
@@ -143,3 +144,32 @@ def test_a_reply_and_a_keepalive_use_the_connection_framing(sockets):
     want = b'event: error\ndata: {"error": "no such message"}\n\n' + b":\n\n"
     assert received(conn, theirs, len(want)) == want
     assert conn.open, "an event stream's writes never close it"
+
+
+def _members(protocol):
+    return {name for name in vars(protocol) if not name.startswith("_")} | set(
+        protocol.__annotations__)
+
+
+@pytest.mark.parametrize("framing", [WEBSOCKET, EVENTS], ids=["websocket", "event-stream"])
+def test_the_connection_and_each_framing_offer_everything_delivery_asks_of_them(sockets, framing):
+    ours, _ = sockets()
+    conn = Connection(ours, 1 << 20, framing)
+    missing = sorted(name for name in _members(ConsumerConnection) if not hasattr(conn, name))
+    assert not missing, f"Connection lacks what delivery uses: {missing}"
+    missing = sorted(name for name in _members(Framing) if not hasattr(framing, name))
+    assert not missing, f"{type(framing).__name__} lacks {missing}"
+
+
+def test_delivery_uses_nothing_of_a_connection_beyond_the_seam():
+    """Every ``conn.<name>`` in the delivery package is part of ConsumerConnection, so a new
+    transport that implements the seam is all delivery needs."""
+    import pathlib
+    import re
+
+    import dpmq.delivery
+    used = set()
+    for path in pathlib.Path(dpmq.delivery.__file__).parent.glob("*.py"):
+        used |= set(re.findall(r"\bconn\.([a-z_]+)", path.read_text()))
+    assert used, "the delivery package no longer names its connections conn: update this test"
+    assert used <= _members(ConsumerConnection), sorted(used - _members(ConsumerConnection))
