@@ -19,6 +19,7 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Ping, Pong, Request, TextMessage
 
 from dpmq.client import WebSocketClient as Client
+from dpmq.metrics import DELIVERED
 
 
 def wait_for(predicate, timeout=10.0, interval=0.01, what="condition"):
@@ -30,6 +31,31 @@ def wait_for(predicate, timeout=10.0, interval=0.01, what="condition"):
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+FENCE = "fence"
+
+
+def fence(running, topic, *consumers, timeout=10.0):
+    """Publish one more message (``FENCE``) to ``topic`` through ``running`` (a RunningBroker)
+    and wait until each of ``consumers`` has it. A subscription gets its messages in log order,
+    so by then each has whatever it was going to get before the fence: a test asserts on what
+    came, fence last, instead of sleeping to see that nothing more comes."""
+    (code,) = running.publish_many(topic, [FENCE])
+    for consumer in consumers:
+        wait_for(lambda consumer=consumer: code in consumer.codes, timeout,
+                 what=f"the fence at {consumer.url} (have {len(consumer.messages)})")
+    return code
+
+
+def all_read(running, topic, consumers, timeout=10.0):
+    """Wait until ``consumers`` together have read every message frame the broker counts as
+    written on ``topic``; returns that count. Without acks nothing is written again later, so an
+    extra (duplicate) message has arrived by then, where a sleep would only hope so."""
+    def caught_up():
+        written = running.broker.topic_counts().get(topic, [0] * (DELIVERED + 1))[DELIVERED]
+        return written if written == sum(len(c.messages) for c in consumers) else None
+    return wait_for(caught_up, timeout, what=f"every message written on {topic!r} to be read")
 
 
 class Collector:

@@ -1,9 +1,8 @@
 """GET /ConsumersConn/{topic}/{consumerId}: the pushed object, fan-out, order, refusals, resume."""
 
 import re
-import time
 
-from helpers import Collector, connect_and_close_code, wait_for
+from helpers import FENCE, Collector, connect_and_close_code, fence, wait_for
 
 
 def _connected(running, count):
@@ -34,11 +33,10 @@ def test_consumers_get_only_their_topic_and_only_what_came_after_they_connected(
     broker.publish("news", "n1")
     broker.publish("sport", "s1")
     broker.publish("news", "n2")
-    news.wait_count(2)
-    sport.wait_count(1)
-    time.sleep(0.2)
-    assert news.datas == ["n1", "n2"]
-    assert sport.datas == ["s1"]
+    fence(broker, "news", news)
+    fence(broker, "sport", sport)
+    assert news.datas == ["n1", "n2", FENCE]
+    assert sport.datas == ["s1", FENCE]
 
 
 def test_three_consumers_receive_200_messages_each_in_order(broker):
@@ -97,9 +95,8 @@ def test_reconnecting_consumer_resumes_where_it_left_off(broker):
     again = Collector(broker.ws_url, "t", "durable")
     again.wait_count(2)
     broker.publish("t", "4")
-    again.wait_count(3)
-    time.sleep(0.2)
-    assert again.datas == ["2", "3", "4"]
+    fence(broker, "t", again)
+    assert again.datas == ["2", "3", "4", FENCE]
 
 
 def test_get_consumers_lists_who_is_connected(broker):
