@@ -18,10 +18,10 @@ writes them with :meth:`Connection.flush`; when the socket is not writable it is
 
 The outgoing buffer is a queue of the frames themselves, not a copy of their bytes: a message's
 frame is built once and every consumer's buffer holds the same ``bytes`` (see
-:mod:`dpmq.message`), and a socket gets several at once with one ``sendmsg``. 500 consumers that
-never read used to hold a copy each, 4 MB apiece (``mq.consumerBufferBytes``), which stayed
-after they left until the cyclic garbage collector came by; now what waits costs each of them a
-reference per frame, and the frames are let go as soon as a connection is closed.
+:mod:`dpmq.message`), and a socket gets several at once with one ``sendmsg``. Consumers that never
+read would otherwise hold a copy each, up to ``mq.consumerBufferBytes`` apiece; what waits costs
+each of them a reference per frame, and the frames are let go as soon as a connection is closed,
+not when the cyclic garbage collector comes by.
 
 What waits in every buffer of one broker is also bounded together (:class:`~dpmq.transport.budget.Budget`,
 ``mq.consumerBuffersTotalBytes``): a consumer over its share is refused further frames, and its

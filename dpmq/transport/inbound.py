@@ -1,9 +1,9 @@
 """What consumers send, read by one thread for all of them, and the pings that keep them alive.
 
 Reading each consumer on a thread of its own (simple-websocket's way) and pinging from that thread
-too meant, with 10,000 idle consumers and pings every 25 s, 800 thread wake-ups a second (a ping
-sent, a Pong read). Here one thread waits on every consumer socket in one selector and sends the
-pings that are due in rounds, at most one a second, so that their Pongs come back together and
+too meant two thread wake-ups per consumer and ping interval (a ping sent, a Pong read), which
+many idle consumers turn into a steady cost. Here one thread waits on every consumer socket in one
+selector and sends the pings that are due in rounds, at most one a second, so that their Pongs come back together and
 are read in a few passes. What a consumer sends is parsed by its
 :class:`~dpmq.transport.websocket.WebSocketChannel` on this thread (acks and nacks with ``?ack=1``
 handled as they arrive); every write goes through the consumer's
@@ -11,9 +11,9 @@ handled as they arrive); every write goes through the consumer's
 
 A consumer's route thread still holds its connection (flask-sock serves it on that thread), but
 only waits for the end, in :meth:`Reader.wait`: in ``poll`` for the socket's hang-up alone, which
-data arriving does not wake. Waiting on a lock instead put 10,000 sleepers in the kernel's futex
-table, and every hand-over of the interpreter's lock then paid for walking them: connecting 10,000
-consumers took a third more CPU.
+data arriving does not wake. Waiting on a lock instead put every consumer's sleeper in the
+kernel's futex table, and every hand-over of the interpreter's lock then paid for walking them
+(docs/BENCHMARKS.md, idle consumers).
 """
 
 import collections
