@@ -17,8 +17,9 @@ import socket
 import pytest
 
 from dpmq import config
+from dpmq.delivery.gathering import GATHER
 from dpmq.delivery.shard_waits import ShardWaits
-from dpmq.delivery.shards import GATHER, PARKED_RECHECK, Shard
+from dpmq.delivery.shards import PARKED_RECHECK, Shard
 from dpmq.delivery.subscription import Member, Subscription
 from dpmq.message import NewMessage, Record, Run, new_codes, payload
 from dpmq.metrics import ACKED, DEAD_LETTERED, DELIVERED, REDELIVERED

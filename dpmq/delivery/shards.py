@@ -14,13 +14,8 @@ is set aside (parked) until a write, an ack or a timer gives them room, and a so
 full is not tried again until the selector says it is writable (docs/BENCHMARKS.md measures what
 such consumers cost a publish).
 
-When messages have lately come fast enough to fill a gathering window (``mq.writeCoalesce``,
-10 ms) with several (``GATHER``), the shard opens one: it does not wake for each message but
-takes them all when the window closes and writes them to each socket with one send. A window's cost (a wake-up
-and a send per consumer) is the same for 2 messages or 30, so under load the cost per message
-falls as the rate rises, which leaves the cores to the producers. Below that rate, at 200 messages
-a second for instance, after a pause, and in a short burst after a pause, each message is
-written at once: latency at moderate rates does not change.
+Under load, a shard gathers messages for a short window and writes them in rounds
+(:mod:`.gathering`).
 
 Everything else a shard does comes through :meth:`Shard.post`: members joining and leaving, acks,
 requeued dead letters, and requests for the cursors to save.
@@ -28,13 +23,14 @@ requeued dead letters, and requests for the cursors to save.
 
 import heapq
 import logging
-import math
 import queue
 import time
 
 from ..errors import CLOSE_BAD_INPUT, CLOSE_TRY_AGAIN, Refused, StoreError
 from ..message import Run
 from ..metrics import ACKED, DEAD_LETTERED, DELIVERED, TopicCounts
+from .cursors import CursorLedger
+from .gathering import Gathering
 from .shard_waits import ShardWaits
 from .shared_group import SharedGroup
 from .subscription import Subscription
@@ -45,10 +41,6 @@ SHARED_POLL = 1.0
 #: How often parked subscriptions are looked at again without an event of their own: room in the
 #: shared budget (mq.consumerBuffersTotalBytes) comes back without telling them.
 PARKED_RECHECK = 1.0
-#: How many messages a gathering window must expect at the recent rate before one opens.
-GATHER = 4
-#: Over how many windows' time the rate that opens one is measured.
-RECENT = 5
 
 
 def subscription_key(member):
@@ -65,7 +57,6 @@ class Shard:
         self.engine = broker.engine
         self.limits = broker.settings.mq
         self.batch = self.limits.catchUpBatch
-        self.coalesce = self.limits.writeCoalesce
         self.counts = TopicCounts()     # what this shard delivered, acked, failed…
         self.budget = broker.consumer_buffers    # one per broker, shared by the shards
         self._inbox = queue.SimpleQueue()
@@ -82,15 +73,12 @@ class Shard:
         self._dirty = set()             # members whose sockets need a flush
         self._blocked = set()           # members whose sockets took nothing more: not tried
                                         # again until writable
-        self._moved = set()             # subscriptions touched since the cursors were last taken
-        self._saved = {}                # (topic, key) -> (cursor, time.time()) last taken to save
+        self._cursors = CursorLedger()
         self._timers = []               # ack deadlines: (deadline, seq, subscription, flight)
         self._retry_at = 0.0            # after a store error, no catch-up before this time
         self._shared = set()            # shared groups (their messages may come back from the store)
         self._next_poll = 0.0
-        self._quiet_until = 0.0         # until then, gather messages instead of writing each
-        self._last_msgs = 0.0           # when messages last came in
-        self._recent = 0.0              # how many came lately, decaying (see _gather)
+        self._gathering = Gathering(self.limits.writeCoalesce)
 
     # -- the thread-safe side ----------------------------------------------------------------
     def post(self, kind, item=None):
@@ -99,9 +87,8 @@ class Shard:
 
     @property
     def touched(self):
-        """Whether a subscription was touched since the cursors were last taken. Read from other
-        threads without a lock: one touched just after is taken the next time."""
-        return bool(self._moved)
+        """Whether a subscription was touched since the cursors were last taken (any thread)."""
+        return self._cursors.touched
 
     def join(self, member, timeout=30.0):
         """Attach a connected member; raises Refused if it cannot join."""
@@ -139,7 +126,7 @@ class Shard:
             timeout = min(timeout, max(0.0, self._next_unpark - now))
         if now >= self._retry_at and any(s.room(1) for s in self._active):
             timeout = 0
-        quiet = self._quiet_until - now
+        quiet = self._gathering.until - now
         if quiet > 0:
             timeout = min(timeout, quiet)     # gathering: posts do not wake the shard
         else:
@@ -187,7 +174,7 @@ class Shard:
         if live:
             arrived += self._offer(live, now)
         if arrived:
-            self._gather(arrived, now)
+            self._gathering.arrived(arrived, now)
 
     def _handle(self, kind, item, now):
         if kind == "watch":
@@ -204,24 +191,8 @@ class Shard:
         elif kind == "positions":
             item[0].put({key: sub.position() for key, sub in self._subs.items()})
         elif kind == "cursors":
-            self._cursors(*item)
-
-    def _gather(self, arrived, now):
-        """Open a gathering window when messages come fast enough to fill one with several
-        (``GATHER`` or more at the recent rate): below that rate each message is written at
-        once, above it the wake-ups and sends per message fall with the rate.
-
-        The rate is a count that decays over ``RECENT`` windows, not the gap since the last
-        messages: a producer that paused (a busy machine stops any process for a few
-        milliseconds) sends what it held back in a burst, and a window opened for that burst
-        would add its length to messages that are already late."""
-        horizon = RECENT * self.coalesce
-        if horizon <= 0:
-            return
-        elapsed, self._last_msgs = now - self._last_msgs, now
-        self._recent = self._recent * math.exp(-elapsed / horizon) + arrived
-        if self._recent >= GATHER * RECENT:
-            self._quiet_until = now + self.coalesce
+            reply, stale = item
+            reply.put(self._cursors.take(self._subs, stale))
 
     def _offer(self, items, now):
         """Live messages from the broker: offer each topic's run of them to the subscriptions of
@@ -241,7 +212,7 @@ class Shard:
         return len(items)
 
     def _touch(self, sub):
-        self._moved.add(sub)
+        self._cursors.moved.add(sub)
         for member in sub.members:
             self._dirty.add(member)
         if sub.has_work:
@@ -292,7 +263,7 @@ class Shard:
                                engine.redeliveries(topic, key), engine, self.limits,
                                self._dead_letter, self._timers, self.counts.of(topic))
         self._subs[(topic, key)] = sub
-        self._saved[(topic, key)] = (cursor, saved_at)
+        self._cursors.loaded((topic, key), cursor, saved_at)
         self.topics.setdefault(topic, []).append(sub)
         if isinstance(sub, SharedGroup):
             self._shared.add(sub)
@@ -307,7 +278,7 @@ class Shard:
                     self._drop(sub)
                 else:
                     self._active.add(sub)
-                    self._moved.add(sub)
+                    self._cursors.moved.add(sub)
         except StoreError as exc:
             log.error("could not record what %s left unfinished: %s", member.consumer_id, exc)
         finally:
@@ -320,7 +291,7 @@ class Shard:
     def _drop(self, sub):
         """The last member left: save the cursor and forget the subscription until it returns."""
         del self._subs[(sub.topic, sub.key)]
-        self._saved.pop((sub.topic, sub.key), None)
+        self._cursors.forget((sub.topic, sub.key))
         self._shared.discard(sub)
         self._parked.discard(sub)
         subs = self.topics[sub.topic]
@@ -350,28 +321,6 @@ class Shard:
             return          # kept in the store; delivered when the subscription comes back
         sub.requeue(records)
         self._active.add(sub)
-
-    def _cursors(self, reply, stale):
-        """Hand the housekeeping thread the cursors to save: those that moved since it last took
-        them and, when ``stale`` is a time, those last taken then or before, so that retention
-        never takes a connected but quiet subscription for a forgotten one. The cursors that did
-        not move are not computed: rewriting them all at every sweep cost 10,000 writes every
-        30 s with 10,000 idle consumers."""
-        now = time.time()
-        out = {}
-        for sub in self._moved:
-            key = (sub.topic, sub.key)
-            if self._subs.get(key) is sub:
-                position = sub.position()
-                if position != self._saved[key][0]:
-                    out[key] = position
-        self._moved = set()
-        if stale is not None:
-            for key, (_, saved_at) in self._saved.items():
-                if saved_at <= stale and key not in out:
-                    out[key] = self._subs[key].position()    # the two are kept in step
-        self._saved.update((key, (position, now)) for key, position in out.items())
-        reply.put(out)
 
     def _dead_letter(self, sub, record, attempts, reason):
         self.engine.dead_letter(sub.topic, sub.key, record, reason, attempts)
@@ -436,6 +385,6 @@ class Shard:
             if written:
                 self.counts.of(sub.topic)[DELIVERED] += len(written)
                 sub.written(member, written)
-                self._moved.add(sub)
+                self._cursors.moved.add(sub)
             if sub.has_work and (written or conn.pending_bytes < before):
                 self._active.add(sub)
