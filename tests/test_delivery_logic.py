@@ -13,11 +13,13 @@ import collections
 import json
 import queue
 import socket
+import time
 
 import pytest
 
 from dpmq import config
-from dpmq.delivery.gathering import GATHER
+from dpmq.delivery.cursors import CursorLedger
+from dpmq.delivery.gathering import GATHER, RECENT, Gathering
 from dpmq.delivery.shard_waits import ShardWaits
 from dpmq.delivery.shards import PARKED_RECHECK, Shard
 from dpmq.delivery.subscription import Member, Subscription
@@ -509,3 +511,38 @@ def test_positions_can_be_asked_of_the_shard(delivery):
     d.shard.post("positions", (reply,))
     d.turn()
     assert reply.get_nowait() == {("t", "c:c"): 1}
+
+
+# -- the gathering window and the cursor ledger alone --------------------------------------------
+def test_a_window_opens_when_the_recent_count_reaches_gather_windows_worth():
+    below, at = Gathering(0.01), Gathering(0.01)
+    below.arrived(GATHER * RECENT - 1, START)
+    at.arrived(GATHER * RECENT, START)
+    assert below.until == 0.0 and at.until == START + 0.01
+    below.arrived(1, START + 0.05)          # one horizon later the count has decayed by e
+    assert below.until == 0.0
+
+
+def test_the_ledger_hands_over_moved_cursors_once_and_quiet_ones_when_retention_asks():
+    class Sub:
+        def __init__(self, key, cursor):
+            self.topic, self.key, self.cursor = "t", key, cursor
+
+        def position(self):
+            return self.cursor
+
+    busy, quiet = Sub("c:busy", 5), Sub("c:quiet", 3)
+    subs = {("t", "c:busy"): busy, ("t", "c:quiet"): quiet}
+    ledger = CursorLedger()
+    saved_at = time.time() - 100            # loaded; the ledger stamps what it hands over now
+    ledger.loaded(("t", "c:busy"), 5, saved_at)
+    ledger.loaded(("t", "c:quiet"), 3, saved_at)
+    busy.cursor = 7
+    ledger.moved.add(busy)
+    assert ledger.touched
+    assert ledger.take(subs, None) == {("t", "c:busy"): 7}
+    assert not ledger.touched and ledger.take(subs, None) == {}, "taken once"
+    assert ledger.take(subs, saved_at - 1) == {}, "saved since the stale time: not again"
+    assert ledger.take(subs, saved_at) == {("t", "c:quiet"): 3}, "quiet, last saved then"
+    ledger.moved.add(quiet)                 # touched without moving: nothing to write
+    assert ledger.take(subs, None) == {}
