@@ -93,10 +93,10 @@ def test_a_request_not_whole_within_request_timeout_is_answered_408_and_closed(s
     broker = slow_enough
     idle, half = _open(broker.port, 1, first=b"")[0], _open(broker.port, 1)[0]
     started = time.monotonic()
-    half.settimeout(10)
+    half.settimeout(30)
     reply = half.recv(4096)
     assert reply.startswith(b"HTTP/1.1 408") and b"server.requestTimeout" in reply
-    assert 2.5 < time.monotonic() - started < 8
+    assert time.monotonic() - started > 2.5, "answered before server.requestTimeout (3 s)"
     assert _closed_by_peer(idle, 10)
 
 
