@@ -108,7 +108,9 @@ def run(folder, kills=3, producers=2, seed=None, log=print, engine="sqlite"):
         thread.start()
     try:
         _kill_in_turn(brokers, kills, rng, lambda text: log(f"{text}: {len(accepted)} accepted so far"))
-        time.sleep(0.5)
+        after = len(accepted)       # some traffic through the last restart before the end
+        wait_for(lambda: len(accepted) >= after + 20, timeout=30,
+                 what="messages accepted after the last restart")
         stop_producers.set()
         for thread in feeders:
             thread.join(30)

@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 from dpmq.bench.run import run_scenario, settle
 
@@ -53,21 +52,34 @@ def test_bench_command_starts_its_own_broker_and_writes_json(tmp_path):
     assert f"a disk flush under its store takes {flush['medianMs']} ms" in result.stderr
 
 
+MOST = 20     # settle gives up after this long: returning sooner means it saw the process idle
+
+
+def _process(code):
+    """A Python process running ``code``, then waiting on its stdin until killed; returned once
+    it has started (it says so), so that the interpreter's start-up is not counted."""
+    proc = subprocess.Popen([sys.executable, "-c", code + "\nprint('ready', flush=True)\n"
+                             "import sys\nsys.stdin.read()"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "ready\n"
+    return proc
+
+
 def test_idle_measures_once_the_broker_has_stopped_working():
     """The idle window starts when the process has been quiet for a second, not while it is
-    still busy (here: a process that computes for 2 s, then sleeps)."""
-    busy = subprocess.Popen([sys.executable, "-c", "import time\nend = time.monotonic() + 2\n"
-                             "while time.monotonic() < end: pass\ntime.sleep(60)"])
+    still busy (here: a process that computes for 2 s, then waits)."""
+    busy = subprocess.Popen([sys.executable, "-c", "import sys, time\nend = time.monotonic() + 2\n"
+                             "while time.monotonic() < end: pass\nsys.stdin.read()"],
+                            stdin=subprocess.PIPE)
     try:
-        waited = settle(busy.pid, most=20)
+        waited = settle(busy.pid, most=MOST)
     finally:
         busy.kill()
         busy.wait()
-    assert 1.5 <= waited < 15
-    quiet = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    assert 1.5 <= waited < MOST, "settled while the process was computing, or never"
+    quiet = _process("pass")
     try:
-        time.sleep(0.5)     # past the interpreter's start
-        assert settle(quiet.pid, most=20) < 5
+        assert settle(quiet.pid, most=MOST) < MOST, "an idle process was never taken as idle"
     finally:
         quiet.kill()
         quiet.wait()
