@@ -52,7 +52,8 @@ def test_flask_producer_example_publishes(broker, monkeypatch):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     consumer = Consumer(broker.url, "orders", "shipping")
-    consumer.receive(timeout=0.3)
+    consumer.receive(timeout=0.01)      # connects; it takes what is published once it has joined
+    wait_for(lambda: broker.broker.members(), what="the consumer to join")
     client = module.app.test_client()
     reply = client.post("/orders", data={"item": "book"})
     assert reply.status_code == 202
