@@ -186,6 +186,6 @@ def test_a_half_open_consumer_is_dropped_by_the_ping_timeout(make_broker):
     running = make_broker("memory", server={"pingInterval": 0.3})
     silent = RawConsumer(running.port, "/ConsumersConn/t/gone")   # never reads, never pongs
     _joined(running)
-    wait_for(lambda: not running.broker.members(), timeout=5,
+    wait_for(lambda: not running.broker.members(),
              what="the silent consumer to be dropped after a missed pong")
     silent.close()

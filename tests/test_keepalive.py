@@ -73,7 +73,7 @@ def test_consumers_that_answer_stay_and_one_that_does_not_is_closed_with_1008(ma
     collector = Collector(running.ws_url, "t", "library")      # simple-websocket's own client
     silent = PingCounter(running.port, "/ConsumersConn/t/silent", answer=False)
     wait_for(lambda: len(running.broker.members()) == 7, what="seven consumers")
-    wait_for(lambda: silent.closed is not None, timeout=5, what="the silent consumer's Close")
+    wait_for(lambda: silent.closed is not None, what="the silent consumer's Close")
     assert silent.closed == (1008, "Ping/Pong timeout")
     assert len(silent.pings) == 1, "closed at the second ping after an unanswered first"
     wait_for(lambda: len(running.broker.members()) == 6, what="the silent consumer to be removed")

@@ -36,7 +36,8 @@ def _send(running, data, token=None):
 
 
 def test_a_producer_over_the_rate_gets_429_and_nothing_is_stored(make_broker):
-    running = make_broker("memory", mq={"publishRate": 0.5, "publishBurst": 3})
+    # one message every 100 s once the burst is spent: no machine is slow enough to earn one back
+    running = make_broker("memory", mq={"publishRate": 0.01, "publishBurst": 3})
     assert [_send(running, str(n)).json()["code"] for n in range(3)] == [0, 0, 0]
     refused = _send(running, "too fast")
     assert refused.status_code == 429 and refused.json()["code"] == -1
@@ -51,7 +52,7 @@ def test_a_producer_over_the_rate_gets_429_and_nothing_is_stored(make_broker):
 def test_with_auth_each_token_has_its_own_rate(make_broker):
     tokens = [{"token": f"p{n}-secret-token-value", "role": "producer"} for n in range(2)]
     running = make_broker("memory", auth={"enabled": True, "tokens": tokens},
-                          mq={"publishRate": 0.5, "publishBurst": 2})
+                          mq={"publishRate": 0.01, "publishBurst": 2})
     first, second = (t["token"] for t in tokens)
     assert [_send(running, "x", first).status_code for _ in range(3)] == [200, 200, 429]
     assert [_send(running, "y", second).status_code for _ in range(2)] == [200, 200]
