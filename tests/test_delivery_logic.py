@@ -123,7 +123,7 @@ class Delivery:
         self.clock = FakeClock()
         self.broker = StubBroker(**mq)
         self.shard = Shard(0, self.broker, clock=self.clock)
-        self.shard._waits.close()
+        self.shard._waits.close()       # a Shard takes no waits of its own: replaced here
         self.shard._waits = self.waits = RecordedWaits()
         self.broker.shard = self.shard
         self._sockets = []
