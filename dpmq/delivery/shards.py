@@ -252,7 +252,11 @@ class Shard:
             engine.set_cursor(topic, key, cursor)
             saved_at = time.time()
         elif cursor is None:
-            cursor = self.broker.heads.get(topic, 0)   # a new subscription starts at "now"
+            # a new subscription starts at "now": when the consumer connected (its handshake),
+            # which may be well before this shard takes the join on a busy machine
+            cursor = member.start
+            if cursor is None:
+                cursor = self.broker.heads.get(topic, 0)
             engine.save_cursors({(topic, key): cursor})
             saved_at = time.time()
         if engine.shared and key.startswith("g:"):

@@ -31,7 +31,8 @@ STICKY_KEYS = 100_000       # ordering keys remembered per group before the olde
 class Member:
     """One connected consumer. ``flights`` maps the MessageCodes it holds to their flights."""
 
-    def __init__(self, conn, closer, topic, consumer_id, group=None, ack=False, since=None):
+    def __init__(self, conn, closer, topic, consumer_id, group=None, ack=False, since=None,
+                 start=None):
         self.conn = conn
         self.closer = closer        # the transport's side: close(code, reason), from any thread
         self.topic = topic
@@ -39,6 +40,10 @@ class Member:
         self.group = group
         self.ack = ack
         self.since = since
+        # The topic's head when the consumer's handshake began: a new subscription starts
+        # there, not at the head when the shard gets round to the join (messages committed in
+        # between were published after the consumer had connected).
+        self.start = start
         self.flights = {}
         self.subscription = None
         self.connected_at = time.time()

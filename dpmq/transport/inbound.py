@@ -3,8 +3,8 @@
 Reading each consumer on a thread of its own (simple-websocket's way) and pinging from that thread
 too meant two thread wake-ups per consumer and ping interval (a ping sent, a Pong read), which
 many idle consumers turn into a steady cost. Here one thread waits on every consumer socket in one
-selector and sends the pings that are due in rounds, at most one a second, so that their Pongs come back together and
-are read in a few passes. What a consumer sends is parsed by its
+selector and sends the pings that are due in rounds, at most one a second, so that their Pongs
+come back together and are read in a few passes. What a consumer sends is parsed by its
 :class:`~dpmq.transport.websocket.WebSocketChannel` on this thread (acks and nacks with ``?ack=1``
 handled as they arrive); every write goes through the consumer's
 :class:`~dpmq.transport.connection.Connection`, which never blocks.

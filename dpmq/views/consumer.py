@@ -53,6 +53,9 @@ def guard_socket():
                               remote_addr=request.remote_addr or "")
             environ[key] = conn.socket
             environ["dpmq.transport.connection"] = conn
+            topic = (request.view_args or {}).get("topic")
+            if topic is not None:   # before the 101 goes out: what "connected" means
+                environ["dpmq.start"] = broker().heads.get(topic, 0)
             environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
             return
 
@@ -75,7 +78,7 @@ def consumers_conn(ws, topic, consumer_id):
         identity = authorize("consumer", topic, allow_query=True)
         options = _options(request.args)
         member = b.subscribe(channel.conn, channel, topic, consumer_id, identity=identity,
-                             **options)
+                             start=request.environ.get("dpmq.start"), **options)
     except (BadRequest, Refused, Unauthorized, Forbidden) as exc:
         channel.close(getattr(exc, "close_code", CLOSE_BAD_INPUT), str(exc))
         return
