@@ -176,9 +176,22 @@ class ServedBroker:
             return False
 
     def kill(self, sig=signal.SIGKILL):
-        """Signal the whole process group (gunicorn master and worker)."""
+        """Signal the whole process group (gunicorn master and worker). After a SIGKILL, return
+        once the port is free: the worker can outlive the master by a moment, and a restart then
+        finds its port taken (``dpmq serve`` refuses a port in use)."""
         os.killpg(self.proc.pid, sig)
         self.proc.wait(30)
+        if sig == signal.SIGKILL:
+            wait_for(self._port_free, timeout=10, what=f"port {self.port} to be let go")
+
+    def _port_free(self):
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("127.0.0.1", self.port))
+            except OSError:
+                return False
+            return True
 
     def stop(self):
         if self.proc and self.proc.poll() is None:
