@@ -28,6 +28,7 @@ class Record(NamedTuple):
     created: float              # seconds since the epoch
     key: Optional[str] = None   # ordering key: within a group, one key goes to one member
     due: float = 0.0            # for a delayed message just promoted: when it became due
+    expires: float = 0.0        # not delivered after this time (created + ttl); 0 = never
 
 
 class NewMessage(NamedTuple):
@@ -40,6 +41,7 @@ class NewMessage(NamedTuple):
     key: Optional[str] = None
     idempotency_key: Optional[str] = None
     due: float = 0.0            # not pushed before this time (created + delay); 0 = now
+    expires: float = 0.0        # not delivered after this time (created + ttl); 0 = never
 
 
 class Appended(NamedTuple):

@@ -17,7 +17,7 @@ class Uniform:
     __slots__ = ("fields", "texts")
 
     def __init__(self, fields, texts):
-        self.fields = fields    # topic, delay, key: the same for every message
+        self.fields = fields    # topic, delay, ttl, key: the same for every message
         self.texts = texts      # each message's messageData, every one a str
 
     def __len__(self):
@@ -83,7 +83,7 @@ def _uniform(batch, now, mq):
         return None
     return message.from_columns(message.NewMessage, message.new_codes(len(texts)),
                                 repeat(shared.topic), texts, repeat(now), repeat(shared.key),
-                                repeat(None), repeat(shared.due))
+                                repeat(None), repeat(shared.due), repeat(shared.expires))
 
 
 def new_message(fields, now, code, mq, checked):
@@ -105,11 +105,12 @@ def new_message(fields, now, code, mq, checked):
         raise TooLarge(f"messageData is larger than mq.maxMessageBytes ({mq.maxMessageBytes}"
                        " bytes); split it or raise the limit")
     delay = delay_of(fields.get("delay"), mq.maxDelaySeconds)
+    ttl = ttl_of(fields.get("ttl"), delay, mq.maxTtl)
     key = optional_text("key", fields.get("key"), mq.maxKeyLength)
     idempotency_key = optional_text("idempotencyKey", fields.get("idempotencyKey"),
                                     mq.maxKeyLength)
     return message.NewMessage(code, topic, data, now, key, idempotency_key,
-                              now + delay if delay else 0.0)
+                              now + delay if delay else 0.0, now + ttl if ttl else 0.0)
 
 
 def delay_of(value, limit):
@@ -122,6 +123,27 @@ def delay_of(value, limit):
     if not 0 <= delay <= limit:
         raise BadRequest(f"delay must be between 0 and {limit:g} seconds (mq.maxDelaySeconds)")
     return delay
+
+
+def ttl_of(value, delay, limit):
+    """A publish's ``ttl`` in seconds (0.0 when it has none): more than 0, at most ``limit``
+    (``mq.maxTtl``) and longer than the message's ``delay``, or it could never be delivered."""
+    if value in (None, ""):
+        return 0.0
+    try:
+        ttl = float(value) if not isinstance(value, bool) else None  # JSON true is no number
+    except (TypeError, ValueError):
+        ttl = None
+    if ttl is None:
+        raise BadRequest(f"ttl must be a number of seconds, got {value!r}")
+    if not 0 < ttl <= limit:
+        raise BadRequest(f"ttl must be more than 0 and at most {limit:g} seconds (mq.maxTtl);"
+                         " leave it out for a message that never expires")
+    if ttl <= delay:
+        raise BadRequest(f"ttl ({ttl:g} s) must be longer than delay ({delay:g} s): the message"
+                         " would expire before it is due and never be delivered; raise ttl or"
+                         " shorten delay")
+    return ttl
 
 
 def optional_text(name, value, limit):

@@ -7,7 +7,9 @@ same store where the engine is shared, and its documented refusal or one-process
 """
 
 import ast
+import json
 import pathlib
+import sqlite3
 import threading
 import time
 
@@ -18,7 +20,7 @@ from dpmq.message import NewMessage, new_code
 from dpmq.storage import open_engine
 from dpmq.storage.base import ConsoleStore, CoordinationStore, DeliveryStore, Engine, Ownership
 
-from helpers import drop_prefix, redis_prefix, wait_for
+from helpers import drop_prefix, redis_prefix, require_redis, wait_for
 
 #: Fixtures parametrised over every engine: a test or fixture that takes one runs on all three.
 EVERY_ENGINE = {"engine_name", "settings", "engine", "another_process"}
@@ -305,6 +307,132 @@ def test_retention_forgets_an_owner_with_its_subscription(engine):
     assert engine.own("t", "c:never", "token:b", False) == Ownership("token:b", False)
 
 
+def test_expiry_is_kept_on_every_record_an_engine_gives_back(engine, committed):
+    now = time.time()
+    plain = engine.append(_msgs("t", "plain") + _msgs("t", "brief", expires=now + 60)).records
+    assert [r.expires for r in plain] == [0.0, now + 60]
+    shared = engine.append(_msgs("t", "b1", "b2", expires=now + 30)).records    # one batch's ttl
+    mixed = engine.append(_msgs("t", "m1", expires=now + 1) + _msgs("t", "m2")).records
+    fresh = engine.append(_msgs("new", "n1", expires=now + 5)).records          # a topic's first
+    assert [r.expires for r in shared + mixed + fresh] == [now + 30, now + 30, now + 1, 0.0, now + 5]
+    assert engine.read("t", 0, 10) == plain + shared + mixed
+    assert engine.read("new", 0, 10) == fresh and committed == plain + shared + mixed + fresh
+
+    delayed = _msgs("t", "later", due=now + 50, expires=now + 100)
+    assert engine.append(delayed).records == []
+    assert [m["expires"] for m in engine.messages(topic="t", status="delayed")] == [now + 100]
+    (promoted,) = engine.promote_due(now + 60, 10)
+    assert promoted.expires == now + 100 and promoted.due == pytest.approx(now + 50)
+    assert engine.read("t", promoted.offset - 1, 1)[0].expires == now + 100
+    assert engine.messages(topic="t", limit=1)[0]["expires"] == now + 100
+
+    brief = plain[1]
+    engine.dead_letter("t", "c:x", brief, "timeout", 3)
+    assert engine.dead_letters(topic="t")[0]["expires"] == now + 60
+    assert engine.messages(topic="t", status="dead")[0]["expires"] == now + 60
+    assert engine.requeue("t") == {("t", "c:x"): [brief]}
+    assert engine.redeliveries("t", "c:x") == [brief]
+    if engine.shared:       # a group shared by processes hands out records with their expiry
+        claimed = engine.claim("t", "g:w", upto=3, limit=10, cursor=0)
+        assert [(record.data, record.expires) for record, _, _ in claimed] == [
+            ("plain", 0.0), ("brief", now + 60), ("b1", now + 30)]
+
+
+def test_retention_remembers_where_a_forgotten_subscription_stood(engine):
+    """An idle subscription's cursor is forgotten by retention, but where it stood is kept for
+    one more retention period: until a subscription gets a cursor again, is forgotten on
+    purpose, or a later purge's ``before`` is past the time it was forgotten."""
+    engine.save_cursors({("t", "c:idle"): 3, ("t", "g:idle"): 5, ("t", "c:replay"): 2,
+                         ("t", "c:brief"): 1})
+    assert engine.forgotten("t", "c:idle") is None, "not forgotten: it has a cursor"
+    engine.purge(before=time.time() + 60, keep_messages=0, limit=10)
+    assert engine.cursor("t", "c:idle") is None
+    assert engine.forgotten("t", "c:idle") == 3 and engine.forgotten("t", "g:idle") == 5
+    assert engine.forgotten("u", "c:idle") is None and engine.forgotten("t", "c:never") is None
+    engine.purge(before=time.time() - 60, keep_messages=0, limit=10)
+    assert engine.forgotten("t", "c:idle") == 3, "remembered for another retention period"
+
+    engine.save_cursors({("t", "c:idle"): 1})       # it came back, and starts where it is put
+    assert engine.forgotten("t", "c:idle") is None and engine.cursor("t", "c:idle") == 1
+    engine.set_cursor("t", "c:replay", 0)
+    assert engine.forgotten("t", "c:replay") is None
+    engine.forget("t", "c:brief")                   # an ephemeral subscription whose consumer left
+    assert engine.forgotten("t", "c:brief") is None
+
+    engine.purge(before=time.time() + 60, keep_messages=0, limit=10)
+    assert engine.forgotten("t", "g:idle") is None, "gone one retention period later"
+    assert engine.forgotten("t", "c:idle") == 1, "forgotten again, where it stood this time"
+
+
+def test_sqlite_opens_a_file_of_the_previous_version_and_its_messages_never_expire(tmp_path):
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.executescript("""
+        create table messages (topic text not null, offset integer not null, code text not null,
+            data text not null, created real not null, key text, primary key (topic, offset))
+            without rowid;
+        create table topics (topic text primary key, head integer not null) without rowid;
+        create table delayed (code text primary key, topic text not null, data text not null,
+            created real not null, key text, due real not null) without rowid;
+        create table dead_letters (topic text not null, sub text not null, offset integer not null,
+            code text not null, data text not null, key text, reason text not null,
+            attempts integer not null, created real not null, dead_at real not null,
+            primary key (topic, sub, offset)) without rowid;
+        create table requeued (topic text not null, sub text not null, offset integer not null,
+            code text not null, data text not null, key text, created real not null,
+            primary key (topic, sub, offset)) without rowid;
+        insert into topics values ('t', 2);
+        insert into messages values ('t', 1, 'c1', 'one', 1.0, null), ('t', 2, 'c2', 'two', 2.0, 'k');
+        insert into delayed values ('c3', 't', 'three', 3.0, null, 10.0);
+        insert into dead_letters values ('t', 'c:x', 1, 'c1', 'one', null, 'timeout', 3, 1.0, 5.0);
+        insert into requeued values ('t', 'c:y', 2, 'c2', 'two', 'k', 2.0);
+    """)
+    db.close()
+    store = open_engine(config.build({"storage": {"path": str(path)}}))
+    store.open(lambda records: None)
+    try:
+        assert [(r.data, r.expires) for r in store.read("t", 0, 10)] == [("one", 0.0), ("two", 0.0)]
+        assert [r.expires for r in store.promote_due(20.0, 10)] == [0.0]
+        assert store.dead_letters()[0]["expires"] == 0.0
+        assert [r.expires for r in store.redeliveries("t", "c:y")] == [0.0]
+        assert [r.expires for r in store.requeue("t")[("t", "c:x")]] == [0.0]
+        later = time.time() + 60
+        (record,) = store.append(_msgs("t", "four", expires=later)).records
+        assert store.read("t", 3, 10) == [record] and record.expires == later
+    finally:
+        store.close()
+
+
+def test_redis_reads_records_stored_by_the_previous_version_as_never_expiring():
+    require_redis()
+    settings = config.build({"storage": {"engine": "redis", "prefix": redis_prefix()}})
+    store = open_engine(settings)
+    p = store.p
+    try:
+        client = store.client
+        client.hset(f"{p}:heads", "t", 1)
+        client.xadd(f"{p}:log:t", {"c": "c1", "d": "one", "t": "1.0", "n": "old"}, id="1-0")
+        client.hset(f"{p}:codes:t", "c1", 1)
+        client.zadd(f"{p}:delayed", {"c2": 10.0})
+        client.hset(f"{p}:delayedmsg", "c2", json.dumps(["c2", "t", "two", "2.0", False, False, "10.0"]))
+        old = {"topic": "t", "offset": 1, "code": "c1", "data": "one", "key": None, "created": 1.0}
+        letter = dict(old, sub="c:x", reason="timeout", attempts=3, dead_at=5.0)
+        client.zadd(f"{p}:dead", {"t|c:x|1": 5.0})
+        client.hset(f"{p}:deadmsg", "t|c:x|1", json.dumps(letter))
+        client.zadd(f"{p}:rq:t|c:y", {json.dumps(dict(old, sub="c:y")): 1})
+        store.open(lambda records: None)
+        assert [(r.data, r.expires) for r in store.read("t", 0, 10)] == [("one", 0.0)]
+        assert store.messages(status="delayed")[0]["expires"] == 0.0
+        assert [(r.data, r.expires) for r in store.promote_due(20.0, 10)] == [("two", 0.0)]
+        assert store.read("t", 1, 10)[0].expires == 0.0
+        assert store.dead_letters()[0]["expires"] == 0.0
+        assert [r.expires for r in store.redeliveries("t", "c:y")] == [0.0]
+        assert [r.expires for r in store.requeue("t")[("t", "c:x")]] == [0.0]
+    finally:
+        store.close()
+        drop_prefix(settings.storage.prefix)
+
+
 def _view(found):
     return [(m["topic"], m["data"], m["status"]) for m in found]
 
@@ -316,7 +444,7 @@ def browsed(engine):
     between a's 2 and 3), so "newest first" means one thing on every engine."""
     t0 = time.time()
     a = engine.append([NewMessage(new_code(), "a", str(n), t0 + n) for n in (1, 2, 3, 4)]).records
-    b = engine.append([NewMessage(new_code(), "b", "b1", t0 + 2.5, key="k")]).records
+    b = engine.append([NewMessage(new_code(), "b", "b1", t0 + 2.5, key="k", expires=t0 + 99)]).records
     engine.append(_msgs("a", "later", due=t0 + 100) + _msgs("a", "soon", due=t0 + 50))
     engine.save_cursors({("a", "c:x"): 2})
     engine.dead_letter("a", "c:x", a[0], "timeout", 3)
@@ -341,7 +469,7 @@ def test_messages_are_browsed_newest_first_by_topic_status_page_and_code(engine,
     assert [m["offset"] for m in delayed] == [0, 0]
     assert engine.messages(code=b[0].code) == [{
         "offset": 1, "code": b[0].code, "topic": "b", "data": "b1", "created": b[0].created,
-        "key": "k", "status": "delivered"}]
+        "key": "k", "expires": b[0].expires, "status": "delivered"}]
     assert engine.messages(topic="a", code=b[0].code) == []
 
 

@@ -47,7 +47,7 @@ def validate(data, source, origins, problems, where=None):
         built = _validate_section(section, data.get(section) or {}, origins, problems)
         if built is not None:
             sections[section] = built
-    problems.extend(_check_together(sections))
+    problems.extend(_check_together(sections, data))
     if problems:
         raise ConfigError(report(problems, where or f"the configuration {source}"))
     return Settings(source=source, **sections)
@@ -168,20 +168,35 @@ def _check_choice(section, key, value, name):
             raise ConfigError(f"{name} must be {wanted}, got {value!r}")
 
 
-def _check_together(sections):
-    """The rules that tie keys together, for the sections whose keys are all valid."""
+def _check_together(sections, data):
+    """The rules that tie keys together, for the sections whose keys are all valid (``data``:
+    what was given, to tell a key set from one left at its default)."""
     problems = []
     mq = sections.get("mq")
+    if mq is not None and mq.maxTtl > mq.retentionSeconds and "maxTtl" not in _given(data, "mq"):
+        # Left at its default (a day) under a shorter retention, which configurations written
+        # before ttl existed may have: capped by retention rather than refused at start-up.
+        mq = sections["mq"] = dataclasses.replace(mq, maxTtl=mq.retentionSeconds)
     if mq is not None and mq.maxDelaySeconds >= mq.retentionSeconds:
         problems.append(f"mq.maxDelaySeconds ({mq.maxDelaySeconds}) must be less than"
                         f" mq.retentionSeconds ({mq.retentionSeconds}), or delayed messages would"
                         " expire before they are due")
+    if mq is not None and mq.maxTtl > mq.retentionSeconds:
+        problems.append(f"mq.maxTtl ({mq.maxTtl:g}) must be at most mq.retentionSeconds"
+                        f" ({mq.retentionSeconds:g}): a message is kept only that long, so a"
+                        " longer ttl would never be reached")
     storage, server = sections.get("storage"), sections.get("server")
     if storage and server and storage.engine in ("sqlite", "memory") and server.workers != 1:
         problems.append(f"server.workers must be 1 with storage.engine {storage.engine}: one process"
                         " owns the store. Use more consumer threads instead (server.maxConsumers), or"
                         " storage.engine redis to run several processes as one broker.")
     return problems
+
+
+def _given(data, section):
+    """The keys given for ``section`` (from the file or the environment)."""
+    given = data.get(section) if isinstance(data, dict) else None
+    return given if isinstance(given, dict) else {}
 
 
 # -- names -----------------------------------------------------------------------------------

@@ -57,7 +57,9 @@ class DeliveryStore(abc.ABC):
         A message whose ``idempotency_key`` was seen on its topic before is not stored again: its
         code is the first message's, so a producer that retries after a lost reply stores once.
         One with ``due`` in the future is kept aside until :meth:`promote_due`, so that it never
-        holds up the messages behind it.
+        holds up the messages behind it. A message's ``expires`` (0.0 = never) is kept with it and
+        given back on every :class:`~dpmq.message.Record` of it (read, promoted, dead-lettered
+        and requeued, claimed): delivery, not the store, decides what is too late.
         """
 
     @abc.abstractmethod
@@ -96,14 +98,22 @@ class DeliveryStore(abc.ABC):
         """The saved cursor of subscription ``(topic, sub)``, or None if it was never seen."""
 
     @abc.abstractmethod
+    def forgotten(self, topic, sub):
+        """Where the cursor of ``(topic, sub)`` stood when retention forgot the subscription for
+        idleness (see :meth:`purge`), or None: a subscription that comes back within another
+        retention period is told what it missed (a gap), not started afresh in silence. The
+        entry goes when the subscription gets a cursor again or is forgotten on purpose."""
+
+    @abc.abstractmethod
     def save_cursors(self, cursors):
         """Save ``{(topic, sub): offset}``. A cursor only ever moves forward here, so that a sweep
-        that computed its positions before a concurrent save cannot undo it."""
+        that computed its positions before a concurrent save cannot undo it. A subscription that
+        gets a cursor here anew is no longer :meth:`forgotten`."""
 
     @abc.abstractmethod
     def set_cursor(self, topic, sub, offset):
         """Put a cursor anywhere (replay from an earlier message); forgets its failed attempts,
-        which belonged to the deliveries that went before."""
+        which belonged to the deliveries that went before, and that it was :meth:`forgotten`."""
 
     @abc.abstractmethod
     def attempts(self, topic, sub, after):
@@ -137,7 +147,9 @@ class DeliveryStore(abc.ABC):
         ``keep_messages`` of their topic (0 = no count limit), and the cursors, attempts, dead
         letters and idempotency keys older than ``before``, with the ownership of the
         subscriptions whose cursors went (or that were recorded before ``before`` and never got
-        one); returns how many messages went. ``limit`` keeps one call short, so the
+        one); returns how many messages went. A subscription whose cursor went for idleness is
+        remembered with that cursor (:meth:`forgotten`) until a later purge whose ``before`` is
+        past the time it was forgotten: one more retention period. ``limit`` keeps one call short, so the
         housekeeping thread calls again while there is more."""
 
 
@@ -159,7 +171,7 @@ class ConsoleStore(abc.ABC):
     @abc.abstractmethod
     def messages(self, topic=None, status=None, limit=50, before=None, code=None):
         """Messages newest first (by offset within one topic, by creation time across topics), as
-        dicts (offset, code, topic, data, created, key, status).
+        dicts (offset, code, topic, data, created, key, expires, status).
 
         ``status`` is ``delayed`` (not due yet; these come soonest due first, with offset 0, as
         they have none yet), ``pending`` (after the cursor of some subscription of its topic),
@@ -176,7 +188,7 @@ class ConsoleStore(abc.ABC):
     @abc.abstractmethod
     def dead_letters(self, topic=None, sub=None, limit=100):
         """Dead letters, newest first, as dicts: topic, sub, offset, code, data, key, reason,
-        attempts, created (of the message), dead_at."""
+        attempts, created and expires (of the message), dead_at."""
 
     @abc.abstractmethod
     def requeue(self, topic, sub=None, code=None):
@@ -213,7 +225,8 @@ class CoordinationStore(abc.ABC):
     @abc.abstractmethod
     def forget(self, topic, sub):
         """Delete everything kept for ``(topic, sub)``: cursor, attempts, dead letters,
-        requeued messages and ownership (an ephemeral subscription whose consumer left)."""
+        requeued messages, ownership and its :meth:`~DeliveryStore.forgotten` cursor (an
+        ephemeral subscription whose consumer left)."""
 
     @abc.abstractmethod
     def lock_consumer(self, topic, consumer_id):

@@ -44,6 +44,7 @@ class MemoryEngine(OneProcess, Engine):
         self._requeued = {}         # (topic, sub) -> {offset: Record}
         self._idempotency = {}      # (topic, key) -> (code, created)
         self._owners = {}           # (topic, sub) -> (Ownership, recorded at)
+        self._forgotten = {}        # (topic, sub) -> (cursor, forgotten at), see purge
         self._delayed = []          # heap of (due, seq, NewMessage)
         self._seq = itertools.count()
         self._on_commit = None
@@ -62,31 +63,31 @@ class MemoryEngine(OneProcess, Engine):
         log = self._logs.setdefault(message.topic, _Log())
         log.head += 1
         record = Record(log.head, message.code, message.topic, message.data, message.created,
-                        message.key)
+                        message.key, 0.0, message.expires)
         log.records.append(record)
         if message.due:
             record = record._replace(due=message.due)
         self._codes[(message.topic, message.code)] = record.offset
         return record
 
-    def _add_run(self, topic, codes, texts, created, keys):
+    def _add_run(self, topic, codes, texts, created, keys, expires):
         """:meth:`_add` for messages of one topic due now (a batch), in bulk."""
         log = self._logs.setdefault(topic, _Log())
         offsets = range(log.head + 1, log.head + 1 + len(codes))
         log.head = offsets[-1]
         records = from_columns(Record, offsets, codes, itertools.repeat(topic), texts, created,
-                               keys, itertools.repeat(0.0))
+                               keys, itertools.repeat(0.0), expires)
         log.records += records
         self._codes.update(zip(zip(itertools.repeat(topic), codes), offsets))
         return records
 
     def append(self, messages):
         if messages:
-            codes, topics, texts, created, keys, idempotency_keys, dues = zip(*messages)
+            codes, topics, texts, created, keys, idempotency_keys, dues, expires = zip(*messages)
             if (not any(dues) and idempotency_keys.count(None) == len(messages)
                     and topics.count(topics[0]) == len(topics)):
                 with self._lock:
-                    records = self._add_run(topics[0], codes, texts, created, keys)
+                    records = self._add_run(topics[0], codes, texts, created, keys, expires)
                     self._on_commit(records)
                 return Appended(list(codes), records)
         with self._lock:
@@ -168,12 +169,14 @@ class MemoryEngine(OneProcess, Engine):
         with self._lock:
             if status == "delayed":
                 found = [dict(offset=0, code=m.code, topic=m.topic, data=m.data, created=m.created,
-                              key=m.key, status="delayed") for _, _, m in sorted(self._delayed)
+                              key=m.key, expires=m.expires, status="delayed")
+                         for _, _, m in sorted(self._delayed)
                          if (topic is None or m.topic == topic) and (code is None or m.code == code)]
                 return found[:limit]
             if status == "dead":
                 found = [dict(offset=d["offset"], code=d["code"], topic=d["topic"], data=d["data"],
-                              created=d["created"], key=d["key"], status="dead")
+                              created=d["created"], key=d["key"], expires=d["expires"],
+                              status="dead")
                          for d in self._dead.values()
                          if (topic is None or d["topic"] == topic) and (code is None or d["code"] == code)
                          and (before is None or d["offset"] < before)]
@@ -191,7 +194,7 @@ class MemoryEngine(OneProcess, Engine):
                     if status is None or status == state:
                         found.append(dict(offset=record.offset, code=record.code, topic=name,
                                           data=record.data, created=record.created, key=record.key,
-                                          status=state))
+                                          expires=record.expires, status=state))
                         if len(found) >= limit and topic is not None:
                             break
             found.sort(key=_newest_first(topic))
@@ -215,16 +218,24 @@ class MemoryEngine(OneProcess, Engine):
             entry = self._cursors.get((topic, sub))
             return entry[0] if entry else None
 
+    def forgotten(self, topic, sub):
+        with self._lock:
+            entry = self._forgotten.get((topic, sub))
+            return entry[0] if entry else None
+
     def save_cursors(self, cursors):
         now = time.time()
         with self._lock:
             for key, offset in cursors.items():
-                old = self._cursors.get(key, (-1, 0))[0]
-                self._cursors[key] = [max(old, offset), now]
+                old = self._cursors.get(key)
+                if old is None:
+                    self._forgotten.pop(key, None)
+                self._cursors[key] = [offset if old is None else max(old[0], offset), now]
 
     def set_cursor(self, topic, sub, offset):
         with self._lock:
             self._cursors[(topic, sub)] = [offset, time.time()]
+            self._forgotten.pop((topic, sub), None)
             for key in [k for k in self._attempts if k[0] == topic and k[1] == sub]:
                 del self._attempts[key]
 
@@ -258,6 +269,7 @@ class MemoryEngine(OneProcess, Engine):
             self._cursors.pop(key, None)
             self._owners.pop(key, None)
             self._requeued.pop(key, None)
+            self._forgotten.pop(key, None)
             for table in (self._attempts, self._dead):
                 for gone in [k for k in table if k[:2] == key]:
                     del table[gone]
@@ -272,7 +284,7 @@ class MemoryEngine(OneProcess, Engine):
             self._dead[(topic, sub, record.offset)] = {
                 "topic": topic, "sub": sub, "offset": record.offset, "code": record.code,
                 "data": record.data, "key": record.key, "reason": reason, "attempts": attempts,
-                "created": record.created, "dead_at": time.time()}
+                "created": record.created, "expires": record.expires, "dead_at": time.time()}
 
     def dead_letters(self, topic=None, sub=None, limit=100):
         with self._lock:
@@ -288,7 +300,8 @@ class MemoryEngine(OneProcess, Engine):
             out = {}
             for key in chosen:
                 d = self._dead.pop(key)
-                record = Record(d["offset"], d["code"], d["topic"], d["data"], d["created"], d["key"])
+                record = Record(d["offset"], d["code"], d["topic"], d["data"], d["created"], d["key"],
+                                0.0, d["expires"])
                 self._requeued.setdefault(key[:2], {})[record.offset] = record
                 out.setdefault(key[:2], []).append(record)
             for records in out.values():
@@ -320,8 +333,11 @@ class MemoryEngine(OneProcess, Engine):
                 removed += count
                 if removed >= limit:
                     break
+            for key in [k for k, (_, at) in self._forgotten.items() if at < before]:
+                del self._forgotten[key]
+            now = time.time()
             for key in [k for k, (_, updated) in self._cursors.items() if updated < before]:
-                del self._cursors[key]
+                self._forgotten[key] = (self._cursors.pop(key)[0], now)
             for key in [k for k, (_, at) in self._owners.items()
                         if at < before and k not in self._cursors]:
                 del self._owners[key]

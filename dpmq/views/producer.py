@@ -37,7 +37,7 @@ def parse_fields(mimetype, body):
         raise BadRequest("the form body has too many fields") from None
 
 
-_FIELDS = ("topic", "messageData", "delay", "key", "idempotencyKey")
+_FIELDS = ("topic", "messageData", "delay", "ttl", "key", "idempotencyKey")
 
 
 def send_one(app, fields, token, address):
@@ -128,7 +128,7 @@ def batch_items(mimetype, body):
     if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
         raise BadRequest('send a JSON object {"topic": "t", "messages": ["a", "b"]} or'
                          ' {"messages": [{"topic": "t", "messageData": "a"}, ...]}')
-    shared = {name: body.get(name) for name in ("topic", "delay", "key")}
+    shared = {name: body.get(name) for name in ("topic", "delay", "ttl", "key")}
     if set(map(type, body["messages"])) == {str}:
         return Uniform(shared, body["messages"])
     items = []

@@ -48,11 +48,12 @@ class BrowseQueries:
     def messages(self, topic=None, status=None, limit=50, before=None, code=None):
         if status == "delayed":
             return [dict(offset=0, code=m[0], topic=m[1], data=m[2], created=float(m[3]),
-                         key=m[4] or None, status="delayed") for m in self._delayed()
+                         key=m[4] or None, expires=float(m[7]) if len(m) > 7 else 0.0,
+                         status="delayed") for m in self._delayed()
                     if topic in (None, m[1]) and code in (None, m[0])][:limit]
         if status == "dead":
             found = [dict(offset=d["offset"], code=d["code"], topic=d["topic"], data=d["data"],
-                          created=d["created"], key=d["key"], status="dead")
+                          created=d["created"], key=d["key"], expires=d["expires"], status="dead")
                      for d in self.dead_letters(topic=topic, limit=FAR)
                      if code in (None, d["code"]) and (before is None or d["offset"] < before)]
             return sorted(found, key=lambda d: -d["offset"])[:limit]

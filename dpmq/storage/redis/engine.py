@@ -65,7 +65,7 @@ class RedisEngine(FeedFollower, ProcessReports, BrowseQueries, SubscriptionOwner
         self._scripts = {name: self.client.register_script(getattr(lua, name))
                          for name in ("APPEND", "CANCEL", "PROMOTE", "SAVE_CURSORS", "REQUEUE", "CLAIM",
                                       "SETTLE", "HEARTBEAT", "LOCK", "UNLOCK", "PURGE", "OWN", "FORGET",
-                                      "PURGE_OWNERS")}
+                                      "PURGE_OWNERS", "PURGE_CURSORS")}
         self._jobs = queue.SimpleQueue()
         self._closed = threading.Event()
         self._threads = []
@@ -156,7 +156,8 @@ class RedisEngine(FeedFollower, ProcessReports, BrowseQueries, SubscriptionOwner
 
     def _commit(self, batch):
         rows = [[m.code, m.topic, m.data, repr(m.created), m.key or False,
-                 m.idempotency_key or False, repr(m.due)] for messages, _ in batch for m in messages]
+                 m.idempotency_key or False, repr(m.due), repr(m.expires)]
+                for messages, _ in batch for m in messages]
         batch_id = uuid.uuid4().hex
         try:
             results = self._run("APPEND", self.node, repr(time.time()), json.dumps(rows), batch_id)
@@ -174,7 +175,8 @@ class RedisEngine(FeedFollower, ProcessReports, BrowseQueries, SubscriptionOwner
                 position += 1
                 if result[0] == "o":
                     codes.append(m.code)
-                    records.append(Record(int(result[1:]), m.code, m.topic, m.data, m.created, m.key))
+                    records.append(Record(int(result[1:]), m.code, m.topic, m.data, m.created, m.key,
+                                          0.0, m.expires))
                 else:
                     codes.append(result[1:] if result[0] == "c" else m.code)
             if records:
@@ -219,8 +221,9 @@ class RedisEngine(FeedFollower, ProcessReports, BrowseQueries, SubscriptionOwner
 
     def promote_due(self, now, limit):
         rows = json.loads(self._run("PROMOTE", self.node, repr(now), limit))
-        records = [Record(off, code, topic, data, float(created), key or None, float(due))
-                   for off, code, topic, data, created, key, due in rows]
+        records = [Record(off, code, topic, data, float(created), key or None, float(due),
+                          float(expires))
+                   for off, code, topic, data, created, key, due, expires in rows]
         if records:
             self._on_commit(records)
         return records
@@ -250,6 +253,10 @@ class RedisEngine(FeedFollower, ProcessReports, BrowseQueries, SubscriptionOwner
         value = self._call(self.client.hget, self._key("cursors"), f"{topic}|{sub}")
         return int(value) if value is not None else None
 
+    def forgotten(self, topic, sub):
+        value = self._call(self.client.hget, self._key("forgotten"), f"{topic}|{sub}")
+        return int(value) if value is not None else None
+
     def save_cursors(self, cursors):
         if cursors:
             args = [repr(time.time())]
@@ -263,6 +270,8 @@ class RedisEngine(FeedFollower, ProcessReports, BrowseQueries, SubscriptionOwner
         pipe.hset(self._key("cursors"), name, offset)
         pipe.zadd(self._key("cursorst"), {name: time.time()})
         pipe.delete(self._key("att", name))
+        pipe.hdel(self._key("forgotten"), name)
+        pipe.zrem(self._key("forgottent"), name)
         if sub.startswith("g:"):
             pipe.hset(self._key("gnext"), name, offset + 1)
             pipe.delete(self._key("gpend", name), self._key("gown", name), self._key("gretry", name))
@@ -284,7 +293,7 @@ class RedisEngine(FeedFollower, ProcessReports, BrowseQueries, SubscriptionOwner
         now = time.time()
         letter = {"topic": topic, "sub": sub, "offset": record.offset, "code": record.code,
                   "data": record.data, "key": record.key, "reason": reason, "attempts": attempts,
-                  "created": record.created, "dead_at": now}
+                  "created": record.created, "expires": record.expires, "dead_at": now}
         pipe = self.client.pipeline()
         pipe.hdel(self._key("att", name), record.offset)
         pipe.zremrangebyscore(self._key("rq", name), record.offset, record.offset)
@@ -298,8 +307,8 @@ class RedisEngine(FeedFollower, ProcessReports, BrowseQueries, SubscriptionOwner
         chosen = [m for m in members if text(m).startswith(start)]
         if not chosen:
             return []
-        found = [json.loads(raw) for raw in self._call(self.client.hmget, self._key("deadmsg"),
-                                                       chosen) if raw]
+        found = [{"expires": 0.0, **json.loads(raw)}    # without it: from an earlier version
+                 for raw in self._call(self.client.hmget, self._key("deadmsg"), chosen) if raw]
         found.sort(key=lambda d: (d["dead_at"], d["offset"]), reverse=True)
         return found[:limit]
 
@@ -372,19 +381,16 @@ class RedisEngine(FeedFollower, ProcessReports, BrowseQueries, SubscriptionOwner
     def purge(self, before, keep_messages, limit):
         topics = list(self.heads())
         removed = self._run("PURGE", before, keep_messages, limit, *topics) if topics else 0
+        self._run("PURGE_CURSORS", repr(float(before)), repr(time.time()))
         pipe = self.client.pipeline()
-        for zset in ("cursorst", "dead", "idemt"):
+        for zset in ("dead", "idemt"):
             old = self._call(self.client.zrangebyscore, self._key(zset), "-inf", f"({before}")
             if not old:
                 continue
             pipe.zrem(self._key(zset), *old)
             for member in old:
                 name = text(member)
-                if zset == "cursorst":
-                    pipe.hdel(self._key("cursors"), name)
-                    pipe.delete(self._key("att", name))
-                    pipe.hdel(self._key("subowner"), name)
-                elif zset == "dead":
+                if zset == "dead":
                     pipe.hdel(self._key("deadmsg"), name)
                 else:
                     topic, _, key = name.partition("|")

@@ -5,10 +5,13 @@ DPMQ processes. Keys are built inside the scripts from the prefix (``ARGV[1]``, 
 ``{…}`` hash tag, so that all of one broker's keys hash to one Cluster slot). Layout, for prefix P:
 
 - ``P:heads`` hash topic -> newest offset; ``P:log:<topic>`` stream, entry id ``<offset>-0``,
-  fields c (code) d (data) t (created) k (key) n (node that wrote it); ``P:codes:<topic>`` hash
+  fields c (code) d (data) t (created) k (key) x (expires, when it has a ttl) n (node that wrote
+  it); ``P:codes:<topic>`` hash
   code -> offset; ``P:idem:<topic>`` hash idempotency key -> code, ``P:idemt`` zset of them by time;
-- ``P:delayed`` zset code -> due, ``P:delayedmsg`` hash code -> JSON message;
+- ``P:delayed`` zset code -> due, ``P:delayedmsg`` hash code -> JSON message (the APPEND row);
 - ``P:cursors`` hash "topic|sub" -> cursor, ``P:cursorst`` zset of them by last update;
+  ``P:forgotten`` hash "topic|sub" -> the cursor retention forgot for idleness, ``P:forgottent``
+  zset of them by when, kept one more retention period;
   ``P:att:<topic>|<sub>`` hash offset -> failed attempts;
 - ``P:dead`` zset "topic|sub|offset" -> dead_at, ``P:deadmsg`` hash of the same -> JSON;
   ``P:rq:<topic>|<sub>`` zset of requeued records (JSON) by offset;
@@ -29,12 +32,16 @@ local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-local function add(node, topic, code, data, created, key, due, heads, added)
+local function add(node, topic, code, data, created, key, expires, heads, added)
   local off = redis.call('HINCRBY', P .. ':heads', topic, 1)
   local args = {P .. ':log:' .. topic, off .. '-0', 'c', code, 'd', data, 't', created, 'n', node}
   if key then
     args[#args + 1] = 'k'
     args[#args + 1] = key
+  end
+  if expires and tonumber(expires) > 0 then
+    args[#args + 1] = 'x'
+    args[#args + 1] = expires
   end
   redis.call('XADD', unpack(args))
   redis.call('HSET', P .. ':codes:' .. topic, code, off)
@@ -49,7 +56,8 @@ local function announce(heads, added, node)
 end
 """
 
-# ARGV: P, node, now, JSON [[code, topic, data, created, key|false, idempotency key|false, due]…],
+# ARGV: P, node, now, JSON [[code, topic, data, created, key|false, idempotency key|false, due,
+# expires]…] (a delayed message stored by an earlier version has no expires),
 # batch id. Returns per message "o<offset>" (stored), "c<code>" (an earlier code) or "d" (delayed);
 # nothing if the batch was cancelled (see CANCEL).
 APPEND = COMMON + r"""
@@ -74,7 +82,7 @@ for i, m in ipairs(cjson.decode(ARGV[4])) do
     redis.call('HSET', P .. ':delayedmsg', code, cjson.encode(m))
     out[i] = 'd'
   else
-    out[i] = 'o' .. add(node, topic, code, m[3], m[4], m[5], 0, heads, added)
+    out[i] = 'o' .. add(node, topic, code, m[3], m[4], m[5], m[8], heads, added)
   end
 end
 announce(heads, added, node)
@@ -106,7 +114,8 @@ redis.call('SET', P .. ':cancelled:' .. ARGV[2], 1, 'EX', 3600)
 return {}
 """
 
-# ARGV: P, node, now, limit. Returns JSON [[offset, code, topic, data, created, key|false, due]…].
+# ARGV: P, node, now, limit. Returns JSON [[offset, code, topic, data, created, key|false, due,
+# expires]…].
 PROMOTE = COMMON + r"""
 local node = ARGV[2]
 local due = redis.call('ZRANGEBYSCORE', P .. ':delayed', '-inf', ARGV[3], 'WITHSCORES', 'LIMIT', 0,
@@ -119,19 +128,24 @@ for i = 1, #due, 2 do
   redis.call('HDEL', P .. ':delayedmsg', code)
   if raw then
     local m = cjson.decode(raw)
-    local off = add(node, m[2], code, m[3], m[4], m[5], due[i + 1], heads, added)
-    out[#out + 1] = {off, code, m[2], m[3], m[4], m[5], due[i + 1]}
+    local off = add(node, m[2], code, m[3], m[4], m[5], m[8], heads, added)
+    out[#out + 1] = {off, code, m[2], m[3], m[4], m[5], due[i + 1], m[8] or '0'}
   end
 end
 announce(heads, added, node)
 return cjson.encode(out)
 """
 
-# ARGV: P, now, then pairs of "topic|sub", cursor. A cursor only moves forward.
+# ARGV: P, now, then pairs of "topic|sub", cursor. A cursor only moves forward; a subscription
+# that gets one anew is no longer forgotten.
 SAVE_CURSORS = r"""
 local P = ARGV[1]
 for i = 3, #ARGV, 2 do
   local old = redis.call('HGET', P .. ':cursors', ARGV[i])
+  if not old then
+    redis.call('HDEL', P .. ':forgotten', ARGV[i])
+    redis.call('ZREM', P .. ':forgottent', ARGV[i])
+  end
   if not old or tonumber(old) < tonumber(ARGV[i + 1]) then
     redis.call('HSET', P .. ':cursors', ARGV[i], ARGV[i + 1])
   end
@@ -222,6 +236,10 @@ for _, key in ipairs({pend, P .. ':gretry:' .. sub}) do
   if first[1] then low = math.min(low, tonumber(first[1])) end
 end
 local old = redis.call('HGET', P .. ':cursors', sub)
+if not old then
+  redis.call('HDEL', P .. ':forgotten', sub)
+  redis.call('ZREM', P .. ':forgottent', sub)
+end
 if not old or tonumber(old) < low - 1 then
   redis.call('HSET', P .. ':cursors', sub, low - 1)
 end
@@ -310,6 +328,29 @@ end
 return removed
 """
 
+# ARGV: P, before, now. Retention of subscriptions: forgets where subscriptions forgotten before
+# ``before`` stood, then forgets the subscriptions idle since before ``before`` (cursor, attempts,
+# ownership), remembering where each stood, as of ``now``.
+PURGE_CURSORS = r"""
+local P, before = ARGV[1], '(' .. ARGV[2]
+for _, name in ipairs(redis.call('ZRANGEBYSCORE', P .. ':forgottent', '-inf', before)) do
+  redis.call('HDEL', P .. ':forgotten', name)
+end
+redis.call('ZREMRANGEBYSCORE', P .. ':forgottent', '-inf', before)
+for _, name in ipairs(redis.call('ZRANGEBYSCORE', P .. ':cursorst', '-inf', before)) do
+  local cursor = redis.call('HGET', P .. ':cursors', name)
+  if cursor then
+    redis.call('HSET', P .. ':forgotten', name, cursor)
+    redis.call('ZADD', P .. ':forgottent', ARGV[3], name)
+  end
+  redis.call('HDEL', P .. ':cursors', name)
+  redis.call('DEL', P .. ':att:' .. name)
+  redis.call('HDEL', P .. ':subowner', name)
+end
+redis.call('ZREMRANGEBYSCORE', P .. ':cursorst', '-inf', before)
+return 0
+"""
+
 # ARGV: P, "topic|sub", owner or '', durable (1 or 0), now. Records the owner unless one is on
 # record (an ownerless record takes it); a subscription with a cursor and no record is durable.
 # Returns the JSON [owner or '', durable] on record.
@@ -333,11 +374,13 @@ return raw
 """
 
 # ARGV: P, "topic|sub". Deletes everything kept for the subscription: cursor, attempts, requeued
-# and dead letters, group state, ownership.
+# and dead letters, group state, ownership, where it stood if retention forgot it.
 FORGET = r"""
 local P, name = ARGV[1], ARGV[2]
 redis.call('HDEL', P .. ':cursors', name)
 redis.call('ZREM', P .. ':cursorst', name)
+redis.call('HDEL', P .. ':forgotten', name)
+redis.call('ZREM', P .. ':forgottent', name)
 redis.call('HDEL', P .. ':subowner', name)
 redis.call('ZREM', P .. ':subownert', name)
 redis.call('HDEL', P .. ':gnext', name)

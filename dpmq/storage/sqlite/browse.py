@@ -23,13 +23,14 @@ class BrowseQueries:
               " 4611686018427387904)")
 
     def messages(self, topic=None, status=None, limit=50, before=None, code=None):
-        keys = ("offset", "code", "topic", "data", "created", "key", "status")
+        keys = ("offset", "code", "topic", "data", "created", "key", "expires", "status")
         if status == "delayed":
-            rows = self._browse("select 0, code, topic, data, created, key, 'delayed' from delayed"
+            rows = self._browse("select 0, code, topic, data, created, key, expires, 'delayed' from delayed"
                                " where (?1 is null or topic = ?1) and (?2 is null or code = ?2)"
                                " order by due limit ?3", (topic, code, limit))
         elif status == "dead":
-            rows = self._browse("select offset, code, topic, data, created, key, 'dead' from dead_letters"
+            rows = self._browse("select offset, code, topic, data, created, key, expires, 'dead'"
+                               " from dead_letters"
                                " where (?1 is null or topic = ?1) and (?2 is null or code = ?2)"
                                " and (?3 is null or offset < ?3) order by offset desc limit ?4",
                                (topic, code, before, limit))
@@ -37,7 +38,7 @@ class BrowseQueries:
             # One topic is read backwards along its primary key; several are merged by age.
             order = "m.offset desc" if topic is not None else "m.created desc, m.offset desc"
             rows = self._browse(
-                f"select * from (select m.offset, m.code, m.topic, m.data, m.created, m.key,"
+                f"select * from (select m.offset, m.code, m.topic, m.data, m.created, m.key, m.expires,"
                 f" case when m.offset > {self._FLOOR} then 'pending' else 'delivered' end as status"
                 f" from messages m where (?1 is null or m.topic = ?1) and (?2 is null or m.code = ?2)"
                 f" and (?3 is null or m.offset < ?3) order by {order})"

@@ -19,11 +19,13 @@ from ..base import Engine, OneProcess
 from .browse import BrowseQueries
 from .commit import GroupCommit
 from .owners import SubscriptionOwners
-from .schema import SCHEMA
+from .schema import SCHEMA, add_missing_columns
 from .store_lock import StoreLock
 
-_RECORD = "offset, code, topic, data, created, key"
-#: The most messages inserted by one statement (6 values each, well under SQLite's 32,766).
+#: The columns of a Record, but ``due`` (0.0 for what is read back from a log).
+_RECORD = "offset, code, topic, data, created, key, 0.0, expires"
+_COLUMNS = "offset, code, topic, data, created, key, expires"
+#: The most messages inserted by one statement (7 values each, well under SQLite's 32,766).
 _ONE_INSERT = 1000
 
 
@@ -70,6 +72,7 @@ class SQLiteEngine(BrowseQueries, SubscriptionOwners, OneProcess, Engine):
             try:
                 for statement in SCHEMA:
                     self._writer.execute(statement)
+                add_missing_columns(self._writer)
                 self._writer.execute("pragma quick_check(1)")
                 heads = dict(self._writer.execute(
                     "select topic, max(head, coalesce((select max(offset) from messages m"
@@ -100,22 +103,22 @@ class SQLiteEngine(BrowseQueries, SubscriptionOwners, OneProcess, Engine):
     # -- writes ------------------------------------------------------------------------------
     @staticmethod
     def _numbered(heads, rows):
-        """Records of ``rows`` of (code, topic, data, created, key[, due]), each given the offset
-        after its topic's head (``heads`` moves on), and the topics that start here."""
+        """Records of ``rows`` of (code, topic, data, created, key, due, expires), each given the
+        offset after its topic's head (``heads`` moves on), and the topics that start here."""
         records, new_topics = [], []
-        for code, topic, data, created, key, *due in rows:
+        for code, topic, data, created, key, due, expires in rows:
             offset = heads.get(topic, 0) + 1
             if topic not in heads:
                 new_topics.append(topic)
             heads[topic] = offset
-            records.append(Record(offset, code, topic, data, created, key, *due))
+            records.append(Record(offset, code, topic, data, created, key, due, expires))
         return records, new_topics
 
     def _insert(self, db, heads, rows):
         """Number ``rows`` and insert them; returns records."""
         records, new_topics = self._numbered(heads, rows)
-        db.executemany(f"insert into messages ({_RECORD}) values (?, ?, ?, ?, ?, ?)",
-                       [record[:6] for record in records])
+        db.executemany(f"insert into messages ({_COLUMNS}) values (?, ?, ?, ?, ?, ?, ?)",
+                       [record[:6] + record[7:] for record in records])
         # A topic's row is written when it starts, and its head when messages are purged (see
         # purge), not on every commit: rewriting that page each time was a large part of the cost
         # of a single publish. Between the two the newest offset is the last message's, which
@@ -128,9 +131,9 @@ class SQLiteEngine(BrowseQueries, SubscriptionOwners, OneProcess, Engine):
 
     def _insert_at_once(self, db, heads, columns):
         """``_insert`` in one statement, for messages of topics that have started; ``columns``:
-        their codes, topics, texts, creation times and keys, of which the records are built without
-        a Python call per message."""
-        codes, topics, texts, created, keys = columns
+        their codes, topics, texts, creation times, keys and expiry times, of which the records are
+        built without a Python call per message."""
+        codes, topics, texts, created, keys, expires = columns
         count, topic = len(codes), topics[0]
         one_topic = topics.count(topic) == count    # the usual batch
         if one_topic:
@@ -143,36 +146,37 @@ class SQLiteEngine(BrowseQueries, SubscriptionOwners, OneProcess, Engine):
                 heads[topic] += 1
                 offsets.append(heads[topic])
         shared = (one_topic and created.count(created[0]) == count
-                  and keys.count(keys[0]) == count)
+                  and keys.count(keys[0]) == count and expires.count(expires[0]) == count)
         if shared:
-            values = [offsets[0], topic, created[0], keys[0]]
+            values = [offsets[0], topic, created[0], keys[0], expires[0]]
             values += itertools.chain.from_iterable(zip(codes, texts))
         else:
             values = list(itertools.chain.from_iterable(
-                zip(offsets, codes, topics, texts, created, keys)))
+                zip(offsets, codes, topics, texts, created, keys, expires)))
         db.execute(self._insert_sql(count, shared), values)
         return from_columns(Record, offsets, codes, topics, texts, created, keys,
-                            itertools.repeat(0.0))
+                            itertools.repeat(0.0), expires)
 
     def _insert_sql(self, count, shared):
-        """The statement inserting ``count`` messages: six values each or, when they ``shared``
-        one topic, time and key (a batch), the first offset, the topic, time and key once, then
-        a code and a text each, so that a batch binds a third as many values."""
+        """The statement inserting ``count`` messages: seven values each or, when they ``shared``
+        one topic, time, key and expiry (a batch), the first offset, the topic, time, key and
+        expiry once, then a code and a text each, so that a batch binds under a third as many
+        values."""
         sql = self._inserts.get((count, shared))
         if sql is None:
-            rows = ([f"(?1 + {n}, ?{5 + 2 * n}, ?2, ?{6 + 2 * n}, ?3, ?4)" for n in range(count)]
-                    if shared else ["(?, ?, ?, ?, ?, ?)"] * count)
-            sql = self._inserts[count, shared] = (f"insert into messages ({_RECORD}) values "
+            rows = ([f"(?1 + {n}, ?{6 + 2 * n}, ?2, ?{7 + 2 * n}, ?3, ?4, ?5)" for n in range(count)]
+                    if shared else ["(?, ?, ?, ?, ?, ?, ?)"] * count)
+            sql = self._inserts[count, shared] = (f"insert into messages ({_COLUMNS}) values "
                                                   + ", ".join(rows))
         return sql
 
     def append(self, messages):
         now = time.time()
         if 0 < len(messages) <= _ONE_INSERT:
-            codes, topics, texts, created, keys, idempotency_keys, dues = zip(*messages)
+            codes, topics, texts, created, keys, idempotency_keys, dues, expires = zip(*messages)
             if (not any(dues) and idempotency_keys.count(None) == len(messages)
                     and self._writes.heads.keys() >= set(topics)):
-                columns = (codes, topics, texts, created, keys)
+                columns = (codes, topics, texts, created, keys, expires)
                 return self._write(lambda db, heads: Appended(
                     list(codes), self._insert_at_once(db, heads, columns)), appends=True, alone=True)
 
@@ -192,12 +196,12 @@ class SQLiteEngine(BrowseQueries, SubscriptionOwners, OneProcess, Engine):
                 codes.append(m.code)
                 row = (m.code, m.topic, m.data, m.created, m.key)
                 if m.due > now:
-                    delayed.append(row + (m.due,))
+                    delayed.append(row + (m.due, m.expires))
                 else:
-                    fresh.append(row)
+                    fresh.append(row + (0.0, m.expires))
             if delayed:
-                db.executemany("insert into delayed (code, topic, data, created, key, due)"
-                               " values (?, ?, ?, ?, ?, ?)", delayed)
+                db.executemany("insert into delayed (code, topic, data, created, key, due, expires)"
+                               " values (?, ?, ?, ?, ?, ?, ?)", delayed)
             return Appended(codes, self._insert(db, heads, fresh))
         return self._write(run, appends=True)
 
@@ -206,7 +210,7 @@ class SQLiteEngine(BrowseQueries, SubscriptionOwners, OneProcess, Engine):
 
     def promote_due(self, now, limit):
         def run(db, heads):
-            rows = db.execute("select code, topic, data, created, key, due from delayed"
+            rows = db.execute("select code, topic, data, created, key, due, expires from delayed"
                               " where due <= ? order by due, code limit ?", (now, limit)).fetchall()
             db.executemany("delete from delayed where code = ?", [(row[0],) for row in rows])
             return Appended([row[0] for row in rows], self._insert(db, heads, rows))
@@ -249,15 +253,16 @@ class SQLiteEngine(BrowseQueries, SubscriptionOwners, OneProcess, Engine):
             db.execute("delete from attempts where topic = ? and sub = ? and offset = ?", where)
             db.execute("delete from requeued where topic = ? and sub = ? and offset = ?", where)
             db.execute("insert or replace into dead_letters (topic, sub, offset, code, data, key,"
-                       " reason, attempts, created, dead_at) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       " reason, attempts, created, dead_at, expires)"
+                       " values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (topic, sub, record.offset, record.code, record.data, record.key, reason,
-                        attempts, record.created, time.time()))
+                        attempts, record.created, time.time(), record.expires))
         self._write(run)
 
     def requeue(self, topic, sub=None, code=None):
         def run(db, heads):
             rows = db.execute(
-                "select sub, offset, code, topic, data, created, key from dead_letters"
+                "select sub, offset, code, topic, data, created, key, 0.0, expires from dead_letters"
                 " where topic = ?1 and (?2 is null or sub = ?2) and (?3 is null or code = ?3)"
                 " order by sub, offset", (topic, sub, code)).fetchall()
             out = {}
@@ -267,9 +272,9 @@ class SQLiteEngine(BrowseQueries, SubscriptionOwners, OneProcess, Engine):
                 db.execute("delete from dead_letters where topic = ? and sub = ? and offset = ?",
                            (topic, row[0], record.offset))
                 db.execute("insert or replace into requeued (topic, sub, offset, code, data, key,"
-                           " created) values (?, ?, ?, ?, ?, ?, ?)",
+                           " created, expires) values (?, ?, ?, ?, ?, ?, ?, ?)",
                            (topic, row[0], record.offset, record.code, record.data, record.key,
-                            record.created))
+                            record.created, record.expires))
             return out
         return self._write(run)
 
@@ -292,6 +297,11 @@ class SQLiteEngine(BrowseQueries, SubscriptionOwners, OneProcess, Engine):
                     "delete from messages where topic = ?1 and offset in (select offset from messages"
                     " where topic = ?1 and (created < ?2 or offset < ?3) order by offset limit ?4)",
                     (topic, before, keep_from, limit - removed)).rowcount
+            # Where idle subscriptions stood is kept one more retention period (see forgotten).
+            db.execute("delete from forgotten where forgotten_at < ?", (before,))
+            db.execute("insert or replace into forgotten (topic, sub, cursor, forgotten_at)"
+                       " select topic, sub, cursor, ? from subscriptions where updated < ?",
+                       (time.time(), before))
             db.execute("delete from subscriptions where updated < ?", (before,))
             db.execute("delete from owners where created < ? and not exists (select 1 from"
                        " subscriptions s where s.topic = owners.topic and s.sub = owners.sub)",
@@ -339,17 +349,21 @@ class SQLiteEngine(BrowseQueries, SubscriptionOwners, OneProcess, Engine):
         rows = self._query("select cursor from subscriptions where topic = ? and sub = ?", (topic, sub))
         return rows[0][0] if rows else None
 
+    def forgotten(self, topic, sub):
+        rows = self._query("select cursor from forgotten where topic = ? and sub = ?", (topic, sub))
+        return rows[0][0] if rows else None
+
     def attempts(self, topic, sub, after):
         return dict(self._query("select offset, count from attempts where topic = ? and sub = ?"
                                 " and offset > ?", (topic, sub, after)))
 
     def dead_letters(self, topic=None, sub=None, limit=100):
         rows = self._query(
-            "select topic, sub, offset, code, data, key, reason, attempts, created, dead_at"
-            " from dead_letters where (?1 is null or topic = ?1) and (?2 is null or sub = ?2)"
+            "select topic, sub, offset, code, data, key, reason, attempts, created, expires,"
+            " dead_at from dead_letters where (?1 is null or topic = ?1) and (?2 is null or sub = ?2)"
             " order by dead_at desc, offset desc limit ?3", (topic, sub, limit))
         keys = ("topic", "sub", "offset", "code", "data", "key", "reason", "attempts", "created",
-                "dead_at")
+                "expires", "dead_at")
         return [dict(zip(keys, row)) for row in rows]
 
     def redeliveries(self, topic, sub):

@@ -34,6 +34,7 @@ class SubscriptionOwners:
 
     def forget(self, topic, sub):
         def run(db, heads):
-            for table in ("subscriptions", "attempts", "dead_letters", "requeued", "owners"):
+            for table in ("subscriptions", "attempts", "dead_letters", "requeued", "owners",
+                          "forgotten"):
                 db.execute(f"delete from {table} where topic = ? and sub = ?", (topic, sub))
         self._write(run)
