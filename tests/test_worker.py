@@ -189,3 +189,53 @@ def test_what_a_consumer_sends_right_behind_its_handshake_is_read(served):
     assert got.startswith(b"HTTP/1.1 101")
     assert wait_for(lambda: requests.get(broker.url + "/Console/GetConsumers").json()["data"] == [],
                     timeout=5, what="the consumer to be gone")
+
+
+def test_a_consumer_request_is_told_apart_by_its_request_line():
+    def frame(head):
+        taken = RequestFrame(1024)
+        taken.end(head + b"\r\nHost: x\r\n\r\n")
+        return taken
+    events = frame(b"GET /ConsumersConn/t/c HTTP/1.1\r\nAccept: text/event-stream")
+    pull = frame(b"POST /ConsumerPull HTTP/1.1\r\nContent-Length: 0")
+    publish = frame(b"POST /ProducerSend HTTP/1.1\r\nContent-Length: 0")
+    assert (events.own_thread, events.stream) == (True, True)
+    assert (pull.own_thread, pull.stream) == (True, False)
+    assert (publish.own_thread, publish.stream) == (False, False)
+    assert not frame(b"POST /ConsumerPullAll HTTP/1.1\r\nContent-Length: 0").own_thread
+
+
+def test_streams_and_waiting_pulls_beyond_the_pool_leave_producers_a_thread(served):
+    broker = served(server={"httpThreads": 2})
+    held = []
+    for n in range(6):
+        sock = socket.create_connection(("127.0.0.1", broker.port), timeout=5)
+        sock.sendall(b"GET /ConsumersConn/t/c%d HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream"
+                     b"\r\n\r\n" % n)
+        assert sock.recv(100).startswith(b"HTTP/1.1 200")
+        held.append(sock)
+    for n in range(4):
+        body = b'{"topic":"t","consumerId":"p%d","wait":10}' % n
+        sock = socket.create_connection(("127.0.0.1", broker.port), timeout=5)
+        sock.sendall(b"POST /ConsumerPull HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                     b"\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        held.append(sock)
+    try:
+        reply = requests.post(broker.url + "/ProducerSend", data={"topic": "t", "messageData": "m"},
+                              timeout=5)
+        assert reply.json()["code"] == 0
+        assert requests.get(broker.url + "/healthz", timeout=5).status_code == 200
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_after_a_pull_the_connection_is_kept_alive_for_the_next_request(served):
+    broker = served()
+    body = b'{"topic":"t","consumerId":"puller","wait":0}'
+    pull = (b"POST /ConsumerPull HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    with socket.create_connection(("127.0.0.1", broker.port), timeout=5) as sock:
+        assert _exchange(sock, pull).startswith(b"HTTP/1.1 ")
+        assert b'"code":0' in _exchange(sock, _raw(b"/ProducerSend", BODY))
+        assert _exchange(sock, pull).startswith(b"HTTP/1.1 ")

@@ -21,6 +21,11 @@ KEPT = frozenset((b"content-type", b"content-length", b"authorization", b"origin
                   b"transfer-encoding", b"connection"))
 #: A header field DPMQ reads (the kept ones and Upgrade), any case: ``(name, value)``. Fields
 #: without a colon, or with anything between the name and it, are gunicorn's to refuse.
+#: Request lines whose requests hold a thread for long without an Upgrade: an event-stream consumer
+#: (``GET /ConsumersConn/…``; a plain GET there without ``Accept: text/event-stream`` is only
+#: refused, on that thread too) and a long poll (``POST /ConsumerPull``).
+_LONG_LIVED = (b"GET /ConsumersConn/", b"POST /ConsumerPull ", b"POST /ConsumerPull?")
+_STREAM = b"GET /ConsumersConn/"
 _FIELD = re.compile(b"\r\n(" + b"|".join(sorted(KEPT | {b"upgrade"})) + b"):([^\r\n]*)",
                     re.IGNORECASE)
 
@@ -68,6 +73,19 @@ class RequestFrame:
         self.repeated = False   # one of them given twice
         self._pos = 0           # chunked: offset of the next chunk-size line
         self._body = 0          # chunked: body bytes seen so far
+
+    @property
+    def own_thread(self):
+        """Whether the request is served on a thread of its own, not a pool thread: a WebSocket
+        handshake, an event stream or a long poll, told apart by the request line (and
+        Upgrade) alone. Each may wait for a long time, and the pool is for producers."""
+        return self.upgrade or self.line.startswith(_LONG_LIVED)
+
+    @property
+    def stream(self):
+        """Whether the connection is the consumer's to the end (a WebSocket or an event stream):
+        closed after it, never kept alive for another request."""
+        return self.upgrade or self.line.startswith(_STREAM)
 
     def end(self, data):
         if self.head_end is None:

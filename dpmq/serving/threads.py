@@ -5,7 +5,10 @@ never waits for a slow client to finish sending. An HTTP request is served on on
 ``server.httpThreads`` pool threads; after the reply the thread waits a few milliseconds for the
 connection's next request (a busy producer's arrives by then) and serves it at once, unless other
 requests wait for a thread; otherwise the connection goes back to the loop. A WebSocket handshake
-gets a thread of its own, which the consumer holds while it is connected (flask-sock's way).
+or an event-stream consumer gets a thread of its own, which the consumer holds while it is connected
+(flask-sock's way), and so does a long poll (``POST /ConsumerPull``) while it waits: a thousand
+waiting consumers never take the threads producers need. After a long poll's reply its connection
+goes back to the loop like any other.
 
 Everything goes through gunicorn's public pieces, as its own workers use them: ``RequestParser``
 over the request's bytes, ``wsgi.create`` for the environ and the response, the ``pre_request`` and
@@ -75,8 +78,8 @@ class RequestThreads:
             if taken is None:
                 break
             request, frame = taken
-            if frame.upgrade:
-                self._start_handshake(conn, request)
+            if frame.own_thread:
+                self._start_own_thread(conn, request, frame)
                 return
         self._hand_back(conn)
 
@@ -163,7 +166,9 @@ class RequestThreads:
                 self.alive = False
 
     # -- consumers -----------------------------------------------------------------------------
-    def _start_handshake(self, conn, request):
+    def _start_own_thread(self, conn, request, frame):
+        """Serve a consumer's request (``frame.own_thread``) on a thread of its own, within
+        ``max_handshakes`` such threads."""
         with self._lock:
             full = self._consumers >= self.max_handshakes
             if not full:
@@ -171,13 +176,18 @@ class RequestThreads:
         if full:
             conn.refuse(503, "too many consumers: the limit is server.maxConsumers; try again later")
             return
-        # What the consumer sent right behind its handshake is the start of its WebSocket stream.
-        trailing = bytes(conn.buf)
-        conn.buf.clear()
-        threading.Thread(target=self._serve_consumer, args=(conn, request, trailing),
-                         name="dpmq-consumer", daemon=True).start()
+        if frame.stream:
+            # What a WebSocket consumer sent right behind its handshake is the start of its
+            # stream; an event stream's client has nothing to say.
+            trailing = bytes(conn.buf) if frame.upgrade else b""
+            conn.buf.clear()
+            target, args, name = self._serve_consumer, (conn, request, trailing), "dpmq-consumer"
+        else:
+            target, args, name = self._serve_long_poll, (conn, request), "dpmq-pull"
+        threading.Thread(target=target, args=args, name=name, daemon=True).start()
 
     def _serve_consumer(self, conn, request, trailing):
+        """A WebSocket or an event stream, to its end; then the connection is closed."""
         try:
             conn.sock.settimeout(None)
             self._serve(conn, request, {"dpmq.trailing": trailing} if trailing else None)
@@ -185,6 +195,20 @@ class RequestThreads:
             conn.close()
             with self._lock:
                 self._consumers -= 1
+
+    def _serve_long_poll(self, conn, request):
+        """A long poll: an ordinary request that may wait for its reply. Its connection then
+        goes back to the loop, kept alive for the next request."""
+        try:
+            conn.sock.settimeout(self.request_timeout)     # for the reply, not for the wait
+            served = self._serve(conn, request)
+        finally:
+            with self._lock:
+                self._consumers -= 1
+        if served and self.alive:
+            self._hand_back(conn)
+        else:
+            conn.close()
 
     # -- through gunicorn ----------------------------------------------------------------------
     def _serve(self, conn, request, extra_environ=None):

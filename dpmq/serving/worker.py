@@ -67,7 +67,7 @@ class DPMQWorker(RequestThreads, Worker):
         self._jobs = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._serving = 0                           # requests on the pool threads, or queued
-        self._consumers = 0                         # WebSocket threads alive
+        self._consumers = 0                         # consumer and long-poll threads
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._selector.register(self._wake_r, selectors.EVENT_READ, _WAKE)
@@ -156,8 +156,8 @@ class DPMQWorker(RequestThreads, Worker):
             return
         self._unwatch(conn)
         request, frame = taken
-        if frame.upgrade:
-            self._start_handshake(conn, request)
+        if frame.own_thread:
+            self._start_own_thread(conn, request, frame)
         else:
             with self._lock:
                 self._serving += 1
@@ -261,11 +261,3 @@ class DPMQWorker(RequestThreads, Worker):
         self._selector.close()
         self._wake_r.close()
         self._wake_w.close()
-
-
-def _hooked(cfg, name):
-    """Whether the gunicorn hook ``name`` was configured (is not gunicorn's default)."""
-    setting = cfg.settings[name]
-    return setting.value is not setting.default
-
-

@@ -1,4 +1,5 @@
-"""The consumer endpoint: ``GET /ConsumersConn/{topic}/{consumerId}`` over WebSocket.
+"""The consumer endpoint: ``GET /ConsumersConn/{topic}/{consumerId}`` over WebSocket, or as
+Server-Sent Events.
 
 flask-sock and simple-websocket accept the consumer: the route, and the handshake. Before they do,
 the request's socket is swapped for a :class:`~dpmq.transport.connection.GuardedSocket`, so that the
@@ -10,18 +11,25 @@ simple-websocket's reader thread is never started (:class:`NoReaderThread`, its 
 (:class:`~dpmq.transport.websocket.WebSocketChannel`), read with every other consumer by the
 broker's :class:`~dpmq.transport.inbound.Inbound` thread, and the route thread only waits for its end. What
 the consumer sends (acks and nacks with ``?ack=1``) is handled on the inbound thread as it arrives.
+
+The same path without an Upgrade and with ``Accept: text/event-stream`` is the same subscription
+as Server-Sent Events (:mod:`dpmq.transport.events`): refusals are plain HTTP errors, and once
+it is taken the response head goes out and the route thread waits for the stream's end.
 """
 
 import logging
+import socket
 
-from flask import Blueprint, request
+from flask import Blueprint, Response, request
 from flask_sock import Sock
 
+from .. import errors
 from ..errors import CLOSE_BAD_INPUT, BadRequest, Forbidden, Refused, Unauthorized
 from ..transport.connection import Connection
-from ..transport.frames import WEBSOCKET
+from ..transport.events import EVENTS, EventStream, HeadFirst, response_head
+from ..transport.frames import WEBSOCKET, WEBSOCKET_NOTICES
 from ..transport.websocket import WebSocketChannel
-from . import authorize, broker, json_or_none
+from . import authorize, broker, json_or_none, reply
 
 log = logging.getLogger(__name__)
 bp = Blueprint("consumer", __name__)
@@ -29,6 +37,13 @@ bp = Blueprint("consumer", __name__)
 MAX_MESSAGE_BYTES = 65536
 sock = Sock()
 _SOCKET_KEYS = ("gunicorn.socket", "werkzeug.socket")
+_EVENTS_ENDPOINT = "consumer.consumers_events"
+_URL_HELP = ("the URL must be /ConsumersConn/{topic}/{consumerId}, each 1 to 128 characters"
+             " without '/' or '|'")
+#: The HTTP status of a refused event-stream consumer, by the close code a WebSocket would get.
+_REFUSED_STATUS = {CLOSE_BAD_INPUT: 400, errors.CLOSE_DUPLICATE: 409, Unauthorized.close_code: 401,
+                   Forbidden.close_code: 403, errors.CLOSE_TRY_AGAIN: 503,
+                   errors.CLOSE_GOING_AWAY: 503}
 
 
 class NoReaderThread:
@@ -44,12 +59,14 @@ class NoReaderThread:
 
 @bp.before_request
 def guard_socket():
-    if not (request.endpoint or "").startswith("consumer."):
+    framing = _framing()
+    if framing is None:
         return
     environ = request.environ
     for key in _SOCKET_KEYS:
         if key in environ:
-            conn = Connection(environ[key], broker().settings.mq.consumerBufferBytes, WEBSOCKET,
+            raw = HeadFirst(environ[key]) if framing is EVENTS else environ[key]
+            conn = Connection(raw, broker().settings.mq.consumerBufferBytes, framing,
                               remote_addr=request.remote_addr or "")
             environ[key] = conn.socket
             environ["dpmq.transport.connection"] = conn
@@ -58,6 +75,21 @@ def guard_socket():
                 environ["dpmq.start"] = broker().heads.get(topic, 0)
             environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
             return
+
+
+def _framing():
+    """How this consumer request's stream is written: an event stream for the plain GET that
+    asks for one, a WebSocket (with notices if asked) for the WebSocket routes, else None."""
+    endpoint = request.endpoint or ""
+    if endpoint == _EVENTS_ENDPOINT:
+        return EVENTS if _wants_events() else None
+    if endpoint not in ("consumer.consumers_conn", "consumer.consumers_conn_malformed"):
+        return None
+    return WEBSOCKET_NOTICES if request.args.get("notices") in ("1", "true") else WEBSOCKET
+
+
+def _wants_events():
+    return "text/event-stream" in request.headers.get("Accept", "").lower()
 
 
 def _take_over():
@@ -100,14 +132,17 @@ def _take_input(b, member, messages):
 
 
 def _options(args):
-    """group, ack, since and durable from the query string, checked."""
-    unknown = sorted(set(args) - {"group", "ack", "since", "durable", "token"})
+    """group, ack, since and durable from the query string, checked (and notices, whose framing
+    :func:`guard_socket` chose: an event stream always carries notices)."""
+    unknown = sorted(set(args) - {"group", "ack", "since", "durable", "notices", "token"})
     if unknown:
-        raise BadRequest(f"unknown query parameter {unknown[0]!r}; DPMQ knows group, ack, since"
-                         " and durable")
+        raise BadRequest(f"unknown query parameter {unknown[0]!r}; DPMQ knows group, ack, since,"
+                         " durable, notices and token")
     ack = args.get("ack", "0")
     if ack not in ("0", "1", "true", "false"):
         raise BadRequest("ack must be 1 or 0")
+    if args.get("notices", "0") not in ("0", "1", "true", "false"):
+        raise BadRequest("notices must be 1 (gap notices as frames) or 0 (only messages)")
     durable = args.get("durable", "1")
     if durable not in ("0", "1", "true", "false"):
         raise BadRequest("durable must be 1 (the default: a subscription that is kept) or 0 (one"
@@ -145,5 +180,82 @@ def _answer(b, member, text):
 
 @sock.route("/ConsumersConn/<path:rest>", bp=bp)
 def consumers_conn_malformed(ws, rest):
-    _take_over().close(CLOSE_BAD_INPUT, "the URL must be /ConsumersConn/{topic}/{consumerId}, each"
-                                        " 1 to 128 characters without '/' or '|'")
+    _take_over().close(CLOSE_BAD_INPUT, _URL_HELP)
+
+
+# -- Server-Sent Events ------------------------------------------------------------------------
+# flask-sock's rules match WebSocket requests only (``websocket=True``); these plain GET rules
+# on the same paths take every other request.
+
+@bp.get("/ConsumersConn/<topic>/<consumer_id>")
+def consumers_events(topic, consumer_id):
+    if not _wants_events():
+        raise BadRequest("connect with a WebSocket, or ask for Server-Sent Events with Accept:"
+                         " text/event-stream")
+    b = broker()
+    conn = request.environ["dpmq.transport.connection"]
+    stream = EventStream(conn)
+    try:
+        identity = authorize("consumer", topic, allow_query=True)
+        member = b.subscribe(conn, stream, topic, consumer_id, identity=identity,
+                             start=request.environ.get("dpmq.start"), resume=_last_event_id(),
+                             **_options(request.args))
+    except Refused as exc:
+        return _refusal(exc)
+    reason = "the response head could not be written"
+    try:
+        conn.raw.start(response_head(_cors(b)))
+        conn.on_progress(conn)      # what the shard queued meanwhile goes out now
+        reason = stream.wait(b.settings.server.pingInterval)
+    except OSError:
+        pass
+    finally:
+        b.unsubscribe(member, reason)
+    return _StreamEnded()
+
+
+def _last_event_id():
+    """The MessageCode an EventSource last received, when it reconnects; anything else is
+    ignored (the subscription then goes on from its cursor)."""
+    value = request.headers.get("Last-Event-ID", "").strip()
+    return value if _is_code(value) else None
+
+
+def _refusal(exc):
+    status = _REFUSED_STATUS.get(exc.close_code, 503)
+    response, status = reply(str(exc), code=-1, status=status)
+    if status == 503:
+        response.headers["Retry-After"] = "1"
+    return response, status
+
+
+def _cors(b):
+    """The stream's CORS header for an allowed Origin (server.corsOrigins), as the app adds it to
+    its other replies: a page on another origin may then read the stream."""
+    origin = request.headers.get("Origin")
+    allowed = b.settings.server.corsOrigins
+    if origin and (origin in allowed or "*" in allowed):
+        return [("Access-Control-Allow-Origin", origin), ("Vary", "Origin")]
+    return []
+
+
+class _StreamEnded(Response):
+    """What the route returns once its stream is over: the server must write nothing more.
+
+    Under gunicorn (DPMQ's worker) this raises StopIteration, flask-sock's way of saying "the
+    route ended, close the connection". Under werkzeug's server the socket is shut first, so its
+    attempt at a response fails as a dropped connection, and nothing reaches the client."""
+
+    def __call__(self, environ, start_response):
+        if "gunicorn.socket" in environ:
+            raise StopIteration()
+        try:
+            environ["dpmq.transport.connection"].raw.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        return super().__call__(environ, start_response)
+
+
+@bp.get("/ConsumersConn/<path:rest>")
+def consumers_events_malformed(rest):
+    raise BadRequest(_URL_HELP)
