@@ -11,7 +11,7 @@ from .auth import Auth
 from .broker.broker import Broker
 from .errors import DPMQError
 from .ratelimit import RateLimiter
-from .views import console, consumer, health, metrics, producer, reply, web
+from .views import console, consumer, health, metrics, producer, pull, reply, web
 from .views.fastpath import PublishFastPath
 from .views.health import StoreWrites
 
@@ -42,7 +42,8 @@ def create_app(settings=None, start=True):
     app.extensions["dpmq_rate"] = RateLimiter(settings.mq.publishRate, settings.mq.publishBurst)
     app.extensions["dpmq_store_writes"] = StoreWrites()
     broker.engine.serve_reports(lambda: console.process_report(broker, console.POSITIONS_TIMEOUT))
-    for blueprint in (producer.bp, consumer.bp, console.bp, health.bp, metrics.bp, web.bp):
+    for blueprint in (producer.bp, consumer.bp, pull.bp, console.bp, health.bp, metrics.bp,
+                      web.bp):
         app.register_blueprint(blueprint)
     app.wsgi_app = app.extensions["dpmq_fastpath"] = PublishFastPath(app, app.wsgi_app)
     cors = frozenset(settings.server.corsOrigins)

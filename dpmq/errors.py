@@ -62,7 +62,8 @@ class TooManyRequests(RetryLater):
 
 
 class Refused(DPMQError):
-    """Raised when a consumer connection is refused; ``close_code`` is the WebSocket close code."""
+    """Raised when a consumer connection is refused; ``close_code`` is the WebSocket close code,
+    ``status`` the HTTP status of the same refusal to a consumer over HTTP (event stream, pull)."""
 
     close_code = 1008
 
@@ -70,6 +71,14 @@ class Refused(DPMQError):
         super().__init__(message)
         if close_code is not None:
             self.close_code = close_code
+
+    @property
+    def status(self):
+        return {CLOSE_DUPLICATE: 409, CLOSE_TRY_AGAIN: 503, CLOSE_GOING_AWAY: 503}.get(
+            self.close_code, 400)
+
+    def headers(self):
+        return [("Retry-After", "1")] if self.status == 503 else []
 
 
 #: WebSocket close codes DPMQ uses, by meaning.

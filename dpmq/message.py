@@ -107,13 +107,14 @@ class Run:
     A *framing* is how a transport puts a payload on its stream (``framing.message(payload)``
     returns the bytes); the run frames its messages once per framing it is asked for."""
 
-    __slots__ = ("items", "first", "last", "_contiguous", "_framed", "_joined")
+    __slots__ = ("items", "first", "last", "_contiguous", "_expiring", "_framed", "_joined")
 
     def __init__(self, items):
         self.items = items
         self.first = items[0][0].offset
         self.last = items[-1][0].offset
         self._contiguous = None
+        self._expiring = None
         self._framed = {}
         self._joined = {}
 
@@ -126,6 +127,13 @@ class Run:
                 record.offset == offset
                 for (record, _), offset in zip(self.items, itertools.count(self.first))))
         return self._contiguous
+
+    @property
+    def expiring(self):
+        """Whether a message of the run has a ttl (each must then be looked at as it is sent)."""
+        if self._expiring is None:
+            self._expiring = any(record.expires for record, _ in self.items)
+        return self._expiring
 
     def frames(self, framing):
         """The messages' bytes in ``framing``, in order, built once for all its connections."""

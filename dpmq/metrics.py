@@ -20,8 +20,10 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
-EVENTS = ("published", "delivered", "acked", "redelivered", "failed", "dead_lettered")
-PUBLISHED, DELIVERED, ACKED, REDELIVERED, FAILED, DEAD_LETTERED = range(len(EVENTS))
+EVENTS = ("published", "delivered", "acked", "redelivered", "failed", "dead_lettered", "expired",
+          "gaps", "missed")
+(PUBLISHED, DELIVERED, ACKED, REDELIVERED, FAILED, DEAD_LETTERED, EXPIRED, GAPS,
+ MISSED) = range(len(EVENTS))
 #: What each event's counter counts, for the metrics' HELP. "failed" is not failed pushes only:
 #: its name stays (dashboards use it), its text says what it is.
 HELP = {
@@ -34,6 +36,11 @@ HELP = {
               " consumer disconnected; each is redelivered or, after mq.sendRetryCount retries,"
               " dead-lettered",
     "dead_lettered": "Messages given up on for a subscription and kept as dead letters",
+    "expired": "Messages not delivered to a subscription (acked, with ack=1) within their ttl,"
+               " and so never delivered to it; one per subscription",
+    "gaps": "Times a resuming subscription was told that messages it never received are gone"
+            " (purged by retention, lost by the store, or the subscription forgotten for idleness)",
+    "missed": "Messages those gaps skipped, as far as they could be counted",
 }
 OTHER = "_other"
 

@@ -137,3 +137,15 @@ def test_a_consumer_leaving_with_unacked_messages_gets_them_back_on_return(make_
     again.wait_count(2)
     assert [(m["MessageCode"], m["Status"]) for m in again.messages] == \
         [(codes[1], 1), (codes[2], 1)]
+
+
+def test_ack_consumers_given_one_message_at_once_each_get_it(make_broker):
+    """Two ack=1 subscriptions on one shard take the same run at the same instant: their ack
+    deadlines are equal, and the shard's timer heap must still order them."""
+    running = make_broker("memory", mq={"fanoutWorkers": 1, "ackTimeout": 60})
+    consumers = [Collector(running.ws_url, "t", name, "?ack=1") for name in ("a", "b", "c")]
+    _joined(running, 3)
+    running.publish_many("t", ["x"])
+    for consumer in consumers:
+        consumer.wait_count(1, timeout=5)
+        consumer.close()

@@ -1,10 +1,9 @@
 """The seam between delivery and the consumer transports: delivery hands out payloads and a
-connection's framing puts them on its stream. A second framing, shaped like Server-Sent Events,
-goes through the same subscription code as the WebSocket one, with real connections over socket
+connection's framing puts them on its stream. The Server-Sent Events framing goes through the
+same subscription code as the WebSocket one, with real connections over socket
 pairs, a real memory engine, and ``now`` given by the test (no clock, no sleep)."""
 
 import collections
-import json
 import socket
 
 import pytest
@@ -15,28 +14,10 @@ from dpmq.delivery.subscription import Member, Subscription
 from dpmq.message import Record, Run, payload
 from dpmq.storage.memory import MemoryEngine
 from dpmq.transport.connection import Connection
+from dpmq.transport.events import EVENTS
 from dpmq.transport.frames import WEBSOCKET
+from dpmq.transport.pull import Outbox
 
-
-class EventStreamFraming:
-    """Messages as ``data:`` lines, a comment to keep the stream alive; nothing closes it."""
-
-    keepalive = b":\n\n"
-
-    @staticmethod
-    def message(data):
-        return b"data: " + data + b"\n\n"
-
-    @staticmethod
-    def reply(obj):
-        return b"event: error\ndata: " + json.dumps(obj).encode() + b"\n\n"
-
-    @staticmethod
-    def closes(data):
-        return False
-
-
-EVENTS = EventStreamFraming()
 LIMITS = config.build({}).mq
 
 
@@ -98,7 +79,7 @@ def test_one_run_reaches_a_websocket_and_an_event_stream_each_in_its_own_framing
         assert sub.next == 4
 
     want_ws = b"".join(WEBSOCKET.message(payload(r)) for r in recs)
-    want_ev = b"".join(b"data: " + payload(r) + b"\n\n" for r in recs)
+    want_ev = b"".join(b"id: " + r.code.encode() + b"\ndata: " + payload(r) + b"\n\n" for r in recs)
     assert received(ws_member.conn, ws_theirs, len(want_ws)) == want_ws
     assert received(ev_member.conn, ev_theirs, len(want_ev)) == want_ev
     assert ws_member.conn.take_written() == recs == ev_member.conn.take_written()
@@ -123,14 +104,14 @@ def test_a_group_of_mixed_transports_shares_messages_and_a_nack_is_redelivered_i
 
     first = WEBSOCKET.message(payload(recs[0]))
     assert received(ws_member.conn, ws_theirs, len(first)) == first
-    second = b"data: " + payload(recs[1]) + b"\n\n"
+    second = EVENTS.message(payload(recs[1]))
     assert received(ev_member.conn, ev_theirs, len(second)) == second
 
     assert sub.ack(ev_member, recs[1].code)
     ws_member.conn.detach()     # the WebSocket consumer takes nothing more: it is the other's
     assert sub.nack(ws_member, recs[0].code, now=101.0)
     assert [f.record for f in ev_member.flights.values()] == [recs[0]]
-    again = b"data: " + payload(recs[0], 1) + b"\n\n"     # Status 1: one failed attempt
+    again = EVENTS.message(payload(recs[0], 1))     # Status 1: one failed attempt
     assert received(ev_member.conn, ev_theirs, len(again)) == again
     assert sub.ack(ev_member, recs[0].code)
     assert sub.position() == 2
@@ -141,7 +122,7 @@ def test_a_reply_and_a_keepalive_use_the_connection_framing(sockets):
     conn = Connection(ours, 1 << 20, EVENTS)
     assert conn.reply({"error": "no such message"})
     conn.ping()
-    want = b'event: error\ndata: {"error": "no such message"}\n\n' + b":\n\n"
+    want = b'event: error\ndata: {"error": "no such message"}\n\n' + b": keep-alive\n\n"
     assert received(conn, theirs, len(want)) == want
     assert conn.open, "an event stream's writes never close it"
 
@@ -159,6 +140,14 @@ def test_the_connection_and_each_framing_offer_everything_delivery_asks_of_them(
     assert not missing, f"Connection lacks what delivery uses: {missing}"
     missing = sorted(name for name in _members(Framing) if not hasattr(framing, name))
     assert not missing, f"{type(framing).__name__} lacks {missing}"
+
+
+def test_the_pull_outbox_offers_everything_delivery_asks_of_a_connection():
+    outbox = Outbox(1 << 20)
+    missing = sorted(name for name in _members(ConsumerConnection) if not hasattr(outbox, name))
+    assert not missing, f"Outbox lacks what delivery uses: {missing}"
+    missing = sorted(name for name in _members(Framing) if not hasattr(outbox.framing, name))
+    assert not missing, f"the pull framing lacks {missing}"
 
 
 def test_delivery_uses_nothing_of_a_connection_beyond_the_seam():

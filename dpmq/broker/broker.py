@@ -34,6 +34,7 @@ from .consumers import Consumers
 from .housekeeping import Housekeeping
 from .ownership import Owners
 from .pacing import Pacer
+from .pulls import Pulls
 from .slots import Slots
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ class Broker:
         # it from when its member joins); shared by the delivery shards.
         self.consumer_buffers = Budget(mq.consumerBuffersTotalBytes)
         self.consumers = Consumers(self)
+        self.pulls = Pulls(self)
         self._stopping = threading.Event()
         self._stop_delivery = threading.Event()
         self.accepting = False
@@ -92,6 +94,7 @@ class Broker:
             self.pacer.start()
         self.housekeeping.start()
         self.inbound.start()
+        self.pulls.start()
         self.accepting = True
         log.info("broker started engine=%s buffer=%d pace=%s retries=%d auth=%s",
                  self.engine.name, self.slots.capacity, self.settings.mq.pushMessagesSpeed,
@@ -111,12 +114,14 @@ class Broker:
                  len(self.members()))
         self.housekeeping.stop_scheduler()
         self.pacer.stop(deadline - time.monotonic())
+        self.pulls.close_all()
         for member in self.members():
             while member.conn.pending_bytes and member.conn.open and time.monotonic() < deadline:
                 time.sleep(0.01)
             self.close_member(member, CLOSE_GOING_AWAY, "DPMQ is shutting down; reconnect later")
         while self.consumers.joining_or_joined() and time.monotonic() < deadline:
             time.sleep(0.01)
+        self.pulls.stop()
         self.housekeeping.stop()
         self.inbound.stop()
         self._stop_delivery.set()
@@ -246,6 +251,17 @@ class Broker:
     def reply(self, member, kind, code):
         """An ack or nack from a consumer; the shard answers a bad one with an error frame."""
         self.shard_for(member.topic, subscription_key(member)).post("reply", (member, kind, code))
+
+    def settle(self, topic, key, codes, nack=False, identity=None, timeout=10.0):
+        """Acks (or nacks) over HTTP for subscription ``(topic, key)``: ``(settled, unknown)``
+        codes; None if no consumer of it is connected to this process, False if ``identity``
+        may not settle its messages."""
+        reply = queue.SimpleQueue()
+        self.shard_for(topic, key).post("settle", (topic, key, codes, nack, identity, reply))
+        try:
+            return reply.get(timeout=timeout)
+        except queue.Empty:
+            raise Unavailable("the broker is too busy to settle the messages now; retry") from None
 
     # -- dead letters ------------------------------------------------------------------------
     def requeue(self, topic, sub=None, code=None):

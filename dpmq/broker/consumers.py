@@ -30,17 +30,19 @@ class Consumers:
         self._unlock_later = set()  # (topic, consumer id) whose release in the store failed
 
     def subscribe(self, conn, closer, topic, consumer_id, group=None, ack=False, since=None,
-                  durable=True, identity=None, start=None):
+                  durable=True, identity=None, start=None, resume=None):
         """Register a connected consumer; raises Refused or Forbidden (with its close code) if it
         may not join. ``identity`` (auth on) must own the subscription or may take it over;
-        ``durable=False`` asks for an ephemeral subscription (see :mod:`dpmq.broker.ownership`)."""
+        ``durable=False`` asks for an ephemeral subscription (see :mod:`dpmq.broker.ownership`);
+        ``resume`` is the MessageCode the consumer last received (see :class:`Member`)."""
         broker = self.broker
         mq = broker.settings.mq
         check_name("topic", topic, mq.maxTopicLength)
         check_name("consumerId", consumer_id, mq.maxConsumerIdLength)
         if group is not None:
             check_name("group", group, mq.maxConsumerIdLength)
-        member = Member(conn, closer, topic, consumer_id, group, ack, since, start)
+        member = Member(conn, closer, topic, consumer_id, group, ack, since, start, resume)
+        member.owner = identity.id if identity is not None else None
         sub = subscription_key(member)
         owned = broker.owners.claim(topic, sub, group or consumer_id, identity, durable)
         key = (topic, consumer_id)

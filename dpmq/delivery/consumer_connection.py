@@ -17,6 +17,8 @@ from typing import Protocol
 class Framing(Protocol):
     """How one transport puts things on its stream. Stateless: one serves every connection."""
 
+    #: The transport's name as the console shows it: "websocket", "sse" or "pull".
+    name: str
     #: What keeps an idle connection alive (a WebSocket Ping, an event-stream comment).
     keepalive: bytes
 
@@ -25,6 +27,10 @@ class Framing(Protocol):
 
     def reply(self, answer: dict) -> bytes:
         """The bytes of an answer that is not a message (an error about an ack)."""
+
+    def notice(self, notice: dict):
+        """The bytes of a notice (a gap in what the subscription received) written before the
+        next message, or None when this connection does not take notices."""
 
     def closes(self, data: bytes) -> bool:
         """Whether writing ``data`` ends the stream, so that no message may follow it."""
@@ -40,6 +46,7 @@ class ConsumerConnection(Protocol):
     on_progress: object     # set by the shard: called when it must flush or look again
     closed: bool            # no more writes of any kind
     pending_bytes: int      # bytes waiting to be written
+    partial_writes: bool    # whether a message may be cut off mid-write when it ends
 
     def attach(self, budget) -> None:
         """Count what waits here in the broker's budget from now on."""
@@ -58,6 +65,9 @@ class ConsumerConnection(Protocol):
 
     def reply(self, answer: dict) -> bool:
         """Queue an answer that is not a message; False if closing."""
+
+    def notice(self, notice: dict) -> None:
+        """Queue a gap notice to come before the next message, if this transport carries them."""
 
     def flush(self) -> bool:
         """Write what the stream takes now without blocking; True when nothing waits."""

@@ -74,7 +74,7 @@ class Shard:
         self._blocked = set()           # members whose sockets took nothing more: not tried
                                         # again until writable
         self._cursors = CursorLedger()
-        self._timers = []               # ack deadlines: (deadline, seq, subscription, flight)
+        self._timers = []               # ack deadlines (see Subscription.timers)
         self._retry_at = 0.0            # after a store error, no catch-up before this time
         self._shared = set()            # shared groups (their messages may come back from the store)
         self._next_poll = 0.0
@@ -180,6 +180,12 @@ class Shard:
         if kind == "watch":
             self._blocked.discard(item)     # another thread wrote: look at the socket again
             self._dirty.add(item)
+            sub = item.subscription         # or it has room again (a pull came): hand out
+            if sub is not None and sub.has_work:
+                self._parked.discard(sub)
+                self._active.add(sub)
+        elif kind == "settle":
+            self._settle(*item, now)
         elif kind == "reply":
             self._reply(*item, now)
         elif kind == "join":
@@ -242,23 +248,7 @@ class Shard:
                               " members; connect without since", CLOSE_BAD_INPUT)
             return sub
         engine = self.engine
-        cursor = engine.cursor(topic, key)
-        saved_at = 0.0      # loaded: when it was last written is unknown, so the first sweep does
-        if member.since is not None:
-            cursor = 0 if member.since == "beginning" else engine.find(topic, member.since)
-            if cursor is None:
-                raise Refused(f"since: no retained message {member.since} on topic {topic!r};"
-                              " use since=beginning or a newer MessageCode", CLOSE_BAD_INPUT)
-            engine.set_cursor(topic, key, cursor)
-            saved_at = time.time()
-        elif cursor is None:
-            # a new subscription starts at "now": when the consumer connected (its handshake),
-            # which may be well before this shard takes the join on a busy machine
-            cursor = member.start
-            if cursor is None:
-                cursor = self.broker.heads.get(topic, 0)
-            engine.save_cursors({(topic, key): cursor})
-            saved_at = time.time()
+        cursor, saved_at, forgotten, lost = self._starting_cursor(member, topic, key)
         if engine.shared and key.startswith("g:"):
             sub = SharedGroup(topic, key, cursor, engine, self.limits, self._dead_letter,
                               self._timers, self.counts.of(topic))
@@ -266,12 +256,65 @@ class Shard:
             sub = Subscription(topic, key, cursor, engine.attempts(topic, key, cursor),
                                engine.redeliveries(topic, key), engine, self.limits,
                                self._dead_letter, self._timers, self.counts.of(topic))
+        if lost:
+            sub.tell_gap(None, None, "lost")
+        sub.forgotten = forgotten
         self._subs[(topic, key)] = sub
         self._cursors.loaded((topic, key), cursor, saved_at)
         self.topics.setdefault(topic, []).append(sub)
         if isinstance(sub, SharedGroup):
             self._shared.add(sub)
         return sub
+
+    def _starting_cursor(self, member, topic, key):
+        """Where a subscription that is not active here starts: ``(cursor, when it was saved
+        (0 if unknown), whether retention had forgotten it, whether the store lost messages it
+        had passed)``."""
+        engine = self.engine
+        cursor = engine.cursor(topic, key)
+        saved_at = 0.0      # loaded: when it was last written is unknown, so the first sweep does
+        forgotten = lost = False
+        head = self.broker.heads.get(topic, 0)
+        if member.since is not None:
+            cursor = self._since(topic, member.since)
+            engine.set_cursor(topic, key, cursor)
+            saved_at = time.time()
+        elif cursor is None and (cursor := engine.forgotten(topic, key)) is not None:
+            forgotten = True    # retention forgot it while it was away: it goes on, and is told
+            engine.save_cursors({(topic, key): cursor})
+            saved_at = time.time()
+        elif cursor is None:
+            # a new subscription starts at "now": when the consumer connected (its handshake),
+            # which may be well before this shard takes the join on a busy machine
+            cursor = head if member.start is None else member.start
+            engine.save_cursors({(topic, key): cursor})
+            saved_at = time.time()
+        elif member.resume is not None and not (member.ack or member.group):
+            # an event stream's Last-Event-ID: what was written after it may never have arrived
+            resumed = engine.find(topic, member.resume)
+            if resumed is not None and resumed != cursor:
+                engine.set_cursor(topic, key, resumed)
+                cursor, saved_at = resumed, time.time()
+        if cursor > head and not engine.shared:
+            # the store has lost its newest messages (restored from an older copy): what comes
+            # next gets offsets this cursor already passed, and would be skipped
+            lost, cursor = True, head
+            engine.set_cursor(topic, key, cursor)
+            saved_at = time.time()
+        return cursor, saved_at, forgotten, lost
+
+    def _since(self, topic, since):
+        """Where a subscription that asks for ``since`` starts: right after that message, or
+        before the oldest one retained (not before offset 1: what retention purged is no gap
+        for a consumer that asked for what there is)."""
+        if since == "beginning":
+            oldest = self.engine.read(topic, 0, 1)
+            return oldest[0].offset - 1 if oldest else self.broker.heads.get(topic, 0)
+        cursor = self.engine.find(topic, since)
+        if cursor is None:
+            raise Refused(f"since: no retained message {since} on topic {topic!r};"
+                          " use since=beginning or a newer MessageCode", CLOSE_BAD_INPUT)
+        return cursor
 
     def _leave(self, member):
         sub = member.subscription
@@ -318,6 +361,36 @@ class Shard:
                               " already acked, or timed out and redelivered)", kind: code}
             member.conn.reply(error)
         self._touch(sub)
+
+    def _settle(self, topic, key, codes, nack, identity, reply, now):
+        """Acks or nacks that came over HTTP (``POST /ConsumerAck``): settle each code held by a
+        member of subscription ``(topic, key)``, whatever transport carried it. Answers
+        ``reply`` with (settled codes, codes no member holds), or None if the subscription has
+        no consumer in this process, or raises nothing and answers False if ``identity`` may
+        not settle for it."""
+        sub = self._subs.get((topic, key))
+        if sub is None:
+            reply.put(None)
+            return
+        name = key[2:]
+        if identity is not None and not identity.may_take(name) and all(
+                member.owner != identity.id for member in sub.members):
+            reply.put(False)
+            return
+        settled, unknown = [], []
+        for code in codes:
+            member = next((m for m in sub.members if code in m.flights), None)
+            if member is None:
+                unknown.append(code)
+            elif nack:
+                sub.nack(member, code, now)
+                settled.append(code)
+            else:
+                sub.ack(member, code)
+                self.counts.of(topic)[ACKED] += 1
+                settled.append(code)
+        self._touch(sub)
+        reply.put((settled, unknown))
 
     def _requeue(self, key, records):
         sub = self._subs.get(key)

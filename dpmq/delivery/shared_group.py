@@ -12,7 +12,7 @@ lowest offset not settled.
 Not thread-safe: like every subscription, it belongs to one delivery shard's thread.
 """
 
-from ..metrics import FAILED
+from ..metrics import EXPIRED, FAILED
 from .subscription import Subscription
 
 
@@ -62,7 +62,7 @@ class SharedGroup(Subscription):
         for key in [k for k, m in self.sticky.items() if m is member]:
             del self.sticky[key]
         flights = list(member.flights.values())
-        first_unwritten = member.conn.first_unwritten()
+        first_unwritten = member.conn.first_unwritten() if member.conn.partial_writes else None
         failed = [f.record.offset for f in flights
                   if (f.written if member.ack else f.record.offset == first_unwritten)]
         self.counts[FAILED] += len(failed)
@@ -91,4 +91,10 @@ class SharedGroup(Subscription):
 
     def _dead(self, record, attempts, requeued, reason):
         self.on_dead(self, record, attempts, reason)
+        self._settle([(record.offset, requeued)])
+
+    def _expire(self, record, requeued):
+        self.expired += 1
+        self.counts[EXPIRED] += 1
+        self.sent += 1
         self._settle([(record.offset, requeued)])

@@ -19,11 +19,14 @@ Not thread-safe: a subscription and its members belong to one delivery shard's t
 import collections
 import heapq
 import itertools
+import logging
 import threading
 import time
 
 from .. import message
-from ..metrics import FAILED, REDELIVERED
+from ..metrics import EXPIRED, FAILED, GAPS, MISSED, REDELIVERED
+
+log = logging.getLogger(__name__)
 
 STICKY_KEYS = 100_000       # ordering keys remembered per group before the oldest are forgotten
 
@@ -32,7 +35,7 @@ class Member:
     """One connected consumer. ``flights`` maps the MessageCodes it holds to their flights."""
 
     def __init__(self, conn, closer, topic, consumer_id, group=None, ack=False, since=None,
-                 start=None):
+                 start=None, resume=None):
         self.conn = conn
         self.closer = closer        # the transport's side: close(code, reason), from any thread
         self.topic = topic
@@ -44,9 +47,13 @@ class Member:
         # there, not at the head when the shard gets round to the join (messages committed in
         # between were published after the consumer had connected).
         self.start = start
+        # The last message the consumer says it received (an event stream's Last-Event-ID): a
+        # lone consumer without ack goes on right after it if the store still has it.
+        self.resume = resume
         self.flights = {}
         self.subscription = None
         self.connected_at = time.time()
+        self.owner = None           # the id of the identity it connected as (auth on)
         self.acked = 0
         self.joined = threading.Event()
         self.error = None           # why joining failed (a Refused), set before ``joined``
@@ -83,7 +90,11 @@ class Subscription:
         self.ack_timeout = limits.ackTimeout
         self.max_in_flight = limits.maxInFlight
         self.on_dead = on_dead      # on_dead(subscription, record, attempts, reason)
-        self.timers = timers        # heap shared with the shard: (deadline, seq, subscription, flight)
+        # The heap shared with the shard's other subscriptions: (deadline, id of the flight,
+        # subscription, flight). Equal deadlines are common (a run offered to several
+        # subscriptions at once): the flight's id, unique among the flights alive, decides
+        # between them before the subscriptions (which do not compare) are reached.
+        self.timers = timers
         self.counts = counts        # this topic's event counts in the shard's table
         self.members = []
         self.next = cursor + 1      # the next log offset to hand out
@@ -96,6 +107,10 @@ class Subscription:
         self._retry = []            # heap of (offset, seq, record, attempts, requeued)
         self._reads = 1 << 20       # the most one catch-up read asks for (see _fetch)
         self._seq = itertools.count()
+        # A gap to tell before the next message (see _gap): a dict without its "Resume".
+        self.notice = None
+        self.forgotten = False      # back after retention forgot it: tell it so on the first read
+        self.expired = self.gaps = self.missed = 0      # for the console
         for record in requeued:
             self._push_retry(record, 0, True)
 
@@ -148,7 +163,8 @@ class Subscription:
             del self.sticky[key]
         flights = sorted(member.flights.values(), key=lambda f: f.record.offset)
         unwritten = member.conn.unwritten()
-        first_unwritten = unwritten[0].offset if unwritten else None
+        # The first unwritten message may have been cut off mid-write: that attempt failed.
+        first_unwritten = unwritten[0].offset if unwritten and member.conn.partial_writes else None
         bare = [record for record in unwritten if record.offset not in self.flights]  # no Flight
         failed = {f.record.offset for f in flights
                   if (f.written if member.ack else f.record.offset == first_unwritten)}
@@ -177,7 +193,7 @@ class Subscription:
         members = self.members
         if (run.first == self.next and not (self.behind or self._retry or self.attempts)
                 and len(members) == 1 and not (self.is_group or members[0].ack)
-                and run.contiguous
+                and run.contiguous and self.notice is None and not run.expiring
                 and members[0].conn.offer_all(*run.joined(members[0].conn.framing))):
             self.sent += len(run.items)
             self.next = run.last + 1
@@ -226,8 +242,9 @@ class Subscription:
         takes, not a batch per message."""
         limit = min(limit, self._reads)
         records = read(self.topic, self.next - 1, limit, upto)
-        if records and records[0].offset > self.next:
-            self.next = records[0].offset      # the ones between were purged by retention
+        if records and (records[0].offset > self.next or self.forgotten):
+            self._gap(read, records[0].offset - self.next, "forgotten" if self.forgotten else "purged")
+            self.next = records[0].offset
         for sent, record in enumerate(records):
             if not self._send(record, self.attempts.get(record.offset, 0), False, now):
                 self._reads = max(1, 2 * sent)
@@ -237,10 +254,33 @@ class Subscription:
             self.behind = False
         return not self.behind
 
+    def _gap(self, read, missed, reason):
+        """Messages after ``next - 1`` that this subscription never received are gone (retention
+        purged them, or it was itself forgotten): its members are told before the next message,
+        never left to find a hole in silence."""
+        self.forgotten = False
+        after = read(self.topic, self.next - 2, 1, self.next - 1) if self.next > 1 else []
+        self.tell_gap(missed, after[0].code if after else None, reason)
+
+    def tell_gap(self, missed, after, reason):
+        """Tell the members, before the next message, that ``missed`` messages (None: how many
+        is unknown) after MessageCode ``after`` are gone, and why."""
+        self.notice = {"Notice": "gap", "Topic": self.topic, "Missed": missed, "After": after,
+                       "Reason": reason}
+        self.gaps += 1
+        self.missed += missed or 0
+        self.counts[GAPS] += 1
+        self.counts[MISSED] += missed or 0
+        log.warning("gap topic=%r subscription=%r missed=%s after=%s reason=%s", self.topic,
+                    self.key, missed, after, reason)
+
     def _send(self, record, attempts, requeued, now, run=None, index=0):
         """Hand one message to a member; False if none can take it now (nothing changes then).
         A live message comes with its ``run`` and its ``index`` in it, whose frames are shared;
         one read from the store, or a redelivery, is framed for its member alone."""
+        if record.expires and record.expires <= time.time():
+            self._expire(record, requeued)
+            return True
         if attempts > self.retry_count:
             self.attempts.pop(record.offset, None)
             reason = (f"not delivered after {attempts} attempt{'s' if attempts != 1 else ''}"
@@ -251,6 +291,9 @@ class Subscription:
         member = self._choose(record)
         if member is None:
             return False
+        if self.notice is not None:
+            member.conn.notice(dict(self.notice, Resume=record.code))
+            self.notice = None
         framing = member.conn.framing
         if attempts or run is None:
             frame = framing.message(message.payload(record, attempts))
@@ -271,9 +314,20 @@ class Subscription:
         self.flights[record.offset] = flight
         member.flights[record.code] = flight
         if deadline is not None:
-            heapq.heappush(self.timers, (deadline, next(self._seq), self, flight))
+            heapq.heappush(self.timers, (deadline, id(flight), self, flight))
         self._advance(record, requeued)
         return True
+
+    def _expire(self, record, requeued):
+        """Its ttl passed before this subscription got it (acked it, with ack): never deliver it
+        late; count it."""
+        self.attempts.pop(record.offset, None)
+        self.expired += 1
+        self.counts[EXPIRED] += 1
+        self.sent += 1
+        if requeued:
+            self.store.redelivered(self.topic, self.key, record.offset)
+        self._advance(record, requeued)
 
     def _dead(self, record, attempts, requeued, reason):
         self.on_dead(self, record, attempts, reason)

@@ -80,6 +80,9 @@ class Connection:
     :class:`~dpmq.transport.budget.Budget` once the delivery shard has attached it.
     """
 
+    #: A message may be cut off mid-write when the connection ends (see the delivery's leave).
+    partial_writes = True
+
     def __init__(self, raw, limit, framing, remote_addr=""):
         self.raw = raw
         self.framing = framing      # how messages, replies and keep-alives go on the stream
@@ -174,6 +177,14 @@ class Connection:
                 return False
             self._queue_unrefused(data)
             return True
+
+    def notice(self, notice):
+        """Queue a notice (a gap) before the next message, if the framing carries notices."""
+        data = self.framing.notice(notice)
+        if data is not None:
+            with self._lock:
+                if self.open:
+                    self._queue_unrefused(data)
 
     def take_written(self):
         """The records of the message frames written whole since the last call."""

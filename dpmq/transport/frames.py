@@ -28,17 +28,27 @@ def text_frame(data):
 
 class WebSocketFraming:
     """Messages and replies as text frames, a Ping to keep the connection alive. Stateless: one
-    instance serves every connection."""
+    instance serves every connection that asked the same (:data:`WEBSOCKET`, or
+    :data:`WEBSOCKET_NOTICES` for a consumer that connected with ``?notices=1``: the original
+    format carries only messages)."""
 
+    name = "websocket"
     #: A server's Ping: unmasked, no payload.
     keepalive = b"\x89\x00"
 
     message = staticmethod(text_frame)
 
+    def __init__(self, notices=False):
+        self.notices = notices
+
     @staticmethod
     def reply(obj):
         """An answer that is not a message (an error), as a JSON text frame."""
         return text_frame(json.dumps(obj).encode())
+
+    def notice(self, obj):
+        """A gap notice as a JSON text frame, for a consumer that asked for notices."""
+        return self.reply(obj) if self.notices else None
 
     @staticmethod
     def closes(data):
@@ -55,6 +65,7 @@ class WebSocketFraming:
 
 
 WEBSOCKET = WebSocketFraming()
+WEBSOCKET_NOTICES = WebSocketFraming(notices=True)
 
 
 def frame_extent(data, pos):

@@ -62,6 +62,10 @@ def _consumers(b, positions_timeout):
             "pending": None,
             "ack": member.ack,
             "inFlight": len(member.flights),
+            "transport": member.conn.framing.name,
+            "expired": sub.expired if (sub := member.subscription) else 0,
+            "gaps": sub.gaps if sub else 0,
+            "missed": sub.missed if sub else 0,
             "process": process,
         }
         if positions is not None:
@@ -210,8 +214,16 @@ def get_topics():
                      "pending": pending(topic)["pending"], "delayed": entry["delayed"],
                      "subscriptions": entry["subscriptions"], "consumers": consumers.get(topic, 0),
                      "deadLetters": entry["deadLetters"], "delivered": row[EVENTS.index("delivered")],
-                     "rate": rates.get(topic, 0.0)})
+                     "expired": _count(row, "expired"), "gaps": _count(row, "gaps"),
+                     "missed": _count(row, "missed"), "rate": rates.get(topic, 0.0)})
     return _answer(data, missing)
+
+
+def _count(row, event):
+    """One event's count in a row of counts (0 where a process of an older DPMQ has no such
+    column)."""
+    index = EVENTS.index(event)
+    return row[index] if index < len(row) else 0
 
 
 STATUSES = ("pending", "delivered", "delayed", "dead")
