@@ -28,6 +28,11 @@ class Uniform:
         return [dict(self.fields, messageData=text) for text in self.texts]
 
 
+def is_message_code(text):
+    """Whether ``text`` has the shape of a MessageCode: 40 lowercase hex characters."""
+    return len(text) == 40 and all(c in "0123456789abcdef" for c in text)
+
+
 def check_name(kind, value, max_length):
     """Validate a topic, consumer id or group; raise BadRequest saying what is wrong with it."""
     if not isinstance(value, str) or not value:

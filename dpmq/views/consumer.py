@@ -23,13 +23,13 @@ import socket
 from flask import Blueprint, Response, request
 from flask_sock import Sock
 
-from .. import errors
 from ..errors import CLOSE_BAD_INPUT, BadRequest, Forbidden, Refused, Unauthorized
 from ..transport.connection import Connection
 from ..transport.events import EVENTS, EventStream, HeadFirst, response_head
 from ..transport.frames import WEBSOCKET, WEBSOCKET_NOTICES
 from ..transport.websocket import WebSocketChannel
-from . import authorize, broker, json_or_none, reply
+from ..validation import is_message_code
+from . import authorize, broker, json_or_none
 
 log = logging.getLogger(__name__)
 bp = Blueprint("consumer", __name__)
@@ -40,12 +40,6 @@ _SOCKET_KEYS = ("gunicorn.socket", "werkzeug.socket")
 _EVENTS_ENDPOINT = "consumer.consumers_events"
 _URL_HELP = ("the URL must be /ConsumersConn/{topic}/{consumerId}, each 1 to 128 characters"
              " without '/' or '|'")
-#: The HTTP status of a refused event-stream consumer, by the close code a WebSocket would get.
-_REFUSED_STATUS = {CLOSE_BAD_INPUT: 400, errors.CLOSE_DUPLICATE: 409, Unauthorized.close_code: 401,
-                   Forbidden.close_code: 403, errors.CLOSE_TRY_AGAIN: 503,
-                   errors.CLOSE_GOING_AWAY: 503}
-
-
 class NoReaderThread:
     """Given to simple-websocket as its ``thread_class``: the thread it makes is never started,
     as the broker's inbound thread reads the connection instead."""
@@ -148,7 +142,7 @@ def _options(args):
         raise BadRequest("durable must be 1 (the default: a subscription that is kept) or 0 (one"
                          " forgotten when this consumer leaves)")
     since = args.get("since")
-    if since is not None and since != "beginning" and not _is_code(since):
+    if since is not None and since != "beginning" and not is_message_code(since):
         raise BadRequest("since must be a MessageCode (40 hex characters) or 'beginning'")
     group = args.get("group")
     if group == "":
@@ -157,14 +151,10 @@ def _options(args):
             "durable": durable in ("1", "true")}
 
 
-def _is_code(text):
-    return len(text) == 40 and all(c in "0123456789abcdef" for c in text)
-
-
 def _answer(b, member, text):
     """An ack-mode consumer's frame: a MessageCode, {"ack": code} or {"nack": code}, as text."""
     kind, code = "ack", text.strip() if isinstance(text, str) else None
-    if code and not _is_code(code):
+    if code and not is_message_code(code):
         body = json_or_none(code)
         if isinstance(body, dict) and len(body) == 1 and next(iter(body)) in ("ack", "nack"):
             kind, code = next(iter(body.items()))
@@ -195,13 +185,11 @@ def consumers_events(topic, consumer_id):
     b = broker()
     conn = request.environ["dpmq.transport.connection"]
     stream = EventStream(conn)
-    try:
-        identity = authorize("consumer", topic, allow_query=True)
-        member = b.subscribe(conn, stream, topic, consumer_id, identity=identity,
-                             start=request.environ.get("dpmq.start"), resume=_last_event_id(),
-                             **_options(request.args))
-    except Refused as exc:
-        return _refusal(exc)
+    identity = authorize("consumer", topic, allow_query=True)
+    # a refusal is an HTTP reply here (Refused has the status: 400, 409 or 503)
+    member = b.subscribe(conn, stream, topic, consumer_id, identity=identity,
+                         start=request.environ.get("dpmq.start"), resume=_last_event_id(),
+                         **_options(request.args))
     reason = "the response head could not be written"
     try:
         conn.raw.start(response_head(_cors(b)))
@@ -218,15 +206,7 @@ def _last_event_id():
     """The MessageCode an EventSource last received, when it reconnects; anything else is
     ignored (the subscription then goes on from its cursor)."""
     value = request.headers.get("Last-Event-ID", "").strip()
-    return value if _is_code(value) else None
-
-
-def _refusal(exc):
-    status = _REFUSED_STATUS.get(exc.close_code, 503)
-    response, status = reply(str(exc), code=-1, status=status)
-    if status == 503:
-        response.headers["Retry-After"] = "1"
-    return response, status
+    return value if is_message_code(value) else None
 
 
 def _cors(b):

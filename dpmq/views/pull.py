@@ -12,7 +12,7 @@ import json
 from flask import Blueprint, Response, request
 
 from ..errors import BadRequest, Forbidden
-from ..validation import check_name
+from ..validation import check_name, is_message_code
 from . import authorize, broker, json_or_none, reply
 
 bp = Blueprint("pull", __name__)
@@ -102,7 +102,7 @@ def consumer_ack():
     identity = authorize("consumer", topic)
     codes = [code for value in getlist("messageCode")
              for code in (value.split(",") if isinstance(value, str) else [value])]
-    if not codes or not all(isinstance(code, str) and _is_code(code) for code in codes):
+    if not codes or not all(isinstance(code, str) and is_message_code(code) for code in codes):
         raise BadRequest("messageCode is required: one MessageCode (40 hex characters) or a list"
                          " of them")
     nack = _truth(get("nack"), "nack")
@@ -122,7 +122,3 @@ def consumer_ack():
         why = (f"{len(unknown)} of {len(codes)} not held by {key[2:]!r}: unknown, already acked,"
                " or timed out and redelivered")
     return reply(why, data=data, code=-1, status=409)
-
-
-def _is_code(text):
-    return len(text) == 40 and all(c in "0123456789abcdef" for c in text)
