@@ -41,7 +41,8 @@ def create_app(settings=None, start=True):
     app.extensions["dpmq_auth"] = Auth(settings.auth)
     app.extensions["dpmq_rate"] = RateLimiter(settings.mq.publishRate, settings.mq.publishBurst)
     app.extensions["dpmq_store_writes"] = StoreWrites()
-    broker.engine.serve_reports(lambda: console.process_report(broker, console.POSITIONS_TIMEOUT))
+    broker.engine.serve_reports(lambda question: broker.answer(question) if question else
+                                console.process_report(broker, console.POSITIONS_TIMEOUT))
     for blueprint in (producer.bp, consumer.bp, pull.bp, console.bp, health.bp, metrics.bp,
                       web.bp):
         app.register_blueprint(blueprint)

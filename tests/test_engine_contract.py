@@ -534,13 +534,14 @@ def test_group_messages_are_claimed_by_one_process_until_settled(engine, another
 
 
 def test_reports_are_gathered_from_every_other_live_process(engine, another_process):
-    engine.serve_reports(lambda: {"consumers": 1})
+    engine.serve_reports(lambda question: {"consumers": 1})
     if not engine.shared:
         assert engine.gather_reports(0.1) == ({}, [])       # no one else to ask
         return
     answering = another_process(listen=True)
-    answering.serve_reports(lambda: {"consumers": 2})
+    answering.serve_reports(lambda question: {"consumers": 2} if question is None else question)
     wait_for(lambda: engine.gather_reports(0.5)[0], what="the other process to listen")
+    assert list(engine.gather_reports(0.5, ["echo", 1])[0].values()) == [["echo", 1]]
     another_process()                                   # alive, but never hears the request
     reports, silent = engine.gather_reports(0.3)
     assert list(reports.values()) == [{"consumers": 2}] and len(silent) == 1

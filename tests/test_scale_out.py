@@ -445,3 +445,25 @@ def test_a_process_that_does_not_answer_is_named(cluster):
     assert len(_console(a.url, "/Console/GetConsumers")["data"]) == 2
     here.close()
     there.close()
+
+
+def test_an_ack_over_http_reaching_another_process_settles_the_message(cluster):
+    first, second = cluster(2, mq={"ackTimeout": 60})
+    consumer = Collector(first.ws_url, "jobs", "worker", "?ack=1")
+    joined(first, 1)
+    status, body = publish(second, "jobs", "do it")
+    consumer.wait_count(1)
+    code = body["msg"]
+    reply = requests.post(second.url + "/ConsumerAck",
+                          json={"topic": "jobs", "consumerId": "worker", "messageCode": code},
+                          timeout=10)
+    assert reply.json() == {"code": 0, "msg": "ok", "data": {"settled": [code], "unknown": []}}
+    again = requests.post(second.url + "/ConsumerAck",
+                          json={"topic": "jobs", "consumerId": "worker", "messageCode": code},
+                          timeout=10)
+    assert again.status_code == 409 and again.json()["data"]["unknown"] == [code]
+    nobody = requests.post(second.url + "/ConsumerAck",
+                           json={"topic": "jobs", "consumerId": "nobody", "messageCode": code},
+                           timeout=10)
+    assert nobody.status_code == 409 and "connected" in nobody.json()["msg"]
+    consumer.close()

@@ -23,6 +23,7 @@ import time
 from operator import attrgetter
 
 from .. import message
+from ..auth import Identity
 from ..delivery.shards import Shard, subscription_key
 from ..errors import CLOSE_GOING_AWAY, BadRequest, TooLarge, Unavailable
 from ..metrics import PUBLISHED, History, Metrics, TopicCounts, merge
@@ -41,6 +42,8 @@ log = logging.getLogger(__name__)
 
 
 _TOPIC, _OFFSET, _DUE = attrgetter("topic"), attrgetter("offset"), attrgetter("due")
+#: Seconds an ack over HTTP waits for the other processes when its consumer is not in this one.
+SETTLE_ELSEWHERE = 2.0
 
 
 def _per_time(records):
@@ -252,10 +255,27 @@ class Broker:
         """An ack or nack from a consumer; the shard answers a bad one with an error frame."""
         self.shard_for(member.topic, subscription_key(member)).post("reply", (member, kind, code))
 
-    def settle(self, topic, key, codes, nack=False, identity=None, timeout=10.0):
+    def settle(self, topic, key, codes, nack=False, identity=None):
         """Acks (or nacks) over HTTP for subscription ``(topic, key)``: ``(settled, unknown)``
-        codes; None if no consumer of it is connected to this process, False if ``identity``
-        may not settle its messages."""
+        codes; None if no consumer of it is connected to any process of the broker, False if
+        ``identity`` may not settle its messages. Where the consumer is connected to another
+        process (a shared store), that process settles them."""
+        answer = self._settle_here(topic, key, codes, nack, identity)
+        if answer is None and self.engine.shared:
+            question = {"settle": [topic, key, codes, nack, identity]}
+            answers, _ = self.engine.gather_reports(SETTLE_ELSEWHERE, question)
+            answer = next((a for a in answers.values() if a is not None), None)
+        return answer
+
+    def answer(self, question):
+        """Another process's question (see :meth:`settle`), answered JSON-able."""
+        if "settle" in question:
+            topic, key, codes, nack, identity = question["settle"]
+            return self._settle_here(topic, key, codes, nack,
+                                     identity and Identity(*identity))
+        return None
+
+    def _settle_here(self, topic, key, codes, nack, identity, timeout=10.0):
         reply = queue.SimpleQueue()
         self.shard_for(topic, key).post("settle", (topic, key, codes, nack, identity, reply))
         try:

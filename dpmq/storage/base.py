@@ -252,15 +252,17 @@ class CoordinationStore(abc.ABC):
 
     @abc.abstractmethod
     def serve_reports(self, report):
-        """Answer the other processes' :meth:`gather_reports` with ``report()``, a JSON-able dict
-        of what this process holds (its consumers, counters), called on a thread of the engine's
-        own that may wait for it."""
+        """Answer the other processes' :meth:`gather_reports` with ``report(question)``, a
+        JSON-able answer (for ``question`` None, a dict of what this process holds: its
+        consumers, counters), called on a thread of the engine's own that may wait for it."""
 
     @abc.abstractmethod
-    def gather_reports(self, timeout):
-        """Ask every other live process for its report and wait at most ``timeout`` seconds;
-        returns ``({node: report}, [node…])``, the reports that came and the live processes that
-        did not answer in time."""
+    def gather_reports(self, timeout, question=None):
+        """Ask every other live process ``question`` (JSON-able; None asks for its report: see
+        :meth:`serve_reports`) and wait at most ``timeout`` seconds; returns ``({node: answer},
+        [node…])``, the answers that came and the live processes that did not answer in time.
+        A question is how one process reaches what another holds: its consumers' state, such as
+        the messages in flight that an ack over HTTP settles."""
 
 
 class OneProcess(CoordinationStore):
@@ -278,7 +280,7 @@ class OneProcess(CoordinationStore):
         """No other process will ask."""
         return None
 
-    def gather_reports(self, timeout):
+    def gather_reports(self, timeout, question=None):
         """``({}, [])``: there are no other processes."""
         return {}, []
 

@@ -1,11 +1,13 @@
-"""The redis engine's answers to the console: each process of the broker reports what it holds.
+"""The redis engine's questions between processes: each process of the broker answers for what it
+holds.
 
 A console request reaches one process; its consumers and counters are its own. To answer for the
 whole broker, that process asks the others on the ``events`` channel (``{"kind": "report", "ask":
-<id>}``) and waits at most the given time for their answers in the list ``P:answers:<id>``. Each
-process answers on a thread of its own (``dpmq-redis-report``), so that a report that waits for
-the delivery shards never holds up the listener, which hands on what other processes commit.
-Nothing is written while no one asks.
+<id>, "question": …}``; no question asks for the report) and waits at most the given time for their
+answers in the list ``P:answers:<id>``. An ack over HTTP that reaches a process where its consumer
+is not asks the others the same way. Each process answers on a thread of its own (``dpmq-redis-
+report``), so that a report that waits for the delivery shards never holds up the listener, which
+hands on what other processes commit. Nothing is written while no one asks.
 """
 
 import json
@@ -28,7 +30,7 @@ class ProcessReports:
     def serve_reports(self, report):
         self._reporter = report
 
-    def gather_reports(self, timeout):
+    def gather_reports(self, timeout, question=None):
         seconds, micros = self._call(self.client.time)
         now_ms = seconds * 1000 + micros // 1000
         live = self._call(self.client.zrangebyscore, self._key("nodes"), now_ms, "+inf")
@@ -38,7 +40,8 @@ class ProcessReports:
         ask = uuid.uuid4().hex
         answers = self._key("answers", ask)
         self._call(self.client.publish, self._key("events"),
-                   json.dumps({"node": self.node, "kind": "report", "ask": ask}))
+                   json.dumps({"node": self.node, "kind": "report", "ask": ask,
+                               "question": question}))
         reports, deadline = {}, time.monotonic() + timeout
         while len(reports) < len(others):
             left = deadline - time.monotonic()
@@ -53,17 +56,18 @@ class ProcessReports:
 
     def _asked(self, event):
         """Called by the listener for a ``report`` event of another process."""
-        self._asks.put(event["ask"])
+        self._asks.put((event["ask"], event.get("question")))
 
     def _report_loop(self):
         while True:
-            ask = self._asks.get()
-            if ask is None:
+            asked = self._asks.get()
+            if asked is None:
                 return
+            ask, question = asked
             if self._reporter is None:
                 continue
             try:
-                body = json.dumps([self.node, self._reporter()], separators=(",", ":"))
+                body = json.dumps([self.node, self._reporter(question)], separators=(",", ":"))
                 pipe = self.client.pipeline()
                 pipe.rpush(self._key("answers", ask), body)
                 pipe.pexpire(self._key("answers", ask), ANSWER_TTL_MS)
