@@ -5,9 +5,9 @@ A console request reaches one process; its consumers and counters are its own. T
 whole broker, that process asks the others on the ``events`` channel (``{"kind": "report", "ask":
 <id>, "question": …}``; no question asks for the report) and waits at most the given time for their
 answers in the list ``P:answers:<id>``. An ack over HTTP that reaches a process where its consumer
-is not asks the others the same way. Each process answers on a thread of its own (``dpmq-redis-
-report``), so that a report that waits for the delivery shards never holds up the listener, which
-hands on what other processes commit. Nothing is written while no one asks.
+is not asks the others the same way. Each process answers on a thread of its own
+(``dpmq-redis-report``), so that a report that waits for the delivery shards never holds up the
+listener, which hands on what other processes commit. Nothing is written while no one asks.
 """
 
 import json
