@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -283,3 +284,92 @@ def drop_prefix(prefix):
             client.delete(*keys)
     finally:
         client.close()
+
+
+class EventStreamCollector:
+    """An event-stream consumer on a background thread (a raw socket, as an ``EventSource``
+    would read it): keeps every event in arrival order as ``(kind, object)``, kind being
+    ``"message"`` (its ``id:`` checked against the data's MessageCode), ``"gap"``, ``"close"``
+    or ``"error"``. ``status`` is the response's HTTP status; a refusal's body is ``refusal``."""
+
+    def __init__(self, port, path, headers=None, timeout=10.0):
+        self.events = []
+        self.arrivals = []              # time.time() of each message event
+        self.ended = False
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        fields = {"Host": "127.0.0.1", "Accept": "text/event-stream", **(headers or {})}
+        head = "".join(f"{name}: {value}\r\n" for name, value in fields.items())
+        self.sock.sendall(f"GET {path} HTTP/1.1\r\n{head}\r\n".encode())
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError(f"no response head for {path}; got {buf!r}")
+            buf += chunk
+        head, _, self._buf = buf.partition(b"\r\n\r\n")
+        self.status = int(head.split(b" ", 2)[1])
+        self.refusal = None
+        self.sock.settimeout(None)
+        if self.status != 200:
+            length = re.search(rb"(?im)^content-length: *(\d+)", head)
+            while length and len(self._buf) < int(length.group(1)):
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    break
+                self._buf += chunk
+            self.refusal = self._buf.decode("utf-8", "replace")
+            self.sock.close()
+            return
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        try:
+            while True:
+                self._parse()
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    break
+                self._buf += chunk
+        except OSError:
+            pass
+        self.ended = True
+
+    def _parse(self):
+        while b"\n\n" in self._buf:
+            block, _, self._buf = self._buf.partition(b"\n\n")
+            fields = dict(line.split(": ", 1) for line in block.decode().split("\n")
+                          if ": " in line and not line.startswith(":"))
+            if "data" not in fields:
+                continue
+            body = json.loads(fields["data"])
+            if "id" in fields:
+                assert fields["id"] == body["MessageCode"], block
+                self.arrivals.append(time.time())
+                self.events.append(("message", body))
+            else:
+                self.events.append((fields.get("event", "message"), body))
+
+    @property
+    def messages(self):
+        return [body for kind, body in self.events if kind == "message"]
+
+    @property
+    def codes(self):
+        return [m["MessageCode"] for m in self.messages]
+
+    @property
+    def gaps(self):
+        return [body for kind, body in self.events if kind == "gap"]
+
+    def wait_count(self, count, timeout=10.0):
+        wait_for(lambda: len(self.messages) >= count, timeout,
+                 what=f"{count} events (have {self.events})")
+        return self.messages
+
+    def close(self):
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
