@@ -190,6 +190,9 @@ class Subscription:
         broker's, takes the whole run with one append to its buffer."""
         if self._retry:
             self.redeliver(now)
+        if self.forgotten:          # its first message comes with the notice: read it (_fetch)
+            self.behind = True
+            return
         members = self.members
         if (run.first == self.next and not (self.behind or self._retry or self.attempts)
                 and len(members) == 1 and not (self.is_group or members[0].ack)
