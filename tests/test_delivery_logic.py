@@ -23,12 +23,12 @@ from dpmq.delivery.gathering import GATHER, RECENT, Gathering
 from dpmq.delivery.shard_waits import ShardWaits
 from dpmq.delivery.shards import PARKED_RECHECK, Shard
 from dpmq.delivery.subscription import Member, Subscription
-from dpmq.message import NewMessage, Record, Run, new_codes, payload
-from dpmq.metrics import ACKED, DEAD_LETTERED, DELIVERED, REDELIVERED
+from dpmq.message import NewMessage, Record, Run, format_time, new_codes, payload
+from dpmq.metrics import ACKED, DEAD_LETTERED, DELIVERED, GAPS, REDELIVERED
 from dpmq.storage.memory import MemoryEngine
 from dpmq.transport.budget import Budget
 from dpmq.transport.connection import Connection
-from dpmq.transport.frames import WEBSOCKET
+from dpmq.transport.frames import WEBSOCKET, WEBSOCKET_NOTICES
 
 START = 1000.0
 
@@ -546,3 +546,31 @@ def test_the_ledger_hands_over_moved_cursors_once_and_quiet_ones_when_retention_
     assert ledger.take(subs, saved_at) == {("t", "c:quiet"): 3}, "quiet, last saved then"
     ledger.moved.add(quiet)                 # touched without moving: nothing to write
     assert ledger.take(subs, None) == {}
+
+
+# -- gaps ----------------------------------------------------------------------------------------
+def test_a_cursor_past_the_stores_newest_message_is_a_loss_told_and_nothing_new_is_skipped(delivery):
+    """A store that lost its newest messages (restored from an older copy, or a consumer's cursor
+    kept where the messages were not) gives the next messages offsets the cursor has passed:
+    the subscription goes back to the store's head and tells the consumer, instead of skipping
+    them in silence."""
+    d = delivery()
+    d.broker.publish(["a", "b"])
+    d.broker.engine.save_cursors({("t", "c:c"): 5})
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    d._sockets += [ours, theirs]
+    member = Member(Connection(ours, 1 << 20, WEBSOCKET_NOTICES), None, "t", "c")
+    member.conn.on_progress = lambda conn: d.shard.post("watch", member)
+    d.shard.post("join", member)
+    d.turn()
+    peer = Peer(theirs)
+    (code,) = d.broker.publish(["c"])
+    d.turn()
+    d.turn()
+    assert peer.read() == [
+        {"Notice": "gap", "Topic": "t", "Missed": None, "After": None, "Resume": code,
+         "Reason": "lost"},
+        {"MessageCode": code, "MessageData": "c", "Topic": "t", "CreateTime": format_time(0.0),
+         "Status": 0}]
+    assert d.counts()[GAPS] == 1
