@@ -1,6 +1,7 @@
 """The console API: topics, message browser, counts, overview."""
 
 import threading
+import time
 
 import requests
 
@@ -134,3 +135,14 @@ def test_a_slow_console_query_does_not_hold_up_readyz_or_delivery(make_broker):
         assert asked.is_alive(), "the console query waits for its own connection"
     asked.join(5)
     consumer.close()
+
+
+def test_the_message_list_says_when_a_message_with_a_ttl_expires(make_broker, engine_name):
+    running = make_broker(engine_name)
+    with_ttl = running.publish("t", "soon gone", ttl="3600")["msg"]
+    without = running.publish("t", "kept")["msg"]
+    listed = {m["MessageCode"]: m for m in running.get("/Console/GetMessageList", topic="t")["data"]}
+    assert listed[without]["expiresAt"] is None
+    created = time.mktime(time.strptime(listed[with_ttl]["CreateTime"], "%Y-%m-%d %H:%M:%S"))
+    expires = time.mktime(time.strptime(listed[with_ttl]["expiresAt"], "%Y-%m-%d %H:%M:%S"))
+    assert 3599 <= expires - created <= 3601

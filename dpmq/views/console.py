@@ -165,7 +165,13 @@ def _dead_letter_view(dead):
             "group": name if kind == "g" else None, "MessageCode": dead["code"],
             "MessageData": dead["data"], "key": dead["key"], "offset": dead["offset"],
             "reason": dead["reason"], "attempts": dead["attempts"],
-            "CreateTime": format_time(dead["created"]), "deadAt": format_time(dead["dead_at"])}
+            "CreateTime": format_time(dead["created"]), "deadAt": format_time(dead["dead_at"]),
+            "expiresAt": _expiry(dead["expires"])}
+
+
+def _expiry(expires):
+    """When a message with a ttl stops being delivered (server local time), or None."""
+    return format_time(expires) if expires else None
 
 
 @bp.get("/GetDeadLetters")
@@ -243,7 +249,8 @@ def get_message_list():
     found = broker().engine.messages(topic=topic, status=status, limit=limit, before=before, code=code)
     return reply(data=[{"MessageCode": m["code"], "MessageData": m["data"], "Topic": m["topic"],
                         "CreateTime": format_time(m["created"]), "offset": m["offset"],
-                        "key": m["key"], "status": m["status"]} for m in found])
+                        "key": m["key"], "status": m["status"],
+                        "expiresAt": _expiry(m["expires"])} for m in found])
 
 
 @bp.get("/CountMessage")
