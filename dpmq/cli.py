@@ -50,12 +50,17 @@ exit codes: 0 ok, 1 refused by the broker, 2 bad usage or config, 3 broker unrea
     "publish": """examples:
   dpmq publish orders 'hello'
   dpmq publish orders '{"id": 7}' --key customer-42 --delay 10
+  dpmq publish prices '101.5' --ttl 30          not delivered at all if not delivered in 30 s
   seq 1000 | dpmq publish orders -             one message per line, sent in batches""",
     "subscribe": """examples:
   dpmq subscribe orders                        live messages only; the subscription ends with it
   dpmq subscribe orders --id audit             a durable subscription: resumes where it left off
   dpmq subscribe orders --group workers --ack  share the work with the group, ack each message
-  dpmq subscribe orders --since beginning --count 10 | jq .MessageData""",
+  dpmq subscribe orders --since beginning --count 10 | jq .MessageData
+  dpmq subscribe orders --id audit --sse       the same, over Server-Sent Events (plain HTTP)
+  dpmq subscribe orders --id nightly --pull --ack --count 500
+                                               pull what is there, ack each batch once printed
+gaps (messages a resuming subscription missed because they were gone) are reported on stderr.""",
     "stats": """examples:
   dpmq stats                                   refresh every 2 seconds until Ctrl-C
   dpmq stats --once                            print once (for scripts)""",
@@ -99,6 +104,8 @@ def _parser():
     publish.add_argument("data", help="the message, or - to read one message per line from stdin")
     publish.add_argument("--delay", type=float, help="seconds before it is pushed")
     publish.add_argument("--key", help="ordering key (one member of a group gets a key's messages)")
+    publish.add_argument("--ttl", type=float, help="seconds after which a subscription that has"
+                         " not had the message never gets it (mq.maxTtl at most)")
 
     subscribe = command("subscribe", "print messages as JSON, one per line")
     subscribe.add_argument("topic")
@@ -109,6 +116,13 @@ def _parser():
     subscribe.add_argument("--ack", action="store_true", help="ack each message once printed")
     subscribe.add_argument("--since", help="a MessageCode, or 'beginning', to replay from")
     subscribe.add_argument("--count", type=int, help="exit after this many messages")
+    transport = subscribe.add_mutually_exclusive_group()
+    transport.add_argument("--sse", action="store_true", help="receive over Server-Sent Events"
+                           " instead of a WebSocket")
+    transport.add_argument("--pull", action="store_true", help="pull with HTTP requests (long"
+                           " polls) instead of holding a connection; needs --id or --group. With"
+                           " --ack, each batch is acked once printed (unacked, it comes back after"
+                           " mq.ackTimeout); without, a pull moves the subscription on")
 
     stats = command("stats", "a compact live view of the broker, its topics and consumers")
     stats.add_argument("--once", action="store_true", help="print once and exit")
@@ -289,17 +303,20 @@ def _publish(args):
     from .client import Producer
     with Producer(args.url, token=args.token) as producer:
         if args.data != "-":
-            _print(producer.send(args.topic, args.data, delay=args.delay, key=args.key))
+            _print(producer.send(args.topic, args.data, delay=args.delay, key=args.key,
+                                 ttl=args.ttl))
             return EXIT_OK
         batch = []
         for line in sys.stdin:
             batch.append({"messageData": line.rstrip("\n"), "key": args.key} if args.key
                          else line.rstrip("\n"))
             if len(batch) == 100:
-                _print("\n".join(producer.send_batch(args.topic, batch, delay=args.delay)))
+                _print("\n".join(producer.send_batch(args.topic, batch, delay=args.delay,
+                                                     ttl=args.ttl)))
                 batch = []
         if batch:
-            _print("\n".join(producer.send_batch(args.topic, batch, delay=args.delay)))
+            _print("\n".join(producer.send_batch(args.topic, batch, delay=args.delay,
+                                                 ttl=args.ttl)))
     return EXIT_OK
 
 
@@ -307,11 +324,14 @@ def _subscribe(args):
     """Without --id (or --group) the consumerId is made up and its subscription ephemeral: a
     durable one would stay in the store, never read again, after every run."""
     from .client import Consumer
+    if args.pull:
+        return _subscribe_by_pulling(args)
     consumer_id = args.id or f"cli-{os.getpid()}-{int(time.time())}"
     received = 0
     with Consumer(args.url, args.topic, consumer_id, group=args.group, ack=args.ack,
                   since=args.since, token=args.token, durable=bool(args.id or args.group),
-                  first_connect_timeout=SUBSCRIBE_FIRST_CONNECT_TIMEOUT) as consumer:
+                  first_connect_timeout=SUBSCRIBE_FIRST_CONNECT_TIMEOUT,
+                  transport="sse" if args.sse else "websocket", on_gap=_report_gap) as consumer:
         for message in consumer:
             _print(json.dumps(message.raw, ensure_ascii=False))
             received += 1
@@ -320,6 +340,41 @@ def _subscribe(args):
                     consumer.ack(message)       # the loop ends before the automatic ack would
                 break
     return EXIT_OK
+
+
+#: The longest one pull of ``dpmq subscribe --pull`` waits for messages (the broker may cap it lower).
+PULL_WAIT = 20
+PULL_MAX = 100
+
+
+def _subscribe_by_pulling(args):
+    """``dpmq subscribe --pull``: long polls on the durable subscription of --id or --group. With
+    --ack a batch is acked once all of it is printed; without, each pull moves the cursor."""
+    from .client import PullConsumer
+    if not (args.id or args.group):
+        raise DPMQError("--pull needs --id or --group: a pull reads a durable subscription, and a"
+                        " made-up id would leave one behind after every run")
+    if args.since:
+        raise DPMQError("--since does not apply to --pull: start the subscription once with"
+                        " dpmq subscribe --id ID --since ..., then pull from it")
+    received = 0
+    with PullConsumer(args.url, args.topic, args.id, group=args.group, auto_ack=not args.ack,
+                      token=args.token, on_gap=_report_gap) as puller:
+        while not args.count or received < args.count:
+            batch = puller.pull(max=min(PULL_MAX, args.count - received) if args.count
+                                else PULL_MAX, wait=PULL_WAIT)
+            for message in batch:
+                _print(json.dumps(message.raw, ensure_ascii=False))
+            received += len(batch)
+            if args.ack and batch:
+                puller.ack(batch)
+    return EXIT_OK
+
+
+def _report_gap(gap):
+    """A gap goes to stderr, so that stdout stays one message per line."""
+    print(f"dpmq: missed {gap.missed} messages of {gap.topic} ({gap.reason}) after"
+          f" {gap.after or 'the start'}; resuming at {gap.resume}", file=sys.stderr, flush=True)
 
 
 def _get(url, path, token):

@@ -1,7 +1,9 @@
 """The OpenAPI 3 document of DPMQ's HTTP API, served at ``GET /openapi.json``.
 
-Built from the broker's settings, so the limits it states (topic length, message size) are the
-ones in force. The consumer WebSocket is described in prose: OpenAPI has no words for it.
+Built from the broker's settings, so the limits it states (topic length, message size, pull size
+and wait) are the ones in force. The consumer WebSocket is described in prose: OpenAPI has no
+words for it. Its Server-Sent Events form, the same path without an Upgrade, is documented as the
+GET that it is, with its ``text/event-stream`` reply.
 """
 
 from . import __version__
@@ -44,17 +46,78 @@ def document(settings):
         "messageData": {"type": "string", "description": f"at most {mq.maxMessageBytes} bytes of UTF-8"},
         "delay": {"type": "number", "minimum": 0, "maximum": mq.maxDelaySeconds},
         "key": {"type": "string", "minLength": 1, "maxLength": mq.maxKeyLength},
-        "idempotencyKey": {"type": "string", "minLength": 1, "maxLength": mq.maxKeyLength}}}
+        "idempotencyKey": {"type": "string", "minLength": 1, "maxLength": mq.maxKeyLength},
+        "ttl": {"type": "number", "exclusiveMinimum": True, "minimum": 0, "maximum": mq.maxTtl,
+                "description": "seconds: a subscription that has not had the message (acked it,"
+                               " with ack=1) this long after its CreateTime never gets it; it"
+                               " counts as expired for that subscription"}}}
     publish_errors = dict(ERRORS, **{"413": ERROR, "429": ERROR, "503": ERROR})
     counts = {"type": "object"}
     listing = {"type": "array", "items": {"type": "object"}}
+    consumer_name = {"type": "string", "minLength": 1, "maxLength": mq.maxConsumerIdLength,
+                     "pattern": "^[^|/]+$"}
+    pushed = {"type": "object", "required": ["MessageCode", "MessageData", "Topic", "CreateTime",
+                                             "Status"], "properties": {
+        "MessageCode": code, "MessageData": {"type": "string"}, "Topic": {"type": "string"},
+        "CreateTime": {"type": "string"}, "Status": {"type": "integer", "minimum": 0}}}
+    gap = {"type": "object", "required": ["Notice", "Topic", "Missed", "Resume"],
+           "description": "messages a resuming subscription never received are gone", "properties": {
+               "Notice": {"type": "string", "enum": ["gap"]}, "Topic": {"type": "string"},
+               "Missed": {"type": "integer", "minimum": 0},
+               "After": {"type": "string", "nullable": True},
+               "Resume": {"type": "string", "nullable": True},
+               "Reason": {"type": "string", "enum": ["purged", "forgotten", "lost"]}}}
+    subscription = {"topic": name, "consumerId": consumer_name, "group": consumer_name}
+    pull = {"type": "object", "required": ["topic"], "properties": dict(
+        subscription,
+        max={"type": "integer", "minimum": 1, "maximum": mq.maxPullMessages,
+             "description": "at most this many messages (default 1)"},
+        wait={"type": "number", "minimum": 0, "maximum": mq.maxPullWait,
+              "description": "seconds to wait for a message when none is ready (a long poll)"},
+        autoAck={"type": "boolean", "description": "true: the pull moves the subscription past"
+                 " what it answers; false (default): pulled messages are in flight until"
+                 " POST /ConsumerAck, and delivered again after mq.ackTimeout"})}
+    ack = {"type": "object", "required": ["topic", "messageCode"], "properties": dict(
+        subscription,
+        messageCode={"oneOf": [code, {"type": "array", "minItems": 1, "items": code}],
+                     "description": "one MessageCode or a list (in a form, the field repeated)"},
+        nack={"type": "boolean", "description": "true: deliver them again now instead"})}
+    settled = {"type": "object", "required": ["settled", "unknown"], "properties": {
+        "settled": {"type": "array", "items": code}, "unknown": {"type": "array", "items": code}}}
+    pull_reply = _reply({"type": "array", "items": pushed}, "messages, oldest first (none when"
+                        " wait passed with none ready)")
+    pull_reply["content"]["application/json"]["schema"]["properties"]["gap"] = gap
+    events = {"description": "one event per message (id: its MessageCode, data: the pushed JSON"
+                             " object); event: gap (a gap notice), event: error, a final"
+                             " event: close ({code, reason}); comment lines as heartbeats",
+              "content": {"text/event-stream": {"schema": {"type": "string"}}}}
+    connection_options = [
+        {"name": "topic", "in": "path", "required": True, "schema": name},
+        {"name": "consumer_id", "in": "path", "required": True, "schema": consumer_name,
+         "description": "the consumerId: a durable subscription"},
+        _query("group", consumer_name, "share the subscription of this group"),
+        _query("ack", {"type": "string", "enum": ["0", "1", "true", "false"]},
+               "1: messages are in flight until acked (POST /ConsumerAck)"),
+        _query("since", {"type": "string"}, "a MessageCode, or beginning, to replay from"),
+        _query("durable", {"type": "string", "enum": ["0", "1", "true", "false"]},
+               "0: an ephemeral subscription, forgotten when the consumer leaves"),
+        _query("notices", {"type": "string", "enum": ["0", "1", "true", "false"]},
+               "WebSocket only: 1 sends gap notices as JSON text frames before the next message;"
+               " an event stream always carries them"),
+        _query("token", {"type": "string"}, "the auth token, for clients that cannot send a"
+               " header (a browser's EventSource or WebSocket)"),
+        {"name": "Last-Event-ID", "in": "header", "required": False, "schema": code,
+         "description": "resume right after this message (sent by a reconnecting EventSource)"}]
     return {
         "openapi": "3.0.3",
         "info": {"title": "DPMQ", "version": __version__, "description": (
             "A small, durable message queue. Producers publish over HTTP; consumers receive over "
             "WebSocket at GET /ConsumersConn/{topic}/{consumerId} (query: group, ack=1, since, "
-            "token), one JSON object per message: MessageCode, MessageData, Topic, CreateTime, "
-            "Status. Every reply is {code, msg[, data]}: code 0 on success, -1 with a reason.")},
+            "durable, notices=1, token), one JSON object per message: MessageCode, MessageData, "
+            "Topic, CreateTime, Status; the same path with Accept: text/event-stream and no "
+            "Upgrade is the same subscription as Server-Sent Events; POST /ConsumerPull and "
+            "POST /ConsumerAck consume with plain requests. Every reply is {code, msg[, data]}: "
+            "code 0 on success, -1 with a reason.")},
         "paths": {
             "/ProducerSend": {"post": {
                 "summary": "Publish one message; msg is its MessageCode once it is committed",
@@ -77,10 +140,30 @@ def document(settings):
                              "properties": message["properties"]}]}}}}}}},
                 "responses": dict({"200": _reply({"type": "array", "items": code})},
                                   **publish_errors)}},
-            "/Console/GetConsumers": _get("The connected consumers", listing),
+            "/ConsumersConn/{topic}/{consumer_id}": {"get": {
+                "summary": "Consume as Server-Sent Events (send Accept: text/event-stream; with a"
+                           " WebSocket Upgrade, the same path is the WebSocket consumer)",
+                "parameters": connection_options,
+                "responses": dict({"200": events, "409": ERROR, "503": ERROR}, **ERRORS)}},
+            "/ConsumerPull": {"post": {
+                "summary": "Pull messages of a durable subscription, waiting up to wait seconds",
+                "requestBody": {"required": True, "content": {
+                    "application/x-www-form-urlencoded": {"schema": pull},
+                    "application/json": {"schema": pull}}},
+                "responses": dict({"200": pull_reply, "409": ERROR, "503": ERROR}, **ERRORS)}},
+            "/ConsumerAck": {"post": {
+                "summary": "Ack (or nack) messages of an ack=1 or pulling subscription, whatever"
+                           " carried them; 409 names those it did not hold",
+                "requestBody": {"required": True, "content": {
+                    "application/x-www-form-urlencoded": {"schema": ack},
+                    "application/json": {"schema": ack}}},
+                "responses": dict({"200": _reply(settled), "409": ERROR}, **ERRORS)}},
+            "/Console/GetConsumers": _get("The connected consumers (transport: websocket, sse or"
+                                          " pull; expired and gaps: their subscription's counts)",
+                                          listing),
             "/Console/GetConfig": _get("The effective configuration, secrets as ***", counts),
-            "/Console/GetTopics": _get("Per topic: published, pending, consumers, dead letters, rate",
-                                       listing),
+            "/Console/GetTopics": _get("Per topic: published, pending, consumers, dead letters,"
+                                       " expired, gaps, rate", listing),
             "/Console/GetMessageList": _get("Messages, newest first, paged", listing, [
                 _query("topic", name, "the topic (or search by code)"),
                 _query("status", {"type": "string", "enum": ["pending", "delivered", "delayed", "dead"]},

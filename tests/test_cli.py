@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 
 import requests
 
@@ -226,3 +227,48 @@ def test_subscribe_without_an_id_leaves_no_subscription_behind(make_broker):
         (topic,) = [t for t in running.get("/Console/GetTopics")["data"] if t["topic"] == "t"]
         return topic["subscriptions"]
     wait_for(lambda: subscriptions() == 0, what="the subscription to be forgotten")
+
+
+def test_subscribe_over_server_sent_events(make_broker):
+    running = make_broker("memory")
+    subscriber = subprocess.Popen([sys.executable, "-m", "dpmq.cli", "subscribe", "news", "--id",
+                                   "reader", "--sse", "--count", "2"],
+                                  env=dict(os.environ, DPMQ_URL=running.url), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: running.get("/Console/GetConsumers")["data"], what="the SSE subscriber")
+        (entry,) = running.get("/Console/GetConsumers")["data"]
+        assert entry.get("transport") == "sse"
+        codes = running.publish_many("news", ["one", "two"])
+        out, err = subscriber.communicate(timeout=20)
+    finally:
+        subscriber.kill()
+    assert subscriber.returncode == 0, err
+    assert [json.loads(line)["MessageCode"] for line in out.splitlines()] == codes
+
+
+def test_subscribe_by_pulling_acks_what_it_printed(make_broker):
+    from dpmq.client import PullConsumer
+    running = make_broker("memory", mq={"ackTimeout": 0.3})
+    assert PullConsumer(running.url, "jobs", "nightly").pull() == []    # starts the subscription
+    running.publish_many("jobs", ["a", "b", "c"])
+    result = dpmq("subscribe", "jobs", "--id", "nightly", "--pull", "--ack", "--count", "2",
+                  url=running.url)
+    assert result.returncode == 0, result.stderr
+    assert [json.loads(line)["MessageData"] for line in result.stdout.splitlines()] == ["a", "b"]
+    time.sleep(0.5)                         # past mq.ackTimeout: what was acked does not come back
+    rest = dpmq("subscribe", "jobs", "--id", "nightly", "--pull", "--ack", "--count", "1",
+                url=running.url)
+    assert rest.returncode == 0, rest.stderr
+    assert [json.loads(line)["MessageData"] for line in rest.stdout.splitlines()] == ["c"]
+    refused = dpmq("subscribe", "jobs", "--pull", url=running.url)
+    assert refused.returncode == 2 and "--pull needs --id or --group" in refused.stderr
+
+
+def test_publish_with_a_ttl(make_broker):
+    running = make_broker("memory")
+    assert dpmq("publish", "prices", "101.5", "--ttl", "30", url=running.url).returncode == 0
+    assert dpmq("publish", "prices", "-", "--ttl", "30", stdin="1\n2\n", url=running.url) \
+        .returncode == 0
+    refused = dpmq("publish", "prices", "x", "--ttl", "1e12", url=running.url)
+    assert refused.returncode == 1 and "ttl" in refused.stderr, refused.stderr

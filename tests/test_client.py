@@ -11,7 +11,15 @@ import requests
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, Request
 
-from dpmq.client import ClientError, ConnectionFailed, Consumer, Producer, WebSocketClient
+from dpmq.client import (
+    ClientError,
+    ConnectionFailed,
+    Consumer,
+    NotSettled,
+    Producer,
+    PullConsumer,
+    WebSocketClient,
+)
 
 from helpers import ServedBroker, free_port, wait_for
 
@@ -95,10 +103,11 @@ def test_a_refused_consumer_raises_instead_of_retrying(broker):
     holder.close()
 
 
-def test_consumer_survives_a_broker_restart_without_losing_anything(tmp_path):
+@pytest.mark.parametrize("transport", ["websocket", "sse"])
+def test_consumer_survives_a_broker_restart_without_losing_anything(tmp_path, transport):
     broker = ServedBroker(tmp_path).start()
     received, stop = [], threading.Event()
-    consumer = Consumer(broker.url, "t", "steady", max_backoff=0.5)
+    consumer = Consumer(broker.url, "t", "steady", max_backoff=0.5, transport=transport)
 
     def consume():
         while not stop.is_set():
@@ -303,3 +312,150 @@ def test_a_server_that_closes_without_answering_the_handshake_is_a_failed_connec
             consumer.receive(timeout=5)
     finally:
         listener.close()
+
+
+# -- Server-Sent Events, pull, gaps, ttl ------------------------------------------------------
+
+def test_an_sse_consumer_receives_acks_over_http_and_resumes_after_its_last_message(make_broker):
+    running = make_broker("memory")
+    producer = Producer(running.url)
+    consumer = Consumer(running.url, "jobs", "w", ack=True, transport="sse")
+    assert _connect(consumer, running) is None
+    (entry,) = _consumers(running)
+    assert entry.get("transport") == "sse"
+    codes = [producer.send("jobs", data) for data in ("one", "two", "three")]
+    assert [consumer.receive(timeout=5).code for _ in codes[:2]] == codes[:2]
+    consumer.close()            # "two" is not acked yet: it comes back; "one" was acked over HTTP
+    wait_for(lambda: not _consumers(running), what="the SSE consumer to leave")
+    again = Consumer(running.url, "jobs", "w", ack=True, transport="sse")
+    redelivered = again.receive(timeout=5)
+    assert (redelivered.code, redelivered.status) == (codes[1], 1)
+    assert again.receive(timeout=5).code == codes[2]
+    again.receive(timeout=0.01)                     # acks "three"
+
+    def settled():
+        (entry,) = _consumers(running)
+        return entry["inFlight"] == 0
+    wait_for(settled, what="the acks over POST /ConsumerAck")
+    again.close()
+    producer.close()
+
+
+def test_an_sse_consumer_is_refused_as_a_websocket_one(make_broker):
+    running = make_broker("memory")
+    holder = Consumer(running.url, "t", "taken")
+    _connect(holder, running)
+    with pytest.raises(ClientError) as caught:
+        Consumer(running.url, "t", "taken", transport="sse").receive(timeout=5)
+    assert caught.value.status == 4409
+    holder.close()
+    with pytest.raises(ClientError) as caught:
+        Consumer(running.url, "bad|topic", "c", transport="sse").receive(timeout=5)
+    assert caught.value.status == 1008 and "'|'" in str(caught.value)
+    consumer = Consumer(running.url + "/not-dpmq", "t", "c", transport="sse",
+                        first_connect_timeout=0.5)
+    with pytest.raises(ConnectionFailed, match="answered HTTP 404 instead of an event stream"):
+        consumer.receive()
+    with pytest.raises(ValueError, match="PullConsumer"):
+        Consumer(running.url, "t", "c", transport="pull")
+
+
+def test_a_pull_consumer_pulls_acks_and_gets_back_what_it_did_not_ack(make_broker):
+    running = make_broker("memory", mq={"ackTimeout": 0.3})
+    producer = Producer(running.url)
+    puller = PullConsumer(running.url, "jobs", "nightly")
+    assert puller.pull(max=10) == []            # the subscription starts here
+    codes = [producer.send("jobs", str(i)) for i in range(5)]
+    batch = puller.pull(max=3, wait=5)
+    assert [m.code for m in batch] == codes[:3] and {m.status for m in batch} == {0}
+    assert puller.ack(batch[:2]) == codes[:2]
+    assert [m.code for m in puller.pull(max=10, wait=5)] == codes[3:]
+    assert puller.nack(codes[3]) == [codes[3]]
+    assert puller.ack(codes[4]) == [codes[4]]
+    again = {m.code: m.status for m in wait_for(lambda: puller.pull(max=10, wait=1),
+                                                what="the redeliveries")}
+    again.update({m.code: m.status for m in puller.pull(max=10, wait=1)})
+    assert again == {codes[2]: 1, codes[3]: 1}, "the unacked one after ackTimeout, the nacked one"
+    with pytest.raises(NotSettled) as caught:
+        puller.ack([codes[2], codes[0]])        # codes[0] was acked long ago
+    assert caught.value.status == 409
+    assert (caught.value.settled, caught.value.unknown) == ([codes[2]], [codes[0]])
+    puller.ack(codes[3])
+    assert puller.pull(max=10) == []
+    puller.close()
+    producer.close()
+
+
+def test_a_pull_waits_for_a_message_and_auto_ack_moves_the_cursor(make_broker):
+    running = make_broker("memory", mq={"ackTimeout": 0.2})
+    puller = PullConsumer(running.url, "t", "cron", auto_ack=True)
+    assert puller.pull() == []
+    started = time.monotonic()
+    threading.Timer(0.3, running.publish, ("t", "late")).start()
+    (message,) = puller.pull(max=10, wait=10)
+    assert message.data == "late" and time.monotonic() - started < 5, "answered when it came"
+    time.sleep(0.4)                                             # past ackTimeout: nothing comes back
+    assert puller.pull(max=10) == []
+    with pytest.raises(ClientError) as caught:
+        puller.pull(max=10, wait=10_000)
+    assert caught.value.status == 400 and "wait" in str(caught.value)
+    holder = Consumer(running.url, "t", "pushed")
+    _connect(holder, running)
+    with pytest.raises(ClientError) as caught:
+        PullConsumer(running.url, "t", "pushed").pull()
+    assert caught.value.status == 409, "a consumerId connected by WebSocket cannot pull"
+    holder.close()
+    with pytest.raises(ValueError):
+        PullConsumer(running.url, "t")
+    puller.close()
+
+
+def _purge_while_away(running, start):
+    """Make the subscription that ``start`` opens miss three messages: it leaves, five are
+    published, retention (``mq.retentionMessages`` 2) purges three."""
+    start()
+    running.publish_many("t", [f"m{i}" for i in range(5)])
+    wait_for(lambda: [t for t in running.get("/Console/GetTopics")["data"]
+                      if t["topic"] == "t" and t["retained"] == 2], what="the purge")
+
+
+@pytest.mark.parametrize("transport", ["websocket", "sse", "pull"])
+def test_a_gap_is_handed_to_on_gap_not_passed_off_as_a_message(make_broker, transport):
+    running = make_broker("sqlite", mq={"retentionMessages": 2, "sweepInterval": 0.05})
+    gaps = []
+    if transport == "pull":
+        puller = PullConsumer(running.url, "t", "late", auto_ack=True, on_gap=gaps.append)
+        _purge_while_away(running, puller.pull)
+        received = [m.data for m in puller.pull(max=10, wait=5)]
+        puller.close()
+    else:
+        def once():
+            consumer = Consumer(running.url, "t", "late", transport=transport)
+            _connect(consumer, running)
+            consumer.close()
+            wait_for(lambda: not _consumers(running), what="the consumer to leave")
+        _purge_while_away(running, once)
+        consumer = Consumer(running.url, "t", "late", transport=transport, on_gap=gaps.append)
+        received = [consumer.receive(timeout=5).data for _ in range(2)]
+        consumer.close()
+    assert received == ["m3", "m4"]
+    (gap,) = gaps
+    assert (gap.topic, gap.missed, gap.reason, gap.after) == ("t", 3, "purged", None)
+
+
+def test_a_message_past_its_ttl_is_never_delivered_late(make_broker):
+    running = make_broker("memory")
+    consumer = Consumer(running.url, "prices", "slow")
+    _connect(consumer, running)
+    consumer.close()
+    wait_for(lambda: not _consumers(running), what="the consumer to leave")
+    with Producer(running.url) as producer:
+        producer.send("prices", "stale", ttl=0.2)
+        producer.send_batch("prices", ["stale too", {"messageData": "fresh", "ttl": 60}], ttl=0.2)
+        time.sleep(0.4)
+        producer.send("prices", "kept", ttl=60)
+        with pytest.raises(ClientError, match="ttl"):
+            producer.send("prices", "x", ttl=10 ** 9)
+    again = Consumer(running.url, "prices", "slow")
+    assert [again.receive(timeout=5).data for _ in range(2)] == ["fresh", "kept"]
+    again.close()
