@@ -128,3 +128,16 @@ def browser():
             "--disable-component-update", "--disable-sync", "--no-first-run"])
         yield browser
         browser.close()
+
+
+@pytest.fixture
+def keep():
+    """``keep(consumer)`` -> consumer, closed after the test whatever its outcome."""
+    kept = []
+
+    def register(consumer):
+        kept.append(consumer)
+        return consumer
+    yield register
+    for consumer in kept:
+        consumer.close()

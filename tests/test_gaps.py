@@ -37,19 +37,6 @@ class Frames(Collector):
         super()._run()
 
 
-@pytest.fixture
-def keep():
-    """``keep(consumer)`` -> consumer, closed after the test whatever its outcome."""
-    kept = []
-
-    def register(consumer):
-        kept.append(consumer)
-        return consumer
-    yield register
-    for consumer in kept:
-        consumer.close()
-
-
 def pull(running, **fields):
     reply = running.http.post(running.url + "/ConsumerPull", json=fields)
     assert reply.status_code == 200, reply.text
@@ -225,15 +212,20 @@ def forgotten(running, topic, key):
              timeout=15, what=f"retention to forget {key}")
 
 
+def read_and_leave(running, consumer_id, datas):
+    """A consumer reads ``datas``, published now, and leaves."""
+    first = Collector(running.ws_url, "t", consumer_id)
+    members(running)
+    running.publish_many("t", datas)
+    first.wait_count(len(datas))
+    first.close()
+    no_members(running)
+
+
 def test_a_forgotten_subscription_that_returns_resumes_and_is_told_what_was_purged(
         make_broker, keep):
     running = make_broker("sqlite", mq=FORGET)
-    first = Collector(running.ws_url, "t", "idle")
-    members(running)
-    running.publish_many("t", ["m0"])
-    first.wait_count(1)
-    first.close()
-    no_members(running)
+    read_and_leave(running, "idle", ["m0"])
     running.publish_many("t", ["m1"])       # it never gets this one: purged while it is away
     forgotten(running, "t", "c:idle")
     purged_to(running, "t", 0)
@@ -251,12 +243,7 @@ def test_a_forgotten_subscription_that_returns_resumes_and_is_told_what_was_purg
 def test_a_forgotten_subscription_is_told_even_when_nothing_was_purged_meanwhile(
         make_broker, keep):
     running = make_broker("memory", mq=FORGET)
-    first = Collector(running.ws_url, "t", "idle")
-    members(running)
-    running.publish_many("t", ["m0"])
-    first.wait_count(1)
-    first.close()
-    no_members(running)
+    read_and_leave(running, "idle", ["m0"])
     forgotten(running, "t", "c:idle")
     codes = running.publish_many("t", ["m1"])   # published after: retained when it returns
     again = keep(EventStreamCollector(running.port, "/ConsumersConn/t/idle"))
@@ -272,12 +259,7 @@ def test_a_forgotten_subscription_that_returns_to_an_empty_topic_is_told_before_
     """It comes back before anything new is published (everything it had read is purged): the
     next message, which comes live, must still come after the notice."""
     running = make_broker("memory", mq=FORGET)
-    first = Collector(running.ws_url, "t", "idle")
-    members(running)
-    running.publish_many("t", ["m0"])
-    first.wait_count(1)
-    first.close()
-    no_members(running)
+    read_and_leave(running, "idle", ["m0"])
     forgotten(running, "t", "c:idle")
     purged_to(running, "t", 0)
     if transport == "websocket":

@@ -5,25 +5,11 @@ expired (/metrics, the console's GetConsumers and GetTopics)."""
 import re
 import time
 
-import pytest
 import requests
 
 from helpers import Collector, EventStreamCollector, wait_for
 
 TTL = 0.5
-
-
-@pytest.fixture
-def keep():
-    """``keep(consumer)`` -> consumer, closed after the test whatever its outcome."""
-    kept = []
-
-    def register(consumer):
-        kept.append(consumer)
-        return consumer
-    yield register
-    for consumer in kept:
-        consumer.close()
 
 
 def publish(running, data, **extra):
