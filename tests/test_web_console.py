@@ -96,3 +96,28 @@ def test_the_console_names_the_process_that_answered_and_that_holds_each_consume
     assert row.inner_text().split("\t")[-1] == process
     page.wait_for_function(f"document.getElementById('meta').textContent.includes('answered by {process}')")
     assert "1 process" in page.inner_text("#meta") and page.is_hidden("#missing")
+
+
+def test_the_console_shows_each_consumers_transport_and_its_expired_and_gaps(make_broker, browser):
+    from dpmq.client import Consumer
+    running = make_broker("memory")
+    Collector(running.ws_url, "t", "socket")
+    streamed = Consumer(running.url, "t", "streamed", transport="sse")
+    streamed.receive(timeout=0.01)                  # connects
+    wait_for(lambda: len(running.broker.members()) == 2, what="the two consumers")
+    page = browser.new_page(bypass_csp=True)
+    page.goto(running.url + "/Console/")
+    headings = page.eval_on_selector_all("#consumers th", "nodes => nodes.map(n => n.textContent)")
+    assert {"Transport", "Expired", "Gaps"} <= set(headings) and headings[-1] == "Process"
+    cells = dict(zip(headings, page.wait_for_selector("#consumers-body tr:has-text('streamed')")
+                     .inner_text().split("\t")))
+    assert (cells["Transport"], cells["Expired"], cells["Gaps"]) == ("sse", "0", "0")
+    row = page.wait_for_selector("#consumers-body tr:has-text('socket')")
+    assert dict(zip(headings, row.inner_text().split("\t")))["Transport"] == "websocket"
+    running.publish("t", "x")
+    topic = page.wait_for_selector("#topics-body tr:has-text('t')")
+    topic_headings = page.eval_on_selector_all("#topics th", "nodes => nodes.map(n => n.textContent)")
+    cells = dict(zip(topic_headings, topic.inner_text().split("\t")))
+    assert (cells["Expired"], cells["Gaps"]) == ("0", "0")
+    assert "undefined" not in page.inner_text("#app")
+    streamed.close()
