@@ -79,12 +79,13 @@ class Pulls:
         for session in sessions:
             session.close(1001, "DPMQ is shutting down")
 
-    def pull(self, topic, consumer_id, group, ack, count, wait, identity=None, remote_addr=""):
+    def pull(self, topic, consumer_id, group, ack, count, wait, identity=None, remote_addr="",
+             gone=lambda: False):
         """Up to ``count`` messages of the subscription, waiting up to ``wait`` seconds for the
-        first: ``(payloads, gap notice or None)``."""
+        first: ``(payloads, gap notice or None)``; ``gone()`` says whether the client left."""
         session = self._enter(topic, consumer_id, group, ack, identity, remote_addr)
         try:
-            return session.outbox.take(count, wait)
+            return session.outbox.take(count, wait, gone)
         finally:
             with self._lock:
                 session.users -= 1
@@ -169,12 +170,13 @@ class Pulls:
                 outbox = session.outbox
                 if not session.ready.is_set() or session.member is None or session.users:
                     continue
-                if force or outbox.closed or (not session.member.flights
-                                              and now - outbox.last_used >= LINGER):
+                idle = outbox.abandoned or now - outbox.last_used >= LINGER
+                if force or outbox.closed or (idle and not session.member.flights):
                     session.ending = True
                     done.append((key, session))
         for key, session in done:
-            reason = "closed" if session.outbox.closed else "no pull for a while"
+            reason = ("closed" if session.outbox.closed else "its client went away"
+                      if session.outbox.abandoned else "no pull for a while")
             try:
                 self.broker.unsubscribe(session.member, reason)
             finally:

@@ -378,8 +378,9 @@ class Shard:
             reply.put(False)
             return
         settled, unknown = [], []
+        holders = {code: m for m in sub.members for code in m.flights}
         for code in codes:
-            member = next((m for m in sub.members if code in m.flights), None)
+            member = holders.get(code)
             if member is None:
                 unknown.append(code)
             elif nack:

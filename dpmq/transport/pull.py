@@ -20,6 +20,8 @@ import time
 
 #: The longest a pull waits for the delivery shard to hand out what is ready, even with wait=0.
 LOOK = 1.0
+#: How often a waiting pull looks whether its client is still there.
+CHECK = 0.5
 #: How long a pull that got some messages, fewer than it asked for, waits for more of the same
 #: hand-out before it answers.
 GATHER = 0.005
@@ -64,6 +66,7 @@ class Outbox:
         self.delivered = 0      # messages taken by pulls
         self.pending_bytes = 0
         self.last_used = time.monotonic()
+        self.abandoned = False  # the last pull's client went away before its answer
         self._ready = threading.Condition()
         self._items = collections.deque()   # (payload, record), oldest first
         self._taken = []        # records taken since the shard last looked
@@ -137,13 +140,16 @@ class Outbox:
             return next((record for _, record in self._items if wanted(record)), None)
 
     # -- the transport's side ------------------------------------------------------------------
-    def take(self, count, wait):
+    def take(self, count, wait, gone=lambda: False):
         """Wait up to ``wait`` seconds for messages, then take up to ``count`` of them: returns
-        ``(payloads, gap notice or None)``."""
+        ``(payloads, gap notice or None)``. ``gone()`` says whether the pull's client has left:
+        then nothing is taken (with autoAck it would be lost), and the pull ends at once rather
+        than holding its thread for the rest of ``wait``."""
         started = time.monotonic()
         deadline = started + wait
         with self._ready:
             self._wanted += count
+            self.abandoned = False
             looks = self._looks
         self._progress()            # the shard hands out now what waits for this pull
         try:
@@ -153,18 +159,19 @@ class Outbox:
                 ready.wait_for(lambda: self._looks != looks or self._items or self.closed, LOOK)
                 while not (self._items or self._gap or self.closed):
                     left = deadline - time.monotonic()
-                    if left <= 0:
+                    if left <= 0 or gone():
                         break
-                    ready.wait(left)
+                    ready.wait(min(left, CHECK))
                 if self._items and len(self._items) < count:
                     ready.wait_for(lambda: len(self._items) >= count or self.closed, GATHER)
+                self.abandoned = gone()
                 # once closed, what it holds goes back to the subscription (see its leave)
-                taken = [] if self.closed else [self._items.popleft()
-                                                for _ in range(min(count, len(self._items)))]
+                taken = [] if self.closed or self.abandoned else [
+                    self._items.popleft() for _ in range(min(count, len(self._items)))]
                 self.pending_bytes -= sum(len(payload) for payload, _ in taken)
                 self._taken += [record for _, record in taken]
                 self.delivered += len(taken)
-                gap, self._gap = self._gap, None
+                gap, self._gap = (None, self._gap) if self.abandoned else (self._gap, None)
         finally:
             with self._ready:
                 self._wanted -= count

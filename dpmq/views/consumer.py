@@ -79,6 +79,10 @@ def _framing():
         return EVENTS if _wants_events() else None
     if endpoint not in ("consumer.consumers_conn", "consumer.consumers_conn_malformed"):
         return None
+    if not (request.headers.get("Sec-WebSocket-Key") and request.headers.get("Sec-WebSocket-Version")):
+        # refused here, before the WebSocket library's handshake would fail with a 500
+        raise BadRequest("a WebSocket handshake needs the Sec-WebSocket-Key and"
+                         " Sec-WebSocket-Version headers")
     return WEBSOCKET_NOTICES if request.args.get("notices") in ("1", "true") else WEBSOCKET
 
 

@@ -8,6 +8,8 @@ are in flight until acked here (see :mod:`dpmq.broker.pulls`); acks here settle 
 """
 
 import json
+import select
+import socket
 
 from flask import Blueprint, Response, request
 
@@ -46,9 +48,10 @@ def _number(value, name, default, low, high, kind=float):
         return default
     try:
         number = kind(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise BadRequest(f"{name} must be a number between {low:g} and {high:g}") from None
-    if isinstance(value, bool) or not low <= number <= high:
+    if isinstance(value, bool) or (isinstance(value, float) and number != value) \
+            or not low <= number <= high:
         raise BadRequest(f"{name} must be between {low:g} and {high:g}")
     return number
 
@@ -87,11 +90,33 @@ def consumer_pull():
             raise BadRequest("that group's name is too long for a pull without a consumerId;"
                              " give a consumerId too")
     payloads, gap = b.pulls.pull(topic, consumer_id, group, ack, count, wait, identity,
-                                 request.remote_addr or "")
+                                 request.remote_addr or "", _client_gone(request.environ))
     body = b'{"code":0,"msg":"ok","data":[' + b",".join(payloads) + b"]"
     if gap is not None:
         body += b',"gap":' + json.dumps(gap).encode()
     return Response(body + b"}", mimetype="application/json")
+
+
+def _client_gone(environ):
+    """A check of whether the client of this request has closed its connection (its socket reads
+    end of file), for a long poll to stop waiting for it; never true where the server does not
+    say which socket the request came on."""
+    sock = environ.get("gunicorn.socket") or environ.get("werkzeug.socket")
+    if sock is None:
+        return lambda: False
+    poller = select.poll()      # poll, not select: descriptors may be numbered past 1023
+    poller.register(sock.fileno(), select.POLLIN)
+
+    def gone():
+        if not poller.poll(0):
+            return False
+        try:
+            return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+    return gone
 
 
 @bp.post("/ConsumerAck")
@@ -105,6 +130,10 @@ def consumer_ack():
     if not codes or not all(isinstance(code, str) and is_message_code(code) for code in codes):
         raise BadRequest("messageCode is required: one MessageCode (40 hex characters) or a list"
                          " of them")
+    limit = b.settings.mq.maxPullMessages
+    if len(codes) > limit:
+        raise BadRequest(f"{len(codes)} messageCodes in one ack; at most {limit}"
+                         " (mq.maxPullMessages, what one pull answers): ack in parts")
     nack = _truth(get("nack"), "nack")
     key = f"g:{group}" if group is not None else f"c:{consumer_id}"
     answer = b.settle(topic, key, codes, nack, identity)
