@@ -3,7 +3,10 @@ or Server-Sent Events, :class:`PullConsumer` over plain HTTP requests.
 
 It needs nothing beyond DPMQ's own dependencies: the standard library's ``http.client`` (one
 keep-alive connection), a WebSocket client on wsproto (:mod:`dpmq.websocket_client`) and an event
-stream reader (:mod:`dpmq.event_stream_client`).
+stream reader (:mod:`dpmq.event_stream_client`). This module holds the push :class:`Consumer`, the
+one with a connection to keep; the rest lives beside what it shares (requests and errors in
+:mod:`dpmq.http_client`, pulls in :mod:`dpmq.pull_client`, what is received in
+:mod:`dpmq.client_messages`) and is imported here, so ``dpmq.client`` is the one name to import.
 
     from dpmq.client import Producer, Consumer
 
@@ -20,7 +23,6 @@ or the subscription forgotten for idleness) are not messages: they reach ``on_ga
 :class:`Gap`, or the log as a warning when no ``on_gap`` is given.
 """
 
-import dataclasses
 import http.client
 import json
 import logging
@@ -28,14 +30,19 @@ import random
 import threading
 import time
 import urllib.parse
-import uuid
 
 from simple_websocket import ConnectionClosed
 from simple_websocket import ConnectionError as HandshakeRefused
 
-from .errors import CLOSE_DUPLICATE, DPMQError
+from .client_messages import Gap, Message, as_message, report_gap
+from .errors import CLOSE_DUPLICATE
 from .event_stream_client import EventStreamClient
+from .http_client import ClientError, ConnectionFailed, HttpClient, NotSettled, Producer, settle, split_url
+from .pull_client import PullConsumer
 from .websocket_client import WebSocketClient
+
+__all__ = ["PERMANENT_CLOSE_CODES", "ClientError", "ConnectionFailed", "Consumer", "EventStreamClient",
+           "Gap", "Message", "NotSettled", "Producer", "PullConsumer", "WebSocketClient"]
 
 log = logging.getLogger(__name__)
 
@@ -43,198 +50,6 @@ log = logging.getLogger(__name__)
 #: words that start the ClientError's message (the broker's reason follows).
 PERMANENT_CLOSE_CODES = {1008: "bad request", 4401: "not authorised", 4403: "forbidden",
                          4409: "consumerId already connected"}
-
-
-class ClientError(DPMQError):
-    """Raised when the broker refuses a request (``code: -1``) or a consumer connection for good.
-
-    ``status`` is the HTTP status or WebSocket close code; the message is the broker's reason;
-    ``data`` is the reply's ``data``, if it had one.
-    """
-
-    def __init__(self, message, status=None, data=None):
-        super().__init__(message)
-        self.status = status
-        self.data = data
-
-
-class NotSettled(ClientError):
-    """Raised when an ack or nack over HTTP names messages the subscription does not hold: unknown,
-    already acked, or timed out and already delivered again (the work may be done twice).
-    ``settled`` and ``unknown`` list the codes of each kind; the settled ones are done."""
-
-    def __init__(self, message, status=None, data=None):
-        super().__init__(message, status, data)
-        self.settled = list((data or {}).get("settled", []))
-        self.unknown = list((data or {}).get("unknown", []))
-
-
-class ConnectionFailed(DPMQError):
-    """Raised when the broker cannot be reached (after the retries, for a Producer)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Message:
-    """One pushed message. ``status`` counts earlier delivery attempts (0 the first time)."""
-
-    code: str
-    data: str
-    topic: str
-    create_time: str
-    status: int
-    raw: dict
-
-
-@dataclasses.dataclass(frozen=True)
-class Gap:
-    """Messages a subscription never received and never will: they were gone when it resumed.
-
-    ``missed`` counts them (as far as the broker can tell), ``after`` is the last MessageCode the
-    subscription had (None: none), ``resume`` the code it resumes at, ``reason`` ``"purged"``
-    (retention), ``"forgotten"`` (the subscription was idle past retention) or ``"lost"`` (the
-    store lost them)."""
-
-    topic: str
-    missed: int
-    after: str | None
-    resume: str | None
-    reason: str
-    raw: dict
-
-
-def _gap(body):
-    return Gap(body.get("Topic"), body.get("Missed", 0), body.get("After"), body.get("Resume"),
-               body.get("Reason", ""), body)
-
-
-def _report_gap(on_gap, body, who):
-    """Hand a gap notice to ``on_gap``, or log it when there is none."""
-    gap = _gap(body)
-    if on_gap is not None:
-        on_gap(gap)
-    else:
-        log.warning("DPMQ consumer %s: missed %s messages of %s (%s) after %s; resuming at %s",
-                    who, gap.missed, gap.topic, gap.reason, gap.after, gap.resume)
-
-
-def _split_url(url):
-    parts = urllib.parse.urlsplit(url if "://" in url else "http://" + url)
-    if parts.scheme not in ("http", "https", "ws", "wss"):
-        raise ValueError(f"DPMQ URL must start with http:// or https://, got {url!r}")
-    secure = parts.scheme in ("https", "wss")
-    return secure, parts.hostname or "127.0.0.1", parts.port or (443 if secure else 80), \
-        parts.path.rstrip("/")
-
-
-class _HttpClient:
-    """JSON requests to the broker over one keep-alive connection, one at a time (thread-safe).
-
-    Network errors and 503 (buffer full, shutting down) are retried up to ``retries`` times with
-    backoff; any other ``code -1`` raises :class:`ClientError` with the broker's ``msg``.
-    """
-
-    def __init__(self, url, token=None, timeout=10.0, retries=3):
-        self.secure, self.host, self.port, self.prefix = _split_url(url)
-        self.token = token
-        self.timeout = timeout
-        self.retries = retries
-        self._conn = None
-        self._lock = threading.Lock()
-
-    def _post(self, path, body, timeout=None):
-        """POST ``body`` as JSON; the reply once it has ``code 0``. ``timeout`` (seconds) bounds
-        this request's wait for its reply instead of ``self.timeout``."""
-        payload = json.dumps(body).encode("utf-8")
-        headers = {"Content-Type": "application/json"}
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
-        delay = 0.2
-        for attempt in range(self.retries + 1):
-            try:
-                status, reply = self._request(path, payload, headers, timeout or self.timeout)
-            except (OSError, http.client.HTTPException) as exc:
-                if attempt == self.retries:
-                    raise ConnectionFailed(f"cannot reach DPMQ at {self.host}:{self.port}: {exc}") \
-                        from None
-            else:
-                if reply.get("code") == 0:
-                    return reply
-                if status != 503 or attempt == self.retries:
-                    raise ClientError(reply.get("msg") or f"HTTP {status}", status,
-                                      reply.get("data"))
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)
-        raise AssertionError("unreachable")
-
-    def _request(self, path, payload, headers, timeout):
-        with self._lock:
-            if self._conn is None:
-                cls = http.client.HTTPSConnection if self.secure else http.client.HTTPConnection
-                self._conn = cls(self.host, self.port, timeout=self.timeout)
-            try:
-                self._conn.timeout = timeout        # for a new socket; a kept one is set below
-                if self._conn.sock is not None:
-                    self._conn.sock.settimeout(timeout)
-                self._conn.request("POST", self.prefix + path, payload, headers)
-                response = self._conn.getresponse()
-                text = response.read()
-            except BaseException:
-                self._conn.close()
-                self._conn = None
-                raise
-        try:
-            return response.status, json.loads(text)
-        except ValueError:
-            return response.status, {"code": -1, "msg": f"HTTP {response.status}: {text[:200]!r}"}
-
-    def close(self):
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
-class Producer(_HttpClient):
-    """Publishes messages; raises :class:`ClientError` carrying the broker's ``msg`` on ``code -1``.
-
-    Network errors and 503 (buffer full, shutting down) are retried up to ``retries`` times with
-    backoff; each message carries an ``idempotencyKey`` across its retries, so a retry never stores
-    a message twice.
-    """
-
-    def send(self, topic, data, delay=None, key=None, idempotency_key=None, ttl=None):
-        """Publish one message; returns its MessageCode. ``ttl`` (seconds): a subscription that
-        has not had it (acked it, with ack) that long after it was made never gets it."""
-        body = {"topic": topic, "messageData": data,
-                "idempotencyKey": idempotency_key or uuid.uuid4().hex}
-        for name, value in (("delay", delay), ("key", key), ("ttl", ttl)):
-            if value is not None:
-                body[name] = value
-        return self._post("/ProducerSend", body)["msg"]
-
-    def send_batch(self, topic, messages, delay=None, ttl=None):
-        """Publish many messages to ``topic`` all or nothing, in one commit; returns their codes.
-
-        ``messages`` are strings, or dicts with ``messageData`` and optionally ``topic``, ``delay``,
-        ``key``, ``ttl`` and ``idempotencyKey``; ``ttl`` here is the ``ttl`` of those without one.
-        """
-        entries = []
-        for entry in messages:
-            entry = {"messageData": entry} if isinstance(entry, str) else dict(entry)
-            entry.setdefault("idempotencyKey", uuid.uuid4().hex)
-            if ttl is not None:
-                entry.setdefault("ttl", ttl)
-            entries.append(entry)
-        body = {"topic": topic, "messages": entries}
-        if delay is not None:
-            body["delay"] = delay
-        return self._post("/ProducerSendBatch", body)["data"]
 
 
 class Consumer:
@@ -280,7 +95,7 @@ class Consumer:
         if transport not in self.TRANSPORTS:
             raise ValueError(f"transport must be one of {', '.join(self.TRANSPORTS)}, got"
                              f" {transport!r} (PullConsumer pulls)")
-        secure, host, port, prefix = _split_url(url)
+        secure, host, port, prefix = split_url(url)
         sse = transport == "sse"
         query = {k: v for k, v in (("group", group), ("ack", "1" if ack else None),
                                    ("durable", None if durable else "0"),
@@ -291,7 +106,7 @@ class Consumer:
         self._query = query
         self.transport = transport
         self.on_gap = on_gap
-        self._acks = _HttpClient(url, token=token, retries=1) if sse else None
+        self._acks = HttpClient(url, token=token, retries=1) if sse else None
         self._last_code = None          # the last MessageCode received: Last-Event-ID (sse)
         self._since = since
         self.topic, self.consumer_id, self.group, self.ack_mode = topic, consumer_id, group, ack
@@ -391,7 +206,7 @@ class Consumer:
                 self._last_code = body["MessageCode"]
                 return body
             if body.get("Notice") == "gap":
-                _report_gap(self.on_gap, body, self.consumer_id)
+                report_gap(self.on_gap, body, self.consumer_id)
                 continue
             log.warning("DPMQ consumer %s: broker says %s", self.consumer_id, body)
         return None
@@ -421,7 +236,7 @@ class Consumer:
         body = self._receive(None if timeout is None else time.monotonic() + timeout)
         if body is None:
             return None
-        message = _message(body)
+        message = as_message(body)
         if self.ack_mode and self.auto_ack:
             self._unacked = message
         return message
@@ -481,7 +296,7 @@ class Consumer:
         """An ack or nack of the SSE transport, as ``POST /ConsumerAck``. As a WebSocket's error
         frame about an ack, a refusal is logged, not raised; unsent, the broker redelivers."""
         try:
-            _settle(self._acks, self.topic, self.consumer_id, self.group, [message.code], nack)
+            settle(self._acks, self.topic, self.consumer_id, self.group, [message.code], nack)
         except (ClientError, ConnectionFailed) as exc:
             log.warning("DPMQ consumer %s: %s of %s failed: %s", self.consumer_id,
                         "nack" if nack else "ack", message.code, exc)
@@ -507,89 +322,7 @@ class Consumer:
         self.close()
 
 
-class PullConsumer(_HttpClient):
-    """Pulls messages of one topic's durable subscription with plain HTTP requests, for programs
-    that cannot hold a connection open (cron jobs, serverless functions).
-
-    Identify the subscription by ``consumer_id``, ``group``, or both (a member of that group).
-    :meth:`pull` answers with what is ready, or waits up to ``wait`` seconds for something (a long
-    poll). With ``auto_ack=False`` (the default) pulled messages are in flight until :meth:`ack`:
-    not acked within the broker's ``mq.ackTimeout``, they are delivered again (``status`` + 1),
-    then dead-lettered, as for WebSocket consumers with ``ack=True``; :meth:`nack` asks for them
-    again at once. With ``auto_ack=True`` a pull moves the subscription past what it answers.
-
-    A consumerId connected by WebSocket or SSE cannot pull at the same time (``ClientError``,
-    status 409). Gaps reach ``on_gap`` (or the log) as for :class:`Consumer`. Thread-safe: calls
-    share one connection, one at a time.
-
-        puller = PullConsumer("http://127.0.0.1:8080", "orders", "nightly")
-        batch = puller.pull(max=100, wait=20)
-        ...                                 # the work
-        puller.ack(batch)
-    """
-
-    def __init__(self, url, topic, consumer_id=None, group=None, auto_ack=False, token=None,
-                 timeout=10.0, retries=3, on_gap=None):
-        if not consumer_id and not group:
-            raise ValueError("a PullConsumer needs a consumer_id or a group: the durable"
-                             " subscription it pulls from")
-        super().__init__(url, token=token, timeout=timeout, retries=retries)
-        self.topic, self.consumer_id, self.group = topic, consumer_id, group
-        self.auto_ack = auto_ack
-        self.on_gap = on_gap
-
-    def pull(self, max=100, wait=0):   # noqa: A002 - the broker's field name
-        """Up to ``max`` messages (a list, oldest first, empty when ``wait`` seconds passed with
-        none). ``max`` and ``wait`` are capped by the broker's ``mq.maxPullMessages`` and
-        ``mq.maxPullWait``; a larger one is refused with the limit."""
-        body = dict(_subscription(self.topic, self.consumer_id, self.group), max=max, wait=wait,
-                    autoAck=self.auto_ack)
-        reply = self._post("/ConsumerPull", body, timeout=self.timeout + wait)
-        if reply.get("gap"):
-            _report_gap(self.on_gap, reply["gap"], self.consumer_id or self.group)
-        return [_message(item) for item in reply.get("data") or []]
-
-    def ack(self, messages):
-        """Settle ``messages`` (Messages or MessageCodes, one or a list); returns the codes
-        settled. Raises :class:`NotSettled` when some were not held (unknown, acked already, or
-        timed out and delivered again): the others are settled all the same."""
-        return _settle(self, self.topic, self.consumer_id, self.group, messages, nack=False)
-
-    def nack(self, messages):
-        """Ask for ``messages`` again now (``status`` + 1); returns the codes settled, raises
-        :class:`NotSettled` as :meth:`ack` does."""
-        return _settle(self, self.topic, self.consumer_id, self.group, messages, nack=True)
-
-
-def _subscription(topic, consumer_id, group):
-    return {k: v for k, v in (("topic", topic), ("consumerId", consumer_id), ("group", group)) if v}
-
-
-def _settle(http, topic, consumer_id, group, messages, nack):
-    """``POST /ConsumerAck`` through ``http`` (a :class:`_HttpClient`); the codes settled."""
-    if isinstance(messages, (str, Message)):
-        messages = [messages]
-    codes = [m.code if isinstance(m, Message) else m for m in messages]
-    if not codes:
-        return []
-    body = dict(_subscription(topic, consumer_id, group), messageCode=codes)
-    if nack:
-        body["nack"] = True
-    try:
-        reply = http._post("/ConsumerAck", body)
-    except ClientError as exc:
-        if exc.status == 409 and isinstance(exc.data, dict):
-            raise NotSettled(str(exc), exc.status, exc.data) from None
-        raise
-    return list((reply.get("data") or {}).get("settled", codes))
-
-
 def _least(*limits):
     """The smallest of the limits that are set (None: no limit)."""
     given = [limit for limit in limits if limit is not None]
     return min(given) if given else None
-
-
-def _message(body):
-    return Message(body["MessageCode"], body["MessageData"], body["Topic"], body["CreateTime"],
-                   body["Status"], body)

@@ -26,12 +26,13 @@ import socket
 import threading
 import urllib.parse
 
-from simple_websocket import ConnectionClosed, ConnectionError
+from simple_websocket import ConnectionError
+
+from .websocket_client import ENDED, take
 
 #: The WebSocket close code of each refusal the broker answers as HTTP; any other answer that is
 #: not an event stream is a failed connection (a wrong URL, or no DPMQ there).
 REFUSAL_CODES = {400: 1008, 401: 4401, 403: 4403, 409: 4409, 429: 1013, 503: 1013}
-_CLOSED = object()      # queued when the stream has ended
 
 
 class EventStreamClient:
@@ -46,7 +47,7 @@ class EventStreamClient:
         self.last_event_id = None
         self._reader = None
         if refusal is not None:
-            self._inbox.put(_CLOSED)
+            self._inbox.put(ENDED)
         else:
             self._reader = threading.Thread(target=self._read, daemon=True,
                                              name="dpmq-event-stream-reader")
@@ -83,14 +84,7 @@ class EventStreamClient:
     def receive(self, timeout=None):
         """The next event's data (str); None after ``timeout`` seconds. Raises
         ``ConnectionClosed`` (``reason`` the close code) once the stream has ended."""
-        try:
-            item = self._inbox.get(timeout=timeout)
-        except queue.Empty:
-            return None
-        if item is _CLOSED:
-            self._inbox.put(_CLOSED)        # every later call says so too
-            raise ConnectionClosed(self.close_reason, self.close_message)
-        return item
+        return take(self._inbox, timeout, self)
 
     def close(self):
         """End the stream and its reader thread."""
@@ -117,7 +111,7 @@ class EventStreamClient:
             self._response.close()
             self._sock.close()
             self.close_reason, self.close_message = code, reason
-            self._inbox.put(_CLOSED)
+            self._inbox.put(ENDED)
 
 
 def _events(response):

@@ -43,7 +43,8 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 #: The most read from the socket at once.
 READ = 65536
-_CLOSED = object()      # queued when the connection has ended
+#: Queued by a reader thread after the last item of a connection that has ended.
+ENDED = object()
 
 
 class WebSocketClient:
@@ -95,14 +96,7 @@ class WebSocketClient:
     def receive(self, timeout=None):
         """The next message (str, or bytes for a binary one); None after ``timeout`` seconds.
         Raises ``ConnectionClosed`` (``reason`` the close code) once the connection has ended."""
-        try:
-            item = self._inbox.get(timeout=timeout)
-        except queue.Empty:
-            return None
-        if item is _CLOSED:
-            self._inbox.put(_CLOSED)        # every later call says so too
-            raise ConnectionClosed(self.close_reason, self.close_message)
-        return item
+        return take(self._inbox, timeout, self)
 
     def send(self, data):
         """Send one text (str) or binary (bytes) message."""
@@ -184,7 +178,7 @@ class WebSocketClient:
         if self.connected:
             self.connected = False
             self.close_reason, self.close_message = code, reason
-            self._inbox.put(_CLOSED)
+            self._inbox.put(ENDED)
 
 
 def _handshake(sock, ws):
@@ -203,3 +197,21 @@ def _handshake(sock, ws):
                 return events[index + 1:]
             if isinstance(event, (RejectConnection, RejectData)):
                 raise ConnectionError(getattr(event, "status_code", None))
+
+
+def take(inbox, timeout, connection):
+    """The next item a reader thread queued on ``inbox``; None after ``timeout`` seconds.
+
+    Shared with :mod:`dpmq.event_stream_client`, whose reader queues the same way, so that the
+    consumer's one reconnect loop meets one behaviour: past :data:`ENDED` it raises
+    ``ConnectionClosed`` with ``connection``'s close code and message, and leaves ``ENDED`` queued,
+    so that every later call says the same (as a closed socket does) instead of waiting for ever.
+    """
+    try:
+        item = inbox.get(timeout=timeout)
+    except queue.Empty:
+        return None
+    if item is ENDED:
+        inbox.put(ENDED)
+        raise ConnectionClosed(connection.close_reason, connection.close_message)
+    return item
