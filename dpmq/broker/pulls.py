@@ -9,8 +9,9 @@ connected consumer like any other: it counts against ``server.maxConsumers``, a 
 the same consumerId is refused (4409), and the console shows it with transport ``pull``.
 
 A pull that names only a group is a member named ``~<group>``, shared by every pull of that group
-that names no consumerId; pulls that name one are members of their own, beside the group's
-pushing members.
+that names no consumerId and reaches this process (with a shared store, ``~<group>@<process>``:
+each process has its own, as a consumerId is held by one process at a time); pulls that name one
+are members of their own, beside the group's pushing members.
 
 Thread-safe: pulls come on their own threads; a reaper thread lets idle sessions go.
 """
@@ -18,6 +19,7 @@ Thread-safe: pulls come on their own threads; a reaper thread lets idle sessions
 import logging
 import threading
 import time
+import uuid
 
 from ..errors import CLOSE_DUPLICATE, Forbidden, Refused
 from ..transport.pull import Outbox
@@ -60,6 +62,11 @@ class Pulls:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = None
+        self._process = "@" + uuid.uuid4().hex[:8] if broker.engine.shared else ""
+
+    def group_member(self, group):
+        """The consumerId of this process's member for the pulls of ``group`` that name none."""
+        return f"~{group}{self._process}"
 
     def start(self):
         self._thread = threading.Thread(target=self._reap_loop, name="dpmq-pulls", daemon=True)

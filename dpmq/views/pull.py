@@ -85,7 +85,7 @@ def consumer_pull():
     wait = _number(get("wait"), "wait", 0.0, 0, mq.maxPullWait)
     ack = not _truth(get("autoAck"), "autoAck")
     if consumer_id is None:
-        consumer_id = "~" + group       # the group's shared pulling member (see dpmq.broker.pulls)
+        consumer_id = b.pulls.group_member(group)
         if len(consumer_id) > mq.maxConsumerIdLength:
             raise BadRequest("that group's name is too long for a pull without a consumerId;"
                              " give a consumerId too")
