@@ -1,5 +1,7 @@
 """Pulling and acking over plain HTTP (POST /ConsumerPull, POST /ConsumerAck), on every engine."""
 
+import json
+import socket
 import threading
 import time
 
@@ -184,3 +186,49 @@ def test_many_waiting_pulls_do_not_stop_producers(make_broker):
     for thread in waiting:
         thread.join(30)
     assert not any(thread.is_alive() for thread in waiting), "every waiting pull got the message"
+
+
+def test_what_an_abandoned_pull_was_handed_goes_to_the_next_pull_once(make_broker, engine_name):
+    """A pull whose client went away takes nothing: the messages handed to it go back, so the
+    next pull gets them once, as first deliveries (nothing failed), and never again after."""
+    running = make_broker(engine_name, mq={"ackTimeout": 0.5})
+    pull(running, topic="t", consumerId="w")
+    gone = socket.create_connection(("127.0.0.1", running.port))
+    body = json.dumps({"topic": "t", "consumerId": "w", "wait": 30}).encode()
+    gone.sendall(b"POST /ConsumerPull HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    time.sleep(0.2)
+    gone.close()
+    codes = running.publish_many("t", ["a", "b"])
+    time.sleep(0.7)         # past ackTimeout: had the pull kept them, they would be redelivered
+    got = []
+    wait_for(lambda: got.extend(pull(running, topic="t", consumerId="w", max=10, wait=1)
+                                .json()["data"]) or len(got) >= 2, what="both messages")
+    assert [(m["MessageCode"], m["Status"]) for m in got] == [(codes[0], 0), (codes[1], 0)]
+    assert ack(running, topic="t", consumerId="w", messageCode=codes).json()["code"] == 0
+    time.sleep(0.7)
+    assert pull(running, topic="t", consumerId="w", max=10, wait=0.3).json()["data"] == []
+
+
+def test_what_a_group_pull_took_is_not_delivered_again_when_its_session_ends(make_broker,
+                                                                            monkeypatch):
+    monkeypatch.setattr("dpmq.broker.pulls.LINGER", 0.1)
+    running = make_broker("sqlite")
+    pull(running, topic="t", group="g", autoAck=True)
+    running.publish_many("t", ["taken"])
+    assert datas(pull(running, topic="t", group="g", autoAck=True, wait=2)) == ["taken"]
+    wait_for(lambda: not running.broker.members(), what="the session to end")
+    member = Collector(running.ws_url, "t", "ws", "?group=g")
+    wait_for(lambda: running.broker.members(), what="the pushing member")
+    running.publish_many("t", ["fence"])
+    member.wait_count(1)
+    assert member.datas == ["fence"], "the pulled message came again"
+    member.close()
+
+
+def test_a_pull_without_wait_gets_what_is_ready_every_time(make_broker):
+    running = make_broker("memory")
+    pull(running, topic="t", consumerId="quick", autoAck=True)
+    for n in range(30):
+        running.publish_many("t", [f"m{n}"])
+        assert datas(pull(running, topic="t", consumerId="quick", autoAck=True)) == [f"m{n}"]

@@ -360,3 +360,22 @@ def test_a_browser_eventsource_gets_every_message_in_order_across_a_broker_crash
     assert got == [[c, f"o{n}"] for n, c in enumerate(codes)], \
         "Last-Event-ID resumes right after the last one received: nothing twice"
     page.close()
+
+
+def test_a_reconnect_with_last_event_id_goes_on_from_there_not_from_the_urls_since(served, stream):
+    """EventSource reconnects to the URL it was given: the since= in it was for the first
+    connection, and an ephemeral subscription (durable=0) must not lose what came meanwhile."""
+    broker = served()
+    first = [publish(broker, "t", f"old{n}") for n in range(3)]
+    for name, query in (("again", "?since=beginning"), ("passing", "?since=beginning&durable=0")):
+        reader = stream(broker.port, f"/ConsumersConn/t/{name}{query}")
+        assert [c for c, _ in reader.wait_count(len(first))] == first
+        reader.close()
+        wait_for(lambda: consumers(broker) == [], what="the consumer to be gone")
+        meanwhile = publish(broker, "t", "meanwhile")
+        again = stream(broker.port, f"/ConsumersConn/t/{name}{query}",
+                       {"Last-Event-ID": first[-1]})
+        assert [c for c, _ in again.wait_count(1)] == [meanwhile]
+        again.close()
+        wait_for(lambda: consumers(broker) == [], what="the consumer to be gone")
+        first = first + [meanwhile]

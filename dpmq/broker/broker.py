@@ -259,25 +259,35 @@ class Broker:
         """Acks (or nacks) over HTTP for subscription ``(topic, key)``: ``(settled, unknown)``
         codes; None if no consumer of it is connected to any process of the broker, False if
         ``identity`` may not settle its messages. Where the consumer is connected to another
-        process (a shared store), that process settles them."""
+        process (a shared store; a group's members may be spread over several), that process
+        settles them."""
         answer = self._settle_here(topic, key, codes, nack, identity)
-        if answer is None and self.engine.shared:
-            question = {"settle": [topic, key, codes, nack, identity]}
-            answers, _ = self.engine.gather_reports(SETTLE_ELSEWHERE, question)
-            answer = next((a for a in answers.values() if a is not None), None)
-        return answer
+        if not self.engine.shared or answer is False or (answer is not None and not answer[1]):
+            return answer
+        rest = codes if answer is None else answer[1]
+        question = {"settle": [topic, key, rest, nack, identity]}
+        answers, _ = self.engine.gather_reports(SETTLE_ELSEWHERE, question)
+        others = [a for a in answers.values() if a is not None]
+        if answer is None and (not others or all(a is False for a in others)):
+            return others[0] if others else None
+        settled = (answer[0] if answer else []) + [c for a in others if a for c in a[0]]
+        done = set(settled)
+        return settled, [code for code in rest if code not in done]
 
     def answer(self, question):
         """Another process's question (see :meth:`settle`), answered JSON-able."""
         if "settle" in question:
             topic, key, codes, nack, identity = question["settle"]
-            return self._settle_here(topic, key, codes, nack,
-                                     identity and Identity(*identity))
+            try:
+                return self._settle_here(topic, key, codes, nack,
+                                         identity and Identity(*identity), SETTLE_ELSEWHERE / 2)
+            except Unavailable:
+                return None     # too busy to answer in time: the asker counts them unknown
         return None
 
     def _settle_here(self, topic, key, codes, nack, identity, timeout=10.0):
         reply = queue.SimpleQueue()
-        self.shard_for(topic, key).post("settle", (topic, key, codes, nack, identity, reply))
+        self.shard_for(topic, key).post("http_ack", (topic, key, codes, nack, identity, reply))
         try:
             return reply.get(timeout=timeout)
         except queue.Empty:

@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 
-from ..errors import CLOSE_DUPLICATE, Forbidden, Refused
+from ..errors import CLOSE_DUPLICATE, CLOSE_TRY_AGAIN, Forbidden, Refused
 from ..transport.pull import Outbox
 
 log = logging.getLogger(__name__)
@@ -147,7 +147,7 @@ class Pulls:
         """A pull that comes to a session another pull made must ask for the same thing."""
         if not session.ready.wait(35):
             raise Refused("the broker is too busy to register the consumer; retry later",
-                          CLOSE_DUPLICATE)
+                          CLOSE_TRY_AGAIN)
         if session.error is not None:
             raise session.error
         if session.group != group or session.ack != ack:

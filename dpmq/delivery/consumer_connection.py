@@ -75,6 +75,13 @@ class ConsumerConnection(Protocol):
     def take_written(self) -> list:
         """The records written whole since the last call, in order."""
 
+    def take_returned(self) -> list:
+        """The records it gave back unwritten since the last call (a pull whose client went
+        away), for the subscription to hand out again."""
+
+    def progress_seen(self) -> None:
+        """The shard took an ``on_progress`` post of this connection (before its catch-up)."""
+
     def unwritten(self) -> list:
         """The records queued and not yet written whole, in order."""
 

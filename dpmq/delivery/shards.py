@@ -180,12 +180,13 @@ class Shard:
         if kind == "watch":
             self._blocked.discard(item)     # another thread wrote: look at the socket again
             self._dirty.add(item)
+            item.conn.progress_seen()
             sub = item.subscription         # or it has room again (a pull came): hand out
             if sub is not None and sub.has_work:
                 self._parked.discard(sub)
                 self._active.add(sub)
-        elif kind == "settle":
-            self._settle(*item, now)
+        elif kind == "http_ack":
+            self._ack_over_http(*item, now)
         elif kind == "reply":
             self._reply(*item, now)
         elif kind == "join":
@@ -275,7 +276,14 @@ class Shard:
         saved_at = 0.0      # loaded: when it was last written is unknown, so the first sweep does
         forgotten = lost = False
         head = self.broker.heads.get(topic, 0)
-        if member.since is not None:
+        # an event stream's Last-Event-ID: what was written after it may never have arrived
+        resumed = None if member.resume is None or member.ack or member.group else \
+            engine.find(topic, member.resume)
+        if resumed is not None:
+            if resumed != cursor:
+                engine.set_cursor(topic, key, resumed)
+                cursor, saved_at = resumed, time.time()
+        elif member.since is not None:
             cursor = self._since(topic, member.since)
             engine.set_cursor(topic, key, cursor)
             saved_at = time.time()
@@ -289,12 +297,6 @@ class Shard:
             cursor = head if member.start is None else member.start
             engine.save_cursors({(topic, key): cursor})
             saved_at = time.time()
-        elif member.resume is not None and not (member.ack or member.group):
-            # an event stream's Last-Event-ID: what was written after it may never have arrived
-            resumed = engine.find(topic, member.resume)
-            if resumed is not None and resumed != cursor:
-                engine.set_cursor(topic, key, resumed)
-                cursor, saved_at = resumed, time.time()
         if cursor > head and not engine.shared:
             # the store has lost its newest messages (restored from an older copy): what comes
             # next gets offsets this cursor already passed, and would be skipped
@@ -320,6 +322,7 @@ class Shard:
         sub = member.subscription
         try:
             if sub is not None and member in sub.members:
+                self._take_progress(member, sub)    # what it took is done, not redelivered
                 sub.leave(member)
                 if sub.idle:
                     self._drop(sub)
@@ -362,12 +365,13 @@ class Shard:
             member.conn.reply(error)
         self._touch(sub)
 
-    def _settle(self, topic, key, codes, nack, identity, reply, now):
+    def _ack_over_http(self, topic, key, codes, nack, identity, reply, now):
         """Acks or nacks that came over HTTP (``POST /ConsumerAck``): settle each code held by a
         member of subscription ``(topic, key)``, whatever transport carried it. Answers
-        ``reply`` with (settled codes, codes no member holds), or None if the subscription has
-        no consumer in this process, or raises nothing and answers False if ``identity`` may
-        not settle for it."""
+        ``reply`` with (settled codes, codes no member holds); None if the subscription has no
+        consumer in this process; False if ``identity`` may not settle for it: only an
+        identity a member connected as, or one that may take the subscription over (admin, or
+        granted it), may, since an ack ends another consumer's work."""
         sub = self._subs.get((topic, key))
         if sub is None:
             reply.put(None)
@@ -456,13 +460,23 @@ class Shard:
             else:
                 self._waits.watch(member)
                 blocked.add(member)
-            written = conn.take_written()
             sub = member.subscription
             if sub is None:
                 continue
-            if written:
-                self.counts.of(sub.topic)[DELIVERED] += len(written)
-                sub.written(member, written)
-                self._cursors.moved.add(sub)
-            if sub.has_work and (written or conn.pending_bytes < before):
+            moved = self._take_progress(member, sub)
+            if sub.has_work and (moved or conn.pending_bytes < before):
                 self._active.add(sub)
+
+    def _take_progress(self, member, sub):
+        """What ``member``'s connection wrote whole, or gave back unwritten, since the last
+        look; True if anything."""
+        conn = member.conn
+        written, returned = conn.take_written(), conn.take_returned()
+        if written:
+            self.counts.of(sub.topic)[DELIVERED] += len(written)
+            sub.written(member, written)
+        if returned:
+            sub.take_back(member, returned)
+        if written or returned:
+            self._cursors.moved.add(sub)
+        return bool(written or returned)

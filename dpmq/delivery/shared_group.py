@@ -78,6 +78,17 @@ class SharedGroup(Subscription):
         self.behind = True
         return len(failed)
 
+    def take_back(self, member, records):
+        """Given back unwritten: to the store, for any process to hand out."""
+        items = []
+        for record in records:
+            flight = self.flights.get(record.offset)
+            if flight is not None and flight.member is member:
+                self._forget(flight)
+            items.append((record.offset, flight.requeued if flight is not None else False))
+        self._settle(items, retry=True)
+        self.behind = True
+
     def _fail(self, flight, now):
         self._forget(flight)
         self.counts[FAILED] += 1

@@ -366,6 +366,17 @@ class Subscription:
                 if not member.ack:
                     self._done(flight)
 
+    def take_back(self, member, records):
+        """``member``'s connection gave these back unwritten (a pull whose client went away):
+        hand them out again, as if never offered (no attempt failed)."""
+        for record in records:
+            flight = self.flights.get(record.offset)
+            if flight is not None and flight.member is member:
+                self._forget(flight)
+                self._push_retry(record, flight.attempts, flight.requeued)
+            else:
+                self._push_retry(record, self.attempts.get(record.offset, 0), False)
+
     def ack(self, member, code):
         """The member acked ``code``; returns False if it holds no such message."""
         flight = member.flights.get(code)

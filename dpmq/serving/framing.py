@@ -19,13 +19,13 @@ MAX_CHUNK_LINE = 4096
 #: Header fields kept (lowercased) for the worker's direct publishes; the rest only gunicorn reads.
 KEPT = frozenset((b"content-type", b"content-length", b"authorization", b"origin", b"expect",
                   b"transfer-encoding", b"connection"))
-#: A header field DPMQ reads (the kept ones and Upgrade), any case: ``(name, value)``. Fields
-#: without a colon, or with anything between the name and it, are gunicorn's to refuse.
 #: Request lines whose requests hold a thread for long without an Upgrade: an event-stream consumer
 #: (``GET /ConsumersConn/…``; a plain GET there without ``Accept: text/event-stream`` is only
 #: refused, on that thread too) and a long poll (``POST /ConsumerPull``).
 _LONG_LIVED = (b"GET /ConsumersConn/", b"POST /ConsumerPull ", b"POST /ConsumerPull?")
 _STREAM = b"GET /ConsumersConn/"
+#: A header field DPMQ reads (the kept ones and Upgrade), any case: ``(name, value)``. Fields
+#: without a colon, or with anything between the name and it, are gunicorn's to refuse.
 _FIELD = re.compile(b"\r\n(" + b"|".join(sorted(KEPT | {b"upgrade"})) + b"):([^\r\n]*)",
                     re.IGNORECASE)
 

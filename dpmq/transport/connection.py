@@ -178,6 +178,13 @@ class Connection:
             self._queue_unrefused(data)
             return True
 
+    def take_returned(self):
+        """Nothing: what is queued on a socket is written or lost with it, never given back."""
+        return []
+
+    def progress_seen(self):
+        """Nothing to do: a socket's progress needs no answer."""
+
     def notice(self, notice):
         """Queue a notice (a gap) before the next message, if the framing carries notices."""
         data = self.framing.notice(notice)

@@ -72,7 +72,10 @@ class Outbox:
         self._taken = []        # records taken since the shard last looked
         self._wanted = 0        # messages the waiting pulls asked for, together
         self._gap = None        # a gap notice for the next pull's reply
-        self._looks = 0         # times the shard flushed: it has handed out what it could
+        self._ticket = 0        # pulls made, in order; the shard sees each one's progress post
+        self._seen = 0          # the newest pull whose post the shard has taken
+        self._looked = 0        # ... and then handed out to (its flush after that catch-up)
+        self._returned = []     # records given back by a pull whose client went away
 
     @property
     def open(self):
@@ -115,12 +118,23 @@ class Outbox:
             self._gap = notice
             self._ready.notify_all()
 
-    def flush(self):
-        """The shard is done handing out for now: a pull waiting for that may answer."""
+    def progress_seen(self):
+        """The shard took the last progress post: its next flush follows a hand-out that knew
+        of every pull made so far."""
         with self._ready:
-            self._looks += 1
+            self._seen = self._ticket
+
+    def flush(self):
+        """The shard is done handing out for now: the pulls it had seen may answer."""
+        with self._ready:
+            self._looked = self._seen
             self._ready.notify_all()
         return True
+
+    def take_returned(self):
+        with self._ready:
+            returned, self._returned = self._returned, []
+            return returned
 
     def take_written(self):
         with self._ready:
@@ -143,42 +157,61 @@ class Outbox:
     def take(self, count, wait, gone=lambda: False):
         """Wait up to ``wait`` seconds for messages, then take up to ``count`` of them: returns
         ``(payloads, gap notice or None)``. ``gone()`` says whether the pull's client has left:
-        then nothing is taken (with autoAck it would be lost), and the pull ends at once rather
-        than holding its thread for the rest of ``wait``."""
-        started = time.monotonic()
-        deadline = started + wait
+        then nothing is taken (with autoAck it would be lost), what the outbox holds goes back
+        to the subscription, and the pull ends at once rather than holding its thread for the
+        rest of ``wait``."""
+        deadline = time.monotonic() + wait
         with self._ready:
             self._wanted += count
+            self._ticket += 1
+            ticket = self._ticket
             self.abandoned = False
-            looks = self._looks
         self._progress()            # the shard hands out now what waits for this pull
         try:
             with self._ready:
-                ready = self._ready
-                # what is ready in the store comes after the shard's next look, even for wait=0
-                ready.wait_for(lambda: self._looks != looks or self._items or self.closed, LOOK)
-                while not (self._items or self._gap or self.closed):
-                    left = deadline - time.monotonic()
-                    if left <= 0 or gone():
-                        break
-                    ready.wait(min(left, CHECK))
-                if self._items and len(self._items) < count:
-                    ready.wait_for(lambda: len(self._items) >= count or self.closed, GATHER)
+                self._wait(ticket, count, deadline, gone)
                 self.abandoned = gone()
-                # once closed, what it holds goes back to the subscription (see its leave)
-                taken = [] if self.closed or self.abandoned else [
-                    self._items.popleft() for _ in range(min(count, len(self._items)))]
-                self.pending_bytes -= sum(len(payload) for payload, _ in taken)
-                self._taken += [record for _, record in taken]
-                self.delivered += len(taken)
-                gap, self._gap = (None, self._gap) if self.abandoned else (self._gap, None)
+                taken, gap = self._take_locked(count)
         finally:
             with self._ready:
                 self._wanted -= count
                 self.last_used = time.monotonic()
-        if taken:
-            self._progress()        # the shard learns they were taken: done, or in flight
+        if taken or self._returned:
+            self._progress()        # the shard learns what was taken, or given back
         return [payload for payload, _ in taken], gap
+
+    def _wait(self, ticket, count, deadline, gone):
+        """Under the lock: until the shard has looked at this pull (what is ready in the store
+        comes then, even for wait=0), then until something comes, ``deadline`` or the client
+        goes; then a moment more for the rest of one hand-out, if it brought fewer than
+        ``count``."""
+        ready = self._ready
+        ready.wait_for(lambda: self._looked >= ticket or self._items or self.closed, LOOK)
+        while not (self._items or self._gap or self.closed):
+            left = deadline - time.monotonic()
+            if left <= 0 or gone():
+                return
+            ready.wait(min(left, CHECK))
+        if self._items and len(self._items) < count:
+            ready.wait_for(lambda: len(self._items) >= count or self.closed, GATHER)
+
+    def _take_locked(self, count):
+        """Under the lock: up to ``count`` items and the gap notice, or, for a pull whose
+        client went away, nothing (what it holds is given back). Once closed, what it holds
+        goes back to the subscription through its leave (:meth:`unwritten`)."""
+        if self.closed:
+            return [], None
+        if self.abandoned:
+            self._returned += [record for _, record in self._items]
+            self._items.clear()
+            self.pending_bytes = 0
+            return [], None
+        taken = [self._items.popleft() for _ in range(min(count, len(self._items)))]
+        self.pending_bytes -= sum(len(payload) for payload, _ in taken)
+        self._taken += [record for _, record in taken]
+        self.delivered += len(taken)
+        gap, self._gap = self._gap, None
+        return taken, gap
 
     def _progress(self):
         if self.on_progress is not None:

@@ -40,6 +40,8 @@ _SOCKET_KEYS = ("gunicorn.socket", "werkzeug.socket")
 _EVENTS_ENDPOINT = "consumer.consumers_events"
 _URL_HELP = ("the URL must be /ConsumersConn/{topic}/{consumerId}, each 1 to 128 characters"
              " without '/' or '|'")
+
+
 class NoReaderThread:
     """Given to simple-websocket as its ``thread_class``: the thread it makes is never started,
     as the broker's inbound thread reads the connection instead."""
@@ -190,10 +192,14 @@ def consumers_events(topic, consumer_id):
     conn = request.environ["dpmq.transport.connection"]
     stream = EventStream(conn)
     identity = authorize("consumer", topic, allow_query=True)
+    options = _options(request.args)
+    if "Last-Event-ID" in request.headers:
+        # EventSource reconnects to the same URL: its since= was for the first connection
+        options["since"] = None
     # a refusal is an HTTP reply here (Refused has the status: 400, 409 or 503)
     member = b.subscribe(conn, stream, topic, consumer_id, identity=identity,
                          start=request.environ.get("dpmq.start"), resume=_last_event_id(),
-                         **_options(request.args))
+                         **options)
     reason = "the response head could not be written"
     try:
         conn.raw.start(response_head(_cors(b)))
