@@ -101,25 +101,9 @@ class Pulls:
         """The session of ``(topic, consumer_id)``, joined now if there is none; the caller's pull
         is counted as using it (``users``) from before it is returned."""
         key = (topic, consumer_id)
-        while True:
-            with self._lock:
-                session = self._sessions.get(key)
-                if session is None:
-                    outbox = Outbox(self.broker.settings.mq.consumerBufferBytes, remote_addr)
-                    session = self._sessions[key] = Session(topic, consumer_id, group, ack, outbox)
-                    creating = True
-                elif session.ending:
-                    creating = None
-                else:
-                    creating = False
-                if creating is not None:
-                    session.users += 1
-            if creating is None:
-                session.ended.wait(10)      # its member is leaving: join anew after it
-                continue
-            break
+        session, created = self._take_session(key, topic, consumer_id, group, ack, remote_addr)
         try:
-            if creating:
+            if created:
                 self._join(key, session, identity)
             else:
                 self._check(session, group, ack, identity)
@@ -128,6 +112,22 @@ class Pulls:
                 session.users -= 1
             raise
         return session
+
+    def _take_session(self, key, topic, consumer_id, group, ack, remote_addr):
+        """``(session, whether it is new)`` of ``key``, counted as used; one whose member is
+        leaving is waited for, and a new one made after it."""
+        while True:
+            with self._lock:
+                session = self._sessions.get(key)
+                if session is None:
+                    outbox = Outbox(self.broker.settings.mq.consumerBufferBytes, remote_addr)
+                    session = self._sessions[key] = Session(topic, consumer_id, group, ack, outbox)
+                    session.users += 1
+                    return session, True
+                if not session.ending:
+                    session.users += 1
+                    return session, False
+            session.ended.wait(10)
 
     def _join(self, key, session, identity):
         try:

@@ -267,9 +267,15 @@ class Subscription:
 
     def tell_gap(self, missed, after, reason):
         """Tell the members, before the next message, that ``missed`` messages (None: how many
-        is unknown) after MessageCode ``after`` are gone, and why."""
-        self.notice = {"Notice": "gap", "Topic": self.topic, "Missed": missed, "After": after,
-                       "Reason": reason}
+        is unknown) after MessageCode ``after`` are gone, and why. A gap not told yet (a loss,
+        then a purge before any message) grows into one notice, with its first cause."""
+        notice = {"Notice": "gap", "Topic": self.topic, "Missed": missed, "After": after,
+                  "Reason": reason}
+        if self.notice is not None:
+            earlier = self.notice
+            total = None if None in (missed, earlier["Missed"]) else missed + earlier["Missed"]
+            notice = dict(earlier, Missed=total)
+        self.notice = notice
         self.gaps += 1
         self.missed += missed or 0
         self.counts[GAPS] += 1
