@@ -8,8 +8,11 @@ with 403 (4403). Tokens are compared in constant time, every one of them, so tim
 
 A token is also an identity: subscriptions belong to the identity that created them (SPEC section
 3), so the store must name it across restarts. It is named by a hash of the token, never the token
-itself: the store and its backups must not hold secrets. Anything else that authenticates (a JWT's
-``sub``) only has to give its own stable id.
+itself: the store and its backups must not hold secrets. A JWT (``auth.jwt``, see
+:mod:`dpmq.jwt_auth`) is tried when a token is no static one and has a JWT's shape; its identity is
+``jwt:<sub>``, the same for every token minted for that subject, and it carries the moment the
+token stops being accepted, when the consumers that connected with it are closed
+(:class:`~dpmq.token_expiry.Expiry`, which hangs off :class:`Auth`).
 """
 
 import fnmatch
@@ -19,17 +22,21 @@ import logging
 from typing import NamedTuple
 
 from .errors import Forbidden, Unauthorized
+from .jwt_auth import Verifier, looks_like_jwt
+from .token_expiry import Expiry
 
 log = logging.getLogger(__name__)
 
 
 class Identity(NamedTuple):
-    """Who is asking: ``id`` is stable and not secret (``token:<hash>``), ``consumers`` the glob
-    patterns of the consumerIds and groups it may take over from their owners."""
+    """Who is asking: ``id`` is stable and not secret (``token:<hash>``, ``jwt:<sub>``),
+    ``consumers`` the glob patterns of the consumerIds and groups it may take over from their
+    owners, ``expires`` when its token stops being accepted (a JWT's; None for a static token)."""
 
     id: str
     role: str
     consumers: tuple = ()
+    expires: float = None
 
     def may_take(self, name):
         """Whether this identity may use consumerId or group ``name`` that another one owns."""
@@ -42,11 +49,17 @@ def token_id(token):
 
 
 class Auth:
+    """The static tokens and the JWT verifier of one app, and the timer that closes the
+    consumers whose JWT expires (:attr:`expiry`)."""
+
     def __init__(self, auth_settings):
         self.enabled = auth_settings.enabled
         self._tokens = [(t.token.encode("utf-8", "surrogateescape"), t,
                          Identity(token_id(t.token), t.role, tuple(t.consumers)))
                         for t in auth_settings.tokens]
+        jwt_settings = getattr(auth_settings, "jwt", None)
+        self.jwt = Verifier(jwt_settings) if self.enabled and jwt_settings else None
+        self.expiry = Expiry()
 
     def identify(self, presented):
         """The token entry matching ``presented``, or None."""
@@ -63,23 +76,34 @@ class Auth:
                 found = (entry, identity)
         return found
 
+    def _grant(self, presented):
+        """``(grant, identity)`` of a static token or a valid JWT (``grant`` has ``role`` and
+        ``topics``); Unauthorized (Forbidden: a JWT without a role) otherwise."""
+        found = self._find(presented)
+        if found is not None:
+            return found
+        if presented is None:
+            raise Unauthorized("a valid token is required: send Authorization: Bearer <token>")
+        if not looks_like_jwt(presented):
+            raise Unauthorized("this token is not valid")
+        if self.jwt is None:
+            raise Unauthorized("this token is not valid (a JWT, and auth.jwt is not configured)")
+        grant = self.jwt.verify(presented)
+        return grant, Identity(grant.id, grant.role, grant.consumers, grant.expires)
+
     def require(self, presented, role, topic=None):
         """Raise Unauthorized or Forbidden unless ``presented`` may act as ``role`` on ``topic``;
         returns its :class:`Identity`, or None when auth is off."""
         if not self.enabled:
             return None
-        found = self._find(presented)
-        if found is None:
-            raise Unauthorized("a valid token is required: send Authorization: Bearer <token>"
-                               if presented is None else "this token is not valid")
-        entry, identity = found
-        if entry.role == "admin":
+        grant, identity = self._grant(presented)
+        if grant.role == "admin":
             return identity
-        if entry.role != role:
-            raise Forbidden(f"a {entry.role} token cannot do this; it needs the {role} role")
-        if topic is not None and entry.topics and \
-                not any(fnmatch.fnmatchcase(topic, pattern) for pattern in entry.topics):
-            raise Forbidden(f"this token may not use topic {topic!r}")
+        if grant.role != role:
+            raise Forbidden(f"a {grant.role} token cannot do this; it needs the {role} role")
+        if topic is not None and grant.topics and \
+                not any(fnmatch.fnmatchcase(topic, pattern) for pattern in grant.topics):
+            raise Forbidden(f"this token may not use topic {topic!r} (topic not allowed)")
         return identity
 
 

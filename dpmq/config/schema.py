@@ -73,6 +73,13 @@ SCHEMA = {
     "auth": {
         "enabled": (False, bool, None, None),
         "tokens": ((), "tokens", None, None),
+        "jwt": (None, "jwt", None, None),
+    },
+    "events": {
+        # Lifecycle events on the reserved topic _dpmq.events (dpmq.broker.events), and the
+        # webhooks fed from it (dpmq.broker.webhooks).
+        "enabled": (True, bool, None, None),
+        "webhooks": ((), "webhooks", None, None),
     },
 }
 
@@ -87,8 +94,25 @@ OTHER_VARIABLES = {
     "DPMQ_URL": "the broker the dpmq command talks to",
     "DPMQ_TOKEN": "the token the dpmq command sends",
 }
+#: The lifecycle events the broker publishes on _dpmq.events (see dpmq.broker.events).
+EVENT_TYPES = ("consumer.connected", "consumer.left", "message.deadLettered", "subscription.gap",
+               "subscription.forgotten", "buffer.full", "store.error", "store.recovered")
 #: Keys whose values GetConfig and the logs show as "***".
 SECRET_KEYS = frozenset({"redisUrl", "tokens", "password"})
+#: The keys of ``auth.jwt``: (default, type, minimum, maximum) as in SCHEMA; ``algorithms``
+#: defaults to those the given keys serve.
+JWT_SCHEMA = {
+    "algorithms": ((), list, None, None),
+    "secret": ("", str, None, None),
+    "publicKey": ("", str, None, None),
+    "jwks": ("", str, None, None),
+    "audience": ("", str, None, None),
+    "issuer": ("", str, None, None),
+    "leeway": (5.0, float, 0, 300),
+}
+JWT_ALGORITHMS = ("HS256", "RS256", "ES256")
+#: The shortest HS256 secret, in bytes (RFC 7518 section 3.2: at least the hash's 256 bits).
+JWT_MIN_SECRET = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +125,31 @@ class Token:
     role: str
     topics: tuple = ()
     consumers: tuple = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Webhook:
+    """One ``events.webhooks`` entry: where to POST each event, of which ``types`` (glob patterns
+    such as ``consumer.*``; none means every type), signed with ``secret``."""
+
+    url: str
+    secret: str
+    types: tuple = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class JWTSettings:
+    """``auth.jwt``: the algorithms accepted, their keys (an HS256 ``secret``; a PEM ``publicKey``
+    file or a ``jwks`` file for RS256 and ES256), the ``audience`` and ``issuer`` a token must
+    name if set, and the ``leeway`` in seconds allowed on its times."""
+
+    algorithms: tuple
+    secret: str = ""
+    publicKey: str = ""
+    jwks: str = ""
+    audience: str = ""
+    issuer: str = ""
+    leeway: float = 5.0
 
 
 def parse_token_list(text, name="DPMQ_AUTH_TOKENS"):
@@ -127,8 +176,9 @@ MQSettings = _section_class("MQSettings", SCHEMA["mq"])
 StorageSettings = _section_class("StorageSettings", SCHEMA["storage"])
 LogSettings = _section_class("LogSettings", SCHEMA["log"])
 AuthSettings = _section_class("AuthSettings", SCHEMA["auth"])
+EventsSettings = _section_class("EventsSettings", SCHEMA["events"])
 SECTION_CLASSES = {"server": ServerSettings, "mq": MQSettings, "storage": StorageSettings,
-                   "log": LogSettings, "auth": AuthSettings}
+                   "log": LogSettings, "auth": AuthSettings, "events": EventsSettings}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,6 +190,7 @@ class Settings:
     storage: StorageSettings
     log: LogSettings
     auth: AuthSettings
+    events: EventsSettings
     source: str = "(defaults)"
 
     def as_dict(self, redact=True):
@@ -148,11 +199,19 @@ class Settings:
         for section in SECTION_CLASSES:
             values = dataclasses.asdict(getattr(self, section))
             values = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+            if "webhooks" in values:
+                values["webhooks"] = [dict(w, types=list(w["types"])) for w in values["webhooks"]]
+            if values.get("jwt"):
+                values["jwt"] = dict(values["jwt"], algorithms=list(values["jwt"]["algorithms"]))
             if redact:
                 values = {k: ("***" if k in SECRET_KEYS and v and k != "tokens" else v)
                           for k, v in values.items()}
                 if "tokens" in values:
                     values["tokens"] = [dict(t, token="***") for t in values["tokens"]]
+                if values.get("jwt") and values["jwt"]["secret"]:
+                    values["jwt"] = dict(values["jwt"], secret="***")
+                if "webhooks" in values:
+                    values["webhooks"] = [dict(w, secret="***") for w in values["webhooks"]]
             out[section] = values
         return out
 

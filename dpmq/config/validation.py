@@ -8,15 +8,24 @@ per key. A value that came from the environment is reported under the variable's
 
 import dataclasses
 import difflib
+import fnmatch
+import json
+import urllib.parse
 
 from ..errors import ConfigError
 from .schema import (
     ENGINES,
+    EVENT_TYPES,
+    JWT_ALGORITHMS,
+    JWT_MIN_SECRET,
+    JWT_SCHEMA,
     LEVELS,
     ROLES,
     SCHEMA,
     SECTION_CLASSES,
     SYNCHRONOUS,
+    Webhook,
+    JWTSettings,
     Settings,
     Token,
     parse_token_list,
@@ -82,14 +91,18 @@ def report(problems, where):
 
 
 # -- values ----------------------------------------------------------------------------------
-def _coerce(section, key, value, name):
-    default, kind, low, high = SCHEMA[section][key]
+def _coerce(section, key, value, name, schema=SCHEMA):
+    default, kind, low, high = schema[section][key]
+    if kind == "jwt":
+        return _coerce_jwt(name, value)
     if kind is bool:
         return _coerce_bool(name, value)
     if kind is list:
         return _coerce_list(name, value)
     if kind == "tokens":
         return _coerce_tokens(name, value)
+    if kind == "webhooks":
+        return _coerce_webhooks(name, value)
     if kind is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ConfigError(f"{name} must be a string, got {value!r}")
@@ -150,6 +163,93 @@ def _coerce_tokens(name, value):
         tokens.append(Token(token, role, _coerce_list(f"{where}.topics", entry.get("topics") or []),
                             _coerce_list(f"{where}.consumers", entry.get("consumers") or [])))
     return tuple(tokens)
+
+
+def _coerce_jwt(name, value):
+    """``auth.jwt``: None (no JWTs), or a mapping of :data:`JWT_SCHEMA`'s keys whose key files
+    are read now, so that a missing or bad one stops start-up rather than every token."""
+    if value is None:
+        return None
+    if isinstance(value, JWTSettings):
+        value = dataclasses.asdict(value)
+    if not isinstance(value, dict):
+        raise ConfigError(f"{name} must be a mapping with algorithms and secret, publicKey or jwks")
+    unknown = [key for key in value if key not in JWT_SCHEMA]
+    if unknown:
+        near = nearest(str(unknown[0]), JWT_SCHEMA)
+        raise ConfigError(f"unknown key {name}.{unknown[0]}" + (
+            f": did you mean {name}.{near}?" if near else
+            f"; the keys of {name} are {', '.join(JWT_SCHEMA)}"))
+    jwt = JWTSettings(**{key: _coerce("jwt", key, value.get(key, spec[0]), f"{name}.{key}",
+                                      {"jwt": JWT_SCHEMA})
+                         for key, spec in JWT_SCHEMA.items()})
+    algorithms = jwt.algorithms or (("HS256",) if jwt.secret else ()) + (
+        ("RS256", "ES256") if jwt.publicKey or jwt.jwks else ())
+    bad = [a for a in algorithms if a not in JWT_ALGORITHMS]
+    if bad:
+        raise ConfigError(f"{name}.algorithms: {bad[0]!r} is not one of {', '.join(JWT_ALGORITHMS)}")
+    _check_jwt_keys(name, jwt, algorithms)
+    return dataclasses.replace(jwt, algorithms=tuple(algorithms))
+
+
+def _check_jwt_keys(name, jwt, algorithms):
+    """Each algorithm of ``auth.jwt`` has its key, and the key files can be read."""
+    if not (jwt.secret or jwt.publicKey or jwt.jwks):
+        raise ConfigError(f"{name} has no key: give secret (HS256; or DPMQ_AUTH_JWT_SECRET),"
+                          " publicKey (a PEM file) or jwks (a JWKS file) for RS256 and ES256")
+    if "HS256" in algorithms and not jwt.secret:
+        raise ConfigError(f"{name}.algorithms has HS256 but {name}.secret is not set; give the"
+                          " secret (or DPMQ_AUTH_JWT_SECRET), or drop HS256")
+    if jwt.secret and len(jwt.secret.encode()) < JWT_MIN_SECRET:
+        raise ConfigError(f"{name}.secret must be at least {JWT_MIN_SECRET} bytes for HS256")
+    asymmetric = [a for a in algorithms if a != "HS256"]
+    if asymmetric and not (jwt.publicKey or jwt.jwks):
+        raise ConfigError(f"{name}.algorithms has {asymmetric[0]} but neither {name}.publicKey"
+                          f" nor {name}.jwks is set; give one, or drop {asymmetric[0]}")
+    if jwt.publicKey and jwt.jwks:
+        raise ConfigError(f"give {name}.publicKey or {name}.jwks, not both")
+    from ..jwt_auth import load_jwks, load_public_key  # PyJWT, only when JWTs are configured
+    if jwt.publicKey:
+        load_public_key(jwt.publicKey, f"{name}.publicKey")
+    if jwt.jwks:
+        load_jwks(jwt.jwks, f"{name}.jwks")
+
+
+def _coerce_webhooks(name, value):
+    """``events.webhooks``: a list of ``{url, secret, types}`` (the environment's form: that list
+    as JSON text)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else []
+        except ValueError:
+            raise ConfigError(f"{name} must be a JSON list of {{url, secret, types}}") from None
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{name} must be a list of {{url, secret, types}} entries")
+    hooks, urls = [], set()
+    for index, entry in enumerate(value):
+        if isinstance(entry, Webhook):
+            entry = dataclasses.asdict(entry)
+        where = f"{name}[{index}]"
+        if not isinstance(entry, dict) or set(entry) - {"url", "secret", "types"}:
+            raise ConfigError(f"{where} must be a mapping with url, secret and optional types")
+        url, secret = entry.get("url"), entry.get("secret")
+        parts = urllib.parse.urlsplit(url) if isinstance(url, str) else None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError(f"{where}.url must be an http:// or https:// URL, got {url!r}")
+        if url in urls:
+            raise ConfigError(f"{where}.url {url!r} is given twice: one webhook per URL (give"
+                              " the first one every type it needs)")
+        urls.add(url)
+        if not isinstance(secret, str) or len(secret) < 16:
+            raise ConfigError(f"{where}.secret must be a string of at least 16 characters (the"
+                              " receiver checks X-DPMQ-Signature with it)")
+        types = _coerce_list(f"{where}.types", entry.get("types") or [])
+        for pattern in types:
+            if not fnmatch.filter(EVENT_TYPES, pattern):
+                raise ConfigError(f"{where}.types: {pattern!r} matches no event type; the types"
+                                  f" are {', '.join(EVENT_TYPES)}")
+        hooks.append(Webhook(url, secret, types))
+    return tuple(hooks)
 
 
 _CHOICES = {

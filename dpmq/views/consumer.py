@@ -10,7 +10,10 @@ simple-websocket's reader thread is never started (:class:`NoReaderThread`, its 
 ``thread_class`` option): from the handshake on, the stream is DPMQ's own
 (:class:`~dpmq.transport.websocket.WebSocketChannel`), read with every other consumer by the
 broker's :class:`~dpmq.transport.inbound.Inbound` thread, and the route thread only waits for its end. What
-the consumer sends (acks and nacks with ``?ack=1``) is handled on the inbound thread as it arrives.
+the consumer sends (acks and nacks with ``?ack=1``, and ``{"token": "<jwt>"}`` replacing the
+connection's token) is handled on the inbound thread as it arrives. A consumer that connected
+with a JWT is closed with 4401 when its token expires (:class:`~dpmq.token_expiry.Expiry`), unless
+it sent a fresh one in time.
 
 The same path without an Upgrade and with ``Accept: text/event-stream`` is the same subscription
 as Server-Sent Events (:mod:`dpmq.transport.events`): refusals are plain HTTP errors, and once
@@ -20,7 +23,7 @@ it is taken the response head goes out and the route thread waits for the stream
 import logging
 import socket
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response, current_app, request
 from flask_sock import Sock
 
 from ..errors import CLOSE_BAD_INPUT, BadRequest, Forbidden, Refused, Unauthorized
@@ -114,21 +117,74 @@ def consumers_conn(ws, topic, consumer_id):
     except (BadRequest, Refused, Unauthorized, Forbidden) as exc:
         channel.close(getattr(exc, "close_code", CLOSE_BAD_INPUT), str(exc))
         return
+    auth = current_app.extensions["dpmq_auth"]
     try:
+        _watch_expiry(b, auth, member, identity, _close_expired)
         reader = b.inbound.add(channel, member.conn,
-                               lambda messages: _take_input(b, member, messages))
+                               lambda messages: _take_input(b, auth, member, messages))
         reader.wait()
     finally:
+        auth.expiry.forget(member)
         code = channel.close_code
         reason = "closed by the consumer" if code in (1000, 1005) else f"closed with code {code}"
         b.unsubscribe(member, reason)
 
 
-def _take_input(b, member, messages):
-    """Frames the consumer sent: acks and nacks with ?ack=1, nothing DPMQ needs otherwise."""
-    if member.ack:
-        for text in messages:
+def _take_input(b, auth, member, messages):
+    """Frames the consumer sent: a fresh token (``{"token": "<jwt>"}``), acks and nacks with
+    ?ack=1, nothing DPMQ needs otherwise."""
+    for text in messages:
+        body = json_or_none(text) if isinstance(text, str) and '"token"' in text else None
+        if isinstance(body, dict) and "token" in body:
+            _refresh(b, auth, member, body)
+        elif member.ack:
             _answer(b, member, text)
+
+
+# -- token expiry ------------------------------------------------------------------------------
+#: Why a consumer whose token expired is closed (4401); fits a WebSocket close reason.
+EXPIRED = 'the token has expired: reconnect with a fresh one, or send {"token": "<jwt>"} in time'
+
+
+def _watch_expiry(b, auth, member, identity, close):
+    """Close ``member`` with ``close`` when its token (a JWT's) stops being accepted."""
+    if identity is not None and identity.expires is not None:
+        auth.expiry.watch(member, identity.expires, lambda: close(b, member))
+
+
+def _close_expired(b, member):
+    b.close_member(member, Unauthorized.close_code, EXPIRED)
+
+
+def _end_expired_stream(b, member):
+    """An event stream's end on expiry: ``event: error`` naming the cause, then its close."""
+    member.conn.reply({"error": EXPIRED, "code": Unauthorized.close_code})
+    b.close_member(member, Unauthorized.close_code, EXPIRED)
+
+
+def _refresh(b, auth, member, body):
+    """``{"token": "<jwt>"}``: the connection's token from now on, if it is valid for the same
+    identity and still allows the topic; else the consumer is closed with 4401 or 4403."""
+    token = body["token"]
+    if not isinstance(token, str) or len(body) != 1:
+        member.conn.reply({"error": 'a token frame is {"token": "<jwt>"}, the token a string'})
+        member.conn.on_progress(member.conn)
+        return
+    try:
+        identity = auth.require(token, "consumer", member.topic)
+    except (Unauthorized, Forbidden) as exc:
+        b.close_member(member, exc.close_code, f"the new token is refused: {exc}")
+        return
+    if identity is None:
+        return                      # auth is off: there is no token to replace
+    if identity.id != member.owner:
+        b.close_member(member, Forbidden.close_code, "the new token is for another identity (sub)"
+                       " than the one this consumer connected as")
+        return
+    if identity.expires is None:
+        auth.expiry.forget(member)
+    else:
+        _watch_expiry(b, auth, member, identity, _close_expired)
 
 
 def _options(args):
@@ -201,13 +257,16 @@ def consumers_events(topic, consumer_id):
                          start=request.environ.get("dpmq.start"), resume=_last_event_id(),
                          **options)
     reason = "the response head could not be written"
+    auth = current_app.extensions["dpmq_auth"]
     try:
+        _watch_expiry(b, auth, member, identity, _end_expired_stream)
         conn.raw.start(response_head(_cors(b)))
         conn.on_progress(conn)      # what the shard queued meanwhile goes out now
         reason = stream.wait(b.settings.server.pingInterval)
     except OSError:
         pass
     finally:
+        auth.expiry.forget(member)
         b.unsubscribe(member, reason)
     return _StreamEnded()
 
