@@ -334,3 +334,27 @@ def test_the_secret_may_come_from_the_environment(tmp_path):
     assert settings.replace(log={"level": "DEBUG"}).auth.jwt == jwt_settings
     with pytest.raises(ConfigError, match="DPMQ_AUTH_JWT_SECRET"):
         _build({}, {"DPMQ_AUTH_JWT_SECRTE": "x"}, tmp_path)
+
+
+# -- the expiry timer, on a fake clock -------------------------------------------------------
+def test_the_expiry_timer_runs_what_is_due_once_and_forgets_the_rest():
+    from dpmq.token_expiry import Expiry
+    clock = [1000.0]
+    expiry = Expiry(now=lambda: clock[0])
+    ran = []
+    expiry.watch("a", 1001.0, lambda: ran.append("a"))
+    expiry.watch("b", 1002.0, lambda: ran.append("b"))
+    expiry.watch("c", 1001.5, lambda: ran.append("c"))
+    expiry.watch("b", 1003.0, lambda: ran.append("b2"))    # refreshed: the later deadline counts
+    expiry.forget("c")                                      # left before its token expired
+    assert expiry.deadline("b") == 1003.0 and len(expiry) == 2
+    clock[0] = 1002.5
+    with expiry._cond:
+        expiry._cond.notify()
+    wait_for(lambda: ran == ["a"], timeout=5, what="a's action")
+    clock[0] = 1003.0
+    with expiry._cond:
+        expiry._cond.notify()
+    wait_for(lambda: not len(expiry), timeout=5, what="b's action")
+    wait_for(lambda: expiry._thread is None, timeout=5, what="the timer thread to end")
+    assert ran == ["a", "b2"]
