@@ -29,6 +29,7 @@ class Record(NamedTuple):
     key: Optional[str] = None   # ordering key: within a group, one key goes to one member
     due: float = 0.0            # for a delayed message just promoted: when it became due
     expires: float = 0.0        # not delivered after this time (created + ttl); 0 = never
+    trace: Optional[str] = None  # the producer's W3C traceparent, pushed as TraceParent
 
 
 class NewMessage(NamedTuple):
@@ -42,6 +43,7 @@ class NewMessage(NamedTuple):
     idempotency_key: Optional[str] = None
     due: float = 0.0            # not pushed before this time (created + delay); 0 = now
     expires: float = 0.0        # not delivered after this time (created + ttl); 0 = never
+    trace: Optional[str] = None  # a W3C traceparent (validated), see Record.trace
 
 
 class Appended(NamedTuple):
@@ -91,14 +93,22 @@ def _format_second(second):
 
 
 def payload(record, status=0):
-    """The JSON object pushed to a consumer, as UTF-8 bytes. The five original fields never change."""
-    return json.dumps({
+    """The JSON object pushed to a consumer, as UTF-8 bytes. The five original fields never change;
+    a message published with a ``traceparent`` has the extra field ``TraceParent`` after them."""
+    body = _encode({
         "MessageCode": record.code,
         "MessageData": record.data,
         "Topic": record.topic,
         "CreateTime": format_time(record.created),
         "Status": status,
-    }, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    })
+    if record.trace is None:
+        return body.encode("utf-8")
+    # A validated traceparent is lowercase hex and dashes: nothing in it needs escaping.
+    return (body[:-1] + ',"TraceParent":"' + record.trace + '"}').encode("utf-8")
+
+
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 class Run:

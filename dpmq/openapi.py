@@ -36,6 +36,15 @@ def _query(name, schema, description):
             "description": description}
 
 
+#: W3C Trace Context: version-traceid-parentid-flags, lowercase hex, ids not all zeros.
+TRACEPARENT = {"type": "string", "pattern": "^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$",
+               "description": "a W3C traceparent, stored with the message and pushed as"
+                              " TraceParent (a field wins over the header)"}
+TRACEPARENT_HEADER = {"name": "traceparent", "in": "header", "required": False,
+                      "schema": TRACEPARENT, "description": "a W3C traceparent for the messages"
+                      " that give none in their fields"}
+
+
 def document(settings):
     mq = settings.mq
     name = {"type": "string", "minLength": 1, "maxLength": mq.maxTopicLength,
@@ -50,7 +59,8 @@ def document(settings):
         "ttl": {"type": "number", "exclusiveMinimum": True, "minimum": 0, "maximum": mq.maxTtl,
                 "description": "seconds: a subscription that has not had the message (acked it,"
                                " with ack=1) this long after its CreateTime never gets it; it"
-                               " counts as expired for that subscription"}}}
+                               " counts as expired for that subscription"},
+        "traceparent": TRACEPARENT}}
     publish_errors = dict(ERRORS, **{"413": ERROR, "429": ERROR, "503": ERROR})
     counts = {"type": "object"}
     listing = {"type": "array", "items": {"type": "object"}}
@@ -59,7 +69,9 @@ def document(settings):
     pushed = {"type": "object", "required": ["MessageCode", "MessageData", "Topic", "CreateTime",
                                              "Status"], "properties": {
         "MessageCode": code, "MessageData": {"type": "string"}, "Topic": {"type": "string"},
-        "CreateTime": {"type": "string"}, "Status": {"type": "integer", "minimum": 0}}}
+        "CreateTime": {"type": "string"}, "Status": {"type": "integer", "minimum": 0},
+        "TraceParent": dict(TRACEPARENT, description="the traceparent the message was published"
+                            " with; absent when it had none")}}
     gap = {"type": "object", "required": ["Notice", "Topic", "Missed", "Resume"],
            "description": "messages a resuming subscription never received are gone", "properties": {
                "Notice": {"type": "string", "enum": ["gap"]}, "Topic": {"type": "string"},
@@ -121,6 +133,7 @@ def document(settings):
         "paths": {
             "/ProducerSend": {"post": {
                 "summary": "Publish one message; msg is its MessageCode once it is committed",
+                "parameters": [TRACEPARENT_HEADER],
                 "requestBody": {"required": True, "content": {
                     "application/x-www-form-urlencoded": {"schema": message},
                     "multipart/form-data": {"schema": message},
@@ -129,11 +142,14 @@ def document(settings):
                                   **publish_errors)}},
             "/ProducerSendBatch": {"post": {
                 "summary": "Publish many messages, all or nothing, in one commit",
+                "parameters": [TRACEPARENT_HEADER],
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {
                     "type": "object", "required": ["messages"], "properties": {
                         "topic": name,
                         "delay": message["properties"]["delay"],
                         "key": message["properties"]["key"],
+                        "traceparent": dict(TRACEPARENT, description="every message's that has"
+                                            " none of its own (before the header)"),
                         "messages": {"type": "array", "minItems": 1, "items": {"oneOf": [
                             {"type": "string"},
                             {"type": "object", "required": ["messageData"],

@@ -3,6 +3,7 @@
 Checked before anything is stored or registered, each error saying what to change.
 """
 
+import re
 from itertools import repeat
 
 from . import message
@@ -17,7 +18,7 @@ class Uniform:
     __slots__ = ("fields", "texts")
 
     def __init__(self, fields, texts):
-        self.fields = fields    # topic, delay, ttl, key: the same for every message
+        self.fields = fields    # topic, delay, ttl, key, traceparent: the same for every message
         self.texts = texts      # each message's messageData, every one a str
 
     def __len__(self):
@@ -88,7 +89,8 @@ def _uniform(batch, now, mq):
         return None
     return message.from_columns(message.NewMessage, message.new_codes(len(texts)),
                                 repeat(shared.topic), texts, repeat(now), repeat(shared.key),
-                                repeat(None), repeat(shared.due), repeat(shared.expires))
+                                repeat(None), repeat(shared.due), repeat(shared.expires),
+                                repeat(shared.trace))
 
 
 def new_message(fields, now, code, mq, checked):
@@ -114,8 +116,11 @@ def new_message(fields, now, code, mq, checked):
     key = optional_text("key", fields.get("key"), mq.maxKeyLength)
     idempotency_key = optional_text("idempotencyKey", fields.get("idempotencyKey"),
                                     mq.maxKeyLength)
+    trace = fields.get("traceparent")
+    if trace is not None:
+        trace = traceparent_of(trace)
     return message.NewMessage(code, topic, data, now, key, idempotency_key,
-                              now + delay if delay else 0.0, now + ttl if ttl else 0.0)
+                              now + delay if delay else 0.0, now + ttl if ttl else 0.0, trace)
 
 
 def delay_of(value, limit):
@@ -149,6 +154,29 @@ def ttl_of(value, delay, limit):
                          " would expire before it is due and never be delivered; raise ttl or"
                          " shorten delay")
     return ttl
+
+
+#: W3C Trace Context's ``traceparent``: version, trace-id, parent-id, trace-flags, in lowercase hex.
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+
+
+def traceparent_of(value):
+    """A publish's ``traceparent`` (a W3C Trace Context header value), or None for an empty one;
+    BadRequest naming the rule it breaks."""
+    if value == "":
+        return None
+    match = _TRACEPARENT.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        raise BadRequest("traceparent must be a W3C traceparent: 00-<32 lowercase hex trace-id>-"
+                         f"<16 lowercase hex parent-id>-<2 hex trace-flags>, got {value!r:.80}")
+    version, trace_id, parent_id, _ = match.groups()
+    if version == "ff":
+        raise BadRequest("traceparent version ff is invalid (W3C Trace Context)")
+    if trace_id == "0" * 32:
+        raise BadRequest("traceparent's trace-id must not be all zeros (W3C Trace Context)")
+    if parent_id == "0" * 16:
+        raise BadRequest("traceparent's parent-id must not be all zeros (W3C Trace Context)")
+    return value
 
 
 def optional_text(name, value, limit):

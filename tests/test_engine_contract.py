@@ -338,6 +338,39 @@ def test_expiry_is_kept_on_every_record_an_engine_gives_back(engine, committed):
             ("plain", 0.0), ("brief", now + 60), ("b1", now + 30)]
 
 
+TRACE = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+OTHER = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"
+
+
+def test_a_traceparent_is_kept_on_every_record_an_engine_gives_back(engine, committed):
+    plain = engine.append(_msgs("t", "plain") + _msgs("t", "traced", trace=TRACE)).records
+    assert [r.trace for r in plain] == [None, TRACE]
+    shared = engine.append(_msgs("t", "b1", "b2", trace=OTHER)).records     # one batch's trace
+    mixed = engine.append(_msgs("t", "m1", trace=TRACE) + _msgs("t", "m2")).records
+    fresh = engine.append(_msgs("new", "n1", trace=OTHER)).records          # a topic's first
+    idem = engine.append(_msgs("t", "i1", idempotency_key="i", trace=TRACE)).records
+    assert [r.trace for r in shared + mixed + fresh + idem] == [OTHER, OTHER, TRACE, None, OTHER,
+                                                                 TRACE]
+    assert engine.read("t", 0, 10) == plain + shared + mixed + idem
+    assert engine.read("new", 0, 10) == fresh and committed == plain + shared + mixed + fresh + idem
+
+    now = time.time()
+    assert engine.append(_msgs("t", "later", due=now + 50, trace=OTHER)).records == []
+    (promoted,) = engine.promote_due(now + 60, 10)
+    assert promoted.trace == OTHER
+    assert engine.read("t", promoted.offset - 1, 1) == [promoted._replace(due=0.0)]
+
+    traced = plain[1]
+    engine.dead_letter("t", "c:x", traced, "timeout", 3)
+    assert engine.dead_letters(topic="t")[0]["trace"] == TRACE
+    assert engine.requeue("t") == {("t", "c:x"): [traced]}
+    assert engine.redeliveries("t", "c:x") == [traced]
+    if engine.shared:       # a group shared by processes hands out records with their trace
+        claimed = engine.claim("t", "g:w", upto=3, limit=10, cursor=0)
+        assert [(record.data, record.trace) for record, _, _ in claimed] == [
+            ("plain", None), ("traced", TRACE), ("b1", OTHER)]
+
+
 def test_retention_remembers_where_a_forgotten_subscription_stood(engine):
     """An idle subscription's cursor is forgotten by retention, but where it stood is kept for
     one more retention period: until a subscription gets a cursor again, is forgotten on
@@ -394,11 +427,13 @@ def test_sqlite_opens_a_file_of_the_previous_version_and_its_messages_never_expi
         assert [(r.data, r.expires) for r in store.read("t", 0, 10)] == [("one", 0.0), ("two", 0.0)]
         assert [r.expires for r in store.promote_due(20.0, 10)] == [0.0]
         assert store.dead_letters()[0]["expires"] == 0.0
+        assert store.dead_letters()[0]["trace"] is None
         assert [r.expires for r in store.redeliveries("t", "c:y")] == [0.0]
         assert [r.expires for r in store.requeue("t")[("t", "c:x")]] == [0.0]
         later = time.time() + 60
-        (record,) = store.append(_msgs("t", "four", expires=later)).records
+        (record,) = store.append(_msgs("t", "four", expires=later, trace=TRACE)).records
         assert store.read("t", 3, 10) == [record] and record.expires == later
+        assert [r.trace for r in store.read("t", 0, 10)] == [None, None, None, TRACE]
     finally:
         store.close()
 
@@ -426,8 +461,11 @@ def test_redis_reads_records_stored_by_the_previous_version_as_never_expiring():
         assert [(r.data, r.expires) for r in store.promote_due(20.0, 10)] == [("two", 0.0)]
         assert store.read("t", 1, 10)[0].expires == 0.0
         assert store.dead_letters()[0]["expires"] == 0.0
+        assert store.dead_letters()[0]["trace"] is None
         assert [r.expires for r in store.redeliveries("t", "c:y")] == [0.0]
         assert [r.expires for r in store.requeue("t")[("t", "c:x")]] == [0.0]
+        assert [r.trace for r in store.read("t", 0, 10)] == [None, None]
+        assert [r.trace for r in store.redeliveries("t", "c:x")] == [None]
     finally:
         store.close()
         drop_prefix(settings.storage.prefix)

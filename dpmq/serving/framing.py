@@ -18,7 +18,7 @@ MAX_HEAD = 65536
 MAX_CHUNK_LINE = 4096
 #: Header fields kept (lowercased) for the worker's direct publishes; the rest only gunicorn reads.
 KEPT = frozenset((b"content-type", b"content-length", b"authorization", b"origin", b"expect",
-                  b"transfer-encoding", b"connection"))
+                  b"transfer-encoding", b"connection", b"traceparent"))
 #: Request lines whose requests hold a thread for long without an Upgrade: an event-stream consumer
 #: (``GET /ConsumersConn/…``; a plain GET there without ``Accept: text/event-stream`` is only
 #: refused, on that thread too) and a long poll (``POST /ConsumerPull``).

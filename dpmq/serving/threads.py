@@ -37,6 +37,11 @@ READ = 65536
 _GONE = object()
 
 
+def _text(value):
+    """A kept header field's value as str (latin-1, as HTTP has it), None when it was not given."""
+    return None if value is None else value.decode("latin-1")
+
+
 class RequestThreads:
     """The thread side of :class:`~dpmq.serving.worker.DPMQWorker` (a gunicorn ``Worker``):
     ``self.cfg``, ``self.wsgi``, ``self.log``, ``self.alive`` and ``self.nr`` are gunicorn's; the
@@ -136,7 +141,7 @@ class RequestThreads:
         """Answer a plain publish (see :meth:`_direct_answer`); True if the connection stays."""
         status, body, extra = self._fastpath.respond(
             answer, mimetype, frame.fields.get(b"authorization", b"").decode("latin-1"),
-            lambda: request[frame.head_end:], conn.ip)
+            lambda: request[frame.head_end:], conn.ip, _text(frame.fields.get(b"traceparent")))
         self._count_request()
         keep = self.alive
         head = [b"HTTP/1.1 %d %s\r\nDate: %s\r\nConnection: %s\r\nContent-Type: application/json"

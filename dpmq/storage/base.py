@@ -57,9 +57,10 @@ class DeliveryStore(abc.ABC):
         A message whose ``idempotency_key`` was seen on its topic before is not stored again: its
         code is the first message's, so a producer that retries after a lost reply stores once.
         One with ``due`` in the future is kept aside until :meth:`promote_due`, so that it never
-        holds up the messages behind it. A message's ``expires`` (0.0 = never) is kept with it and
-        given back on every :class:`~dpmq.message.Record` of it (read, promoted, dead-lettered
-        and requeued, claimed): delivery, not the store, decides what is too late.
+        holds up the messages behind it. A message's ``expires`` (0.0 = never) and ``trace``
+        (its traceparent, or None) are kept with it and given back on every
+        :class:`~dpmq.message.Record` of it (read, promoted, dead-lettered and requeued,
+        claimed): delivery, not the store, decides what is too late.
         """
 
     @abc.abstractmethod
@@ -188,7 +189,7 @@ class ConsoleStore(abc.ABC):
     @abc.abstractmethod
     def dead_letters(self, topic=None, sub=None, limit=100):
         """Dead letters, newest first, as dicts: topic, sub, offset, code, data, key, reason,
-        attempts, created and expires (of the message), dead_at."""
+        attempts, created, expires and trace (of the message), dead_at."""
 
     @abc.abstractmethod
     def requeue(self, topic, sub=None, code=None):

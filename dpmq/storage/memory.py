@@ -63,31 +63,33 @@ class MemoryEngine(OneProcess, Engine):
         log = self._logs.setdefault(message.topic, _Log())
         log.head += 1
         record = Record(log.head, message.code, message.topic, message.data, message.created,
-                        message.key, 0.0, message.expires)
+                        message.key, 0.0, message.expires, message.trace)
         log.records.append(record)
         if message.due:
             record = record._replace(due=message.due)
         self._codes[(message.topic, message.code)] = record.offset
         return record
 
-    def _add_run(self, topic, codes, texts, created, keys, expires):
+    def _add_run(self, topic, codes, texts, created, keys, expires, traces):
         """:meth:`_add` for messages of one topic due now (a batch), in bulk."""
         log = self._logs.setdefault(topic, _Log())
         offsets = range(log.head + 1, log.head + 1 + len(codes))
         log.head = offsets[-1]
         records = from_columns(Record, offsets, codes, itertools.repeat(topic), texts, created,
-                               keys, itertools.repeat(0.0), expires)
+                               keys, itertools.repeat(0.0), expires, traces)
         log.records += records
         self._codes.update(zip(zip(itertools.repeat(topic), codes), offsets))
         return records
 
     def append(self, messages):
         if messages:
-            codes, topics, texts, created, keys, idempotency_keys, dues, expires = zip(*messages)
+            (codes, topics, texts, created, keys, idempotency_keys, dues, expires,
+             traces) = zip(*messages)
             if (not any(dues) and idempotency_keys.count(None) == len(messages)
                     and topics.count(topics[0]) == len(topics)):
                 with self._lock:
-                    records = self._add_run(topics[0], codes, texts, created, keys, expires)
+                    records = self._add_run(topics[0], codes, texts, created, keys, expires,
+                                            traces)
                     self._on_commit(records)
                 return Appended(list(codes), records)
         with self._lock:
@@ -284,7 +286,8 @@ class MemoryEngine(OneProcess, Engine):
             self._dead[(topic, sub, record.offset)] = {
                 "topic": topic, "sub": sub, "offset": record.offset, "code": record.code,
                 "data": record.data, "key": record.key, "reason": reason, "attempts": attempts,
-                "created": record.created, "expires": record.expires, "dead_at": time.time()}
+                "created": record.created, "expires": record.expires, "dead_at": time.time(),
+                "trace": record.trace}
 
     def dead_letters(self, topic=None, sub=None, limit=100):
         with self._lock:
@@ -301,7 +304,7 @@ class MemoryEngine(OneProcess, Engine):
             for key in chosen:
                 d = self._dead.pop(key)
                 record = Record(d["offset"], d["code"], d["topic"], d["data"], d["created"], d["key"],
-                                0.0, d["expires"])
+                                0.0, d["expires"], d["trace"])
                 self._requeued.setdefault(key[:2], {})[record.offset] = record
                 out.setdefault(key[:2], []).append(record)
             for records in out.values():

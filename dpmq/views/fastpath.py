@@ -39,12 +39,12 @@ def _codes_reply(codes):
     return b'{"code":0,"msg":"ok","data":["' + '","'.join(codes).encode() + b'"]}\n'
 
 
-def _single(app, mimetype, body, token, address):
-    return _encode(reply_body(send_one(app, parse_fields(mimetype, body), token, address)))
+def _single(app, mimetype, body, token, address, trace):
+    return _encode(reply_body(send_one(app, parse_fields(mimetype, body), token, address, trace)))
 
 
-def _batch(app, mimetype, body, token, address):
-    return _codes_reply(send_batch(app, batch_items(mimetype, body), token, address))
+def _batch(app, mimetype, body, token, address, trace):
+    return _codes_reply(send_batch(app, batch_items(mimetype, body, trace), token, address))
 
 
 #: path -> (the body types served here, what answers them with the reply's bytes)
@@ -78,13 +78,13 @@ class PublishFastPath:
             return None
         return answer
 
-    def respond(self, answer, mimetype, authorization, read_body, address):
+    def respond(self, answer, mimetype, authorization, read_body, address, trace=None):
         """``(status, reply bytes, extra headers)`` of a routed request; ``read_body()`` is only
-        called once the token may publish at all."""
+        called once the token may publish at all. ``trace``: its ``traceparent`` header."""
         token = bearer_token(authorization)
         try:
             self.auth.require(token, "producer")
-            reply = answer(self.app, mimetype, read_body(), token, address)
+            reply = answer(self.app, mimetype, read_body(), token, address, trace)
         except DPMQError as exc:
             return exc.status, _encode(reply_body(str(exc), code=-1)), exc.headers()
         except Exception:  # noqa: BLE001 - answer like Flask would, with the reply shape
@@ -101,7 +101,8 @@ class PublishFastPath:
             return self.flask_wsgi(environ, start_response)
         status, data, headers = self.respond(
             answer, mimetype, environ.get("HTTP_AUTHORIZATION", ""),
-            lambda: self._read(environ["wsgi.input"], int(length)), environ.get("REMOTE_ADDR"))
+            lambda: self._read(environ["wsgi.input"], int(length)), environ.get("REMOTE_ADDR"),
+            environ.get("HTTP_TRACEPARENT"))
         start_response(f"{status} {HTTP_STATUS_CODES[status].upper()}",
                        [_JSON, ("Content-Length", str(len(data))), *headers])
         return [data]

@@ -37,17 +37,21 @@ def parse_fields(mimetype, body):
         raise BadRequest("the form body has too many fields") from None
 
 
-_FIELDS = ("topic", "messageData", "delay", "ttl", "key", "idempotencyKey")
+_FIELDS = ("topic", "messageData", "delay", "ttl", "key", "idempotencyKey", "traceparent")
 
 
-def send_one(app, fields, token, address):
+def send_one(app, fields, token, address, trace=None):
     """Publish one producer's message once its body is parsed and its token may publish at all;
-    returns the MessageCode. Shared by the view below and :mod:`dpmq.views.fastpath`."""
+    returns the MessageCode. ``trace`` is the request's ``traceparent`` header, for a message
+    without the field. Shared by the view below and :mod:`dpmq.views.fastpath`."""
     if fields.get("messageData") is None:
         raise BadRequest("messageData is required (form field or JSON key)")
     app.extensions["dpmq_auth"].require(token, "producer", fields.get("topic"))
     within_rate(app, token, address, 1)
-    (code,) = publish(app, [{name: fields.get(name) for name in _FIELDS}])
+    item = {name: fields.get(name) for name in _FIELDS}
+    if item["traceparent"] is None:
+        item["traceparent"] = trace
+    (code,) = publish(app, [item])
     return code
 
 
@@ -110,25 +114,29 @@ def producer_send():
         fields = parse_multipart(request.mimetype_params.get("boundary"), request.get_data())
     else:
         fields = request.form
-    return reply(send_one(current_app, fields, bearer(request), request.remote_addr))
+    return reply(send_one(current_app, fields, bearer(request), request.remote_addr,
+                          request.headers.get("traceparent")))
 
 
 @bp.post("/ProducerSendBatch")
 def producer_send_batch():
     """``{"topic": "t", "messages": ["a", …]}`` or ``{"messages": [{"topic": …, "messageData": …}]}``;
     all or nothing, in one commit."""
-    items = batch_items(request.mimetype, request.get_data())
+    items = batch_items(request.mimetype, request.get_data(), request.headers.get("traceparent"))
     return reply("ok", data=send_batch(current_app, items, bearer(request), request.remote_addr))
 
 
-def batch_items(mimetype, body):
+def batch_items(mimetype, body, trace=None):
     """The messages of a batch body: each a mapping of a single publish's fields, or a
-    :class:`~dpmq.validation.Uniform` batch when they are all plain strings."""
+    :class:`~dpmq.validation.Uniform` batch when they are all plain strings. A ``traceparent``
+    is a message's own, else the batch's field, else ``trace`` (the request's header)."""
     body = json_or_none(body) if mimetype == "application/json" else None
     if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
         raise BadRequest('send a JSON object {"topic": "t", "messages": ["a", "b"]} or'
                          ' {"messages": [{"topic": "t", "messageData": "a"}, ...]}')
-    shared = {name: body.get(name) for name in ("topic", "delay", "ttl", "key")}
+    shared = {name: body.get(name) for name in ("topic", "delay", "ttl", "key", "traceparent")}
+    if shared["traceparent"] is None:
+        shared["traceparent"] = trace
     if set(map(type, body["messages"])) == {str}:
         return Uniform(shared, body["messages"])
     items = []

@@ -78,7 +78,7 @@ class BrowseQueries:
                                  count=count)
             for entry_id, fields in entries:
                 message = record(topic, entry_id, fields)._asdict()
-                del message["due"]
+                del message["due"], message["trace"]
                 message["status"] = "pending" if message["offset"] > floor else "delivered"
                 if status in (None, message["status"]):
                     found.append(message)

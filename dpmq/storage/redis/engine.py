@@ -156,7 +156,7 @@ class RedisEngine(FeedFollower, ProcessReports, BrowseQueries, SubscriptionOwner
 
     def _commit(self, batch):
         rows = [[m.code, m.topic, m.data, repr(m.created), m.key or False,
-                 m.idempotency_key or False, repr(m.due), repr(m.expires)]
+                 m.idempotency_key or False, repr(m.due), repr(m.expires), m.trace or False]
                 for messages, _ in batch for m in messages]
         batch_id = uuid.uuid4().hex
         try:
@@ -176,7 +176,7 @@ class RedisEngine(FeedFollower, ProcessReports, BrowseQueries, SubscriptionOwner
                 if result[0] == "o":
                     codes.append(m.code)
                     records.append(Record(int(result[1:]), m.code, m.topic, m.data, m.created, m.key,
-                                          0.0, m.expires))
+                                          0.0, m.expires, m.trace))
                 else:
                     codes.append(result[1:] if result[0] == "c" else m.code)
             if records:
@@ -222,8 +222,8 @@ class RedisEngine(FeedFollower, ProcessReports, BrowseQueries, SubscriptionOwner
     def promote_due(self, now, limit):
         rows = json.loads(self._run("PROMOTE", self.node, repr(now), limit))
         records = [Record(off, code, topic, data, float(created), key or None, float(due),
-                          float(expires))
-                   for off, code, topic, data, created, key, due, expires in rows]
+                          float(expires), trace or None)
+                   for off, code, topic, data, created, key, due, expires, trace in rows]
         if records:
             self._on_commit(records)
         return records
@@ -293,7 +293,8 @@ class RedisEngine(FeedFollower, ProcessReports, BrowseQueries, SubscriptionOwner
         now = time.time()
         letter = {"topic": topic, "sub": sub, "offset": record.offset, "code": record.code,
                   "data": record.data, "key": record.key, "reason": reason, "attempts": attempts,
-                  "created": record.created, "expires": record.expires, "dead_at": now}
+                  "created": record.created, "expires": record.expires, "dead_at": now,
+                  "trace": record.trace}
         pipe = self.client.pipeline()
         pipe.hdel(self._key("att", name), record.offset)
         pipe.zremrangebyscore(self._key("rq", name), record.offset, record.offset)
@@ -307,7 +308,7 @@ class RedisEngine(FeedFollower, ProcessReports, BrowseQueries, SubscriptionOwner
         chosen = [m for m in members if text(m).startswith(start)]
         if not chosen:
             return []
-        found = [{"expires": 0.0, **json.loads(raw)}    # without it: from an earlier version
+        found = [{"expires": 0.0, "trace": None, **json.loads(raw)}  # without: an earlier version
                  for raw in self._call(self.client.hmget, self._key("deadmsg"), chosen) if raw]
         found.sort(key=lambda d: (d["dead_at"], d["offset"]), reverse=True)
         return found[:limit]

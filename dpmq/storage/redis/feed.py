@@ -27,20 +27,22 @@ def text(value):
 
 
 def record(topic, entry_id, fields):
-    """The Record of a log entry (one without ``x`` never expires)."""
-    key, expires = fields.get(b"k"), fields.get(b"x")
+    """The Record of a log entry (one without ``x`` never expires, one without ``p`` has no
+    traceparent)."""
+    key, expires, trace = fields.get(b"k"), fields.get(b"x"), fields.get(b"p")
     return Record(int(entry_id.split(b"-", 1)[0]), fields[b"c"].decode(), topic,
                   fields[b"d"].decode("utf-8"), float(fields[b"t"]),
                   key.decode("utf-8") if key is not None else None, 0.0,
-                  float(expires) if expires is not None else 0.0)
+                  float(expires) if expires is not None else 0.0,
+                  trace.decode("ascii") if trace is not None else None)
 
 
 def from_json(raw):
-    """The Record of a dead letter's or requeued record's JSON (without ``expires``: written by
-    an earlier version, never expires)."""
+    """The Record of a dead letter's or requeued record's JSON (without ``expires`` or ``trace``:
+    written by an earlier version, never expires, no traceparent)."""
     d = json.loads(raw)
     return Record(d["offset"], d["code"], d["topic"], d["data"], d["created"], d["key"], 0.0,
-                  d.get("expires", 0.0))
+                  d.get("expires", 0.0), d.get("trace"))
 
 
 class FeedFollower:

@@ -5,8 +5,8 @@ DPMQ processes. Keys are built inside the scripts from the prefix (``ARGV[1]``, 
 ``{…}`` hash tag, so that all of one broker's keys hash to one Cluster slot). Layout, for prefix P:
 
 - ``P:heads`` hash topic -> newest offset; ``P:log:<topic>`` stream, entry id ``<offset>-0``,
-  fields c (code) d (data) t (created) k (key) x (expires, when it has a ttl) n (node that wrote
-  it); ``P:codes:<topic>`` hash
+  fields c (code) d (data) t (created) k (key) x (expires, when it has a ttl) p (traceparent,
+  when given) n (node that wrote it); ``P:codes:<topic>`` hash
   code -> offset; ``P:idem:<topic>`` hash idempotency key -> code, ``P:idemt`` zset of them by time;
 - ``P:delayed`` zset code -> due, ``P:delayedmsg`` hash code -> JSON message (the APPEND row);
 - ``P:cursors`` hash "topic|sub" -> cursor, ``P:cursorst`` zset of them by last update;
@@ -32,7 +32,7 @@ local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-local function add(node, topic, code, data, created, key, expires, heads, added)
+local function add(node, topic, code, data, created, key, expires, trace, heads, added)
   local off = redis.call('HINCRBY', P .. ':heads', topic, 1)
   local args = {P .. ':log:' .. topic, off .. '-0', 'c', code, 'd', data, 't', created, 'n', node}
   if key then
@@ -42,6 +42,10 @@ local function add(node, topic, code, data, created, key, expires, heads, added)
   if expires and tonumber(expires) > 0 then
     args[#args + 1] = 'x'
     args[#args + 1] = expires
+  end
+  if trace then
+    args[#args + 1] = 'p'
+    args[#args + 1] = trace
   end
   redis.call('XADD', unpack(args))
   redis.call('HSET', P .. ':codes:' .. topic, code, off)
@@ -57,7 +61,8 @@ end
 """
 
 # ARGV: P, node, now, JSON [[code, topic, data, created, key|false, idempotency key|false, due,
-# expires]…] (a delayed message stored by an earlier version has no expires),
+# expires, traceparent|false]…] (a delayed message stored by an earlier version may lack the last
+# two),
 # batch id. Returns per message "o<offset>" (stored), "c<code>" (an earlier code) or "d" (delayed);
 # nothing if the batch was cancelled (see CANCEL).
 APPEND = COMMON + r"""
@@ -82,7 +87,7 @@ for i, m in ipairs(cjson.decode(ARGV[4])) do
     redis.call('HSET', P .. ':delayedmsg', code, cjson.encode(m))
     out[i] = 'd'
   else
-    out[i] = 'o' .. add(node, topic, code, m[3], m[4], m[5], m[8], heads, added)
+    out[i] = 'o' .. add(node, topic, code, m[3], m[4], m[5], m[8], m[9], heads, added)
   end
 end
 announce(heads, added, node)
@@ -115,7 +120,7 @@ return {}
 """
 
 # ARGV: P, node, now, limit. Returns JSON [[offset, code, topic, data, created, key|false, due,
-# expires]…].
+# expires, traceparent|false]…].
 PROMOTE = COMMON + r"""
 local node = ARGV[2]
 local due = redis.call('ZRANGEBYSCORE', P .. ':delayed', '-inf', ARGV[3], 'WITHSCORES', 'LIMIT', 0,
@@ -128,8 +133,8 @@ for i = 1, #due, 2 do
   redis.call('HDEL', P .. ':delayedmsg', code)
   if raw then
     local m = cjson.decode(raw)
-    local off = add(node, m[2], code, m[3], m[4], m[5], m[8], heads, added)
-    out[#out + 1] = {off, code, m[2], m[3], m[4], m[5], due[i + 1], m[8] or '0'}
+    local off = add(node, m[2], code, m[3], m[4], m[5], m[8], m[9], heads, added)
+    out[#out + 1] = {off, code, m[2], m[3], m[4], m[5], due[i + 1], m[8] or '0', m[9] or false}
   end
 end
 announce(heads, added, node)

@@ -23,9 +23,9 @@ from .schema import SCHEMA, add_missing_columns
 from .store_lock import StoreLock
 
 #: The columns of a Record, but ``due`` (0.0 for what is read back from a log).
-_RECORD = "offset, code, topic, data, created, key, 0.0, expires"
-_COLUMNS = "offset, code, topic, data, created, key, expires"
-#: The most messages inserted by one statement (7 values each, well under SQLite's 32,766).
+_RECORD = "offset, code, topic, data, created, key, 0.0, expires, trace"
+_COLUMNS = "offset, code, topic, data, created, key, expires, trace"
+#: The most messages inserted by one statement (8 values each, well under SQLite's 32,766).
 _ONE_INSERT = 1000
 
 
@@ -103,21 +103,21 @@ class SQLiteEngine(BrowseQueries, SubscriptionOwners, OneProcess, Engine):
     # -- writes ------------------------------------------------------------------------------
     @staticmethod
     def _numbered(heads, rows):
-        """Records of ``rows`` of (code, topic, data, created, key, due, expires), each given the
-        offset after its topic's head (``heads`` moves on), and the topics that start here."""
+        """Records of ``rows`` of (code, topic, data, created, key, due, expires, trace), each given
+        the offset after its topic's head (``heads`` moves on), and the topics that start here."""
         records, new_topics = [], []
-        for code, topic, data, created, key, due, expires in rows:
+        for code, topic, data, created, key, due, expires, trace in rows:
             offset = heads.get(topic, 0) + 1
             if topic not in heads:
                 new_topics.append(topic)
             heads[topic] = offset
-            records.append(Record(offset, code, topic, data, created, key, due, expires))
+            records.append(Record(offset, code, topic, data, created, key, due, expires, trace))
         return records, new_topics
 
     def _insert(self, db, heads, rows):
         """Number ``rows`` and insert them; returns records."""
         records, new_topics = self._numbered(heads, rows)
-        db.executemany(f"insert into messages ({_COLUMNS}) values (?, ?, ?, ?, ?, ?, ?)",
+        db.executemany(f"insert into messages ({_COLUMNS}) values (?, ?, ?, ?, ?, ?, ?, ?)",
                        [record[:6] + record[7:] for record in records])
         # A topic's row is written when it starts, and its head when messages are purged (see
         # purge), not on every commit: rewriting that page each time was a large part of the cost
@@ -131,9 +131,9 @@ class SQLiteEngine(BrowseQueries, SubscriptionOwners, OneProcess, Engine):
 
     def _insert_at_once(self, db, heads, columns):
         """``_insert`` in one statement, for messages of topics that have started; ``columns``:
-        their codes, topics, texts, creation times, keys and expiry times, of which the records are
-        built without a Python call per message."""
-        codes, topics, texts, created, keys, expires = columns
+        their codes, topics, texts, creation times, keys, expiry times and traceparents, of which
+        the records are built without a Python call per message."""
+        codes, topics, texts, created, keys, expires, traces = columns
         count, topic = len(codes), topics[0]
         one_topic = topics.count(topic) == count    # the usual batch
         if one_topic:
@@ -146,26 +146,26 @@ class SQLiteEngine(BrowseQueries, SubscriptionOwners, OneProcess, Engine):
                 heads[topic] += 1
                 offsets.append(heads[topic])
         shared = (one_topic and created.count(created[0]) == count
-                  and keys.count(keys[0]) == count and expires.count(expires[0]) == count)
+                  and keys.count(keys[0]) == count and expires.count(expires[0]) == count
+                  and traces.count(traces[0]) == count)
         if shared:
-            values = [offsets[0], topic, created[0], keys[0], expires[0]]
+            values = [offsets[0], topic, created[0], keys[0], expires[0], traces[0]]
             values += itertools.chain.from_iterable(zip(codes, texts))
         else:
             values = list(itertools.chain.from_iterable(
-                zip(offsets, codes, topics, texts, created, keys, expires)))
+                zip(offsets, codes, topics, texts, created, keys, expires, traces)))
         db.execute(self._insert_sql(count, shared), values)
         return from_columns(Record, offsets, codes, topics, texts, created, keys,
-                            itertools.repeat(0.0), expires)
+                            itertools.repeat(0.0), expires, traces)
 
     def _insert_sql(self, count, shared):
-        """The statement inserting ``count`` messages: seven values each or, when they ``shared``
-        one topic, time, key and expiry (a batch), the first offset, the topic, time, key and
-        expiry once, then a code and a text each, so that a batch binds under a third as many
-        values."""
+        """The statement inserting ``count`` messages: eight values each or, when they ``shared``
+        one topic, time, key, expiry and traceparent (a batch), the first offset and those once,
+        then a code and a text each, so that a batch binds about a quarter as many values."""
         sql = self._inserts.get((count, shared))
         if sql is None:
-            rows = ([f"(?1 + {n}, ?{6 + 2 * n}, ?2, ?{7 + 2 * n}, ?3, ?4, ?5)" for n in range(count)]
-                    if shared else ["(?, ?, ?, ?, ?, ?, ?)"] * count)
+            rows = ([f"(?1 + {n}, ?{7 + 2 * n}, ?2, ?{8 + 2 * n}, ?3, ?4, ?5, ?6)"
+                     for n in range(count)] if shared else ["(?, ?, ?, ?, ?, ?, ?, ?)"] * count)
             sql = self._inserts[count, shared] = (f"insert into messages ({_COLUMNS}) values "
                                                   + ", ".join(rows))
         return sql
@@ -173,10 +173,11 @@ class SQLiteEngine(BrowseQueries, SubscriptionOwners, OneProcess, Engine):
     def append(self, messages):
         now = time.time()
         if 0 < len(messages) <= _ONE_INSERT:
-            codes, topics, texts, created, keys, idempotency_keys, dues, expires = zip(*messages)
+            (codes, topics, texts, created, keys, idempotency_keys, dues, expires,
+             traces) = zip(*messages)
             if (not any(dues) and idempotency_keys.count(None) == len(messages)
                     and self._writes.heads.keys() >= set(topics)):
-                columns = (codes, topics, texts, created, keys, expires)
+                columns = (codes, topics, texts, created, keys, expires, traces)
                 return self._write(lambda db, heads: Appended(
                     list(codes), self._insert_at_once(db, heads, columns)), appends=True, alone=True)
 
@@ -196,12 +197,12 @@ class SQLiteEngine(BrowseQueries, SubscriptionOwners, OneProcess, Engine):
                 codes.append(m.code)
                 row = (m.code, m.topic, m.data, m.created, m.key)
                 if m.due > now:
-                    delayed.append(row + (m.due, m.expires))
+                    delayed.append(row + (m.due, m.expires, m.trace))
                 else:
-                    fresh.append(row + (0.0, m.expires))
+                    fresh.append(row + (0.0, m.expires, m.trace))
             if delayed:
-                db.executemany("insert into delayed (code, topic, data, created, key, due, expires)"
-                               " values (?, ?, ?, ?, ?, ?, ?)", delayed)
+                db.executemany("insert into delayed (code, topic, data, created, key, due, expires,"
+                               " trace) values (?, ?, ?, ?, ?, ?, ?, ?)", delayed)
             return Appended(codes, self._insert(db, heads, fresh))
         return self._write(run, appends=True)
 
@@ -210,7 +211,7 @@ class SQLiteEngine(BrowseQueries, SubscriptionOwners, OneProcess, Engine):
 
     def promote_due(self, now, limit):
         def run(db, heads):
-            rows = db.execute("select code, topic, data, created, key, due, expires from delayed"
+            rows = db.execute("select code, topic, data, created, key, due, expires, trace from delayed"
                               " where due <= ? order by due, code limit ?", (now, limit)).fetchall()
             db.executemany("delete from delayed where code = ?", [(row[0],) for row in rows])
             return Appended([row[0] for row in rows], self._insert(db, heads, rows))
@@ -253,16 +254,17 @@ class SQLiteEngine(BrowseQueries, SubscriptionOwners, OneProcess, Engine):
             db.execute("delete from attempts where topic = ? and sub = ? and offset = ?", where)
             db.execute("delete from requeued where topic = ? and sub = ? and offset = ?", where)
             db.execute("insert or replace into dead_letters (topic, sub, offset, code, data, key,"
-                       " reason, attempts, created, dead_at, expires)"
-                       " values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       " reason, attempts, created, dead_at, expires, trace)"
+                       " values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (topic, sub, record.offset, record.code, record.data, record.key, reason,
-                        attempts, record.created, time.time(), record.expires))
+                        attempts, record.created, time.time(), record.expires, record.trace))
         self._write(run)
 
     def requeue(self, topic, sub=None, code=None):
         def run(db, heads):
             rows = db.execute(
-                "select sub, offset, code, topic, data, created, key, 0.0, expires from dead_letters"
+                "select sub, offset, code, topic, data, created, key, 0.0, expires, trace"
+                " from dead_letters"
                 " where topic = ?1 and (?2 is null or sub = ?2) and (?3 is null or code = ?3)"
                 " order by sub, offset", (topic, sub, code)).fetchall()
             out = {}
@@ -272,9 +274,9 @@ class SQLiteEngine(BrowseQueries, SubscriptionOwners, OneProcess, Engine):
                 db.execute("delete from dead_letters where topic = ? and sub = ? and offset = ?",
                            (topic, row[0], record.offset))
                 db.execute("insert or replace into requeued (topic, sub, offset, code, data, key,"
-                           " created, expires) values (?, ?, ?, ?, ?, ?, ?, ?)",
+                           " created, expires, trace) values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                            (topic, row[0], record.offset, record.code, record.data, record.key,
-                            record.created, record.expires))
+                            record.created, record.expires, record.trace))
             return out
         return self._write(run)
 
@@ -360,10 +362,10 @@ class SQLiteEngine(BrowseQueries, SubscriptionOwners, OneProcess, Engine):
     def dead_letters(self, topic=None, sub=None, limit=100):
         rows = self._query(
             "select topic, sub, offset, code, data, key, reason, attempts, created, expires,"
-            " dead_at from dead_letters where (?1 is null or topic = ?1) and (?2 is null or sub = ?2)"
+            " dead_at, trace from dead_letters where (?1 is null or topic = ?1) and (?2 is null or sub = ?2)"
             " order by dead_at desc, offset desc limit ?3", (topic, sub, limit))
         keys = ("topic", "sub", "offset", "code", "data", "key", "reason", "attempts", "created",
-                "expires", "dead_at")
+                "expires", "dead_at", "trace")
         return [dict(zip(keys, row)) for row in rows]
 
     def redeliveries(self, topic, sub):

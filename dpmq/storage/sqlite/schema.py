@@ -10,14 +10,14 @@ A file made by an earlier version gets the columns it lacks on open (:data:`ADDE
 SCHEMA = [
     """create table if not exists messages (
         topic text not null, offset integer not null, code text not null, data text not null,
-        created real not null, key text, expires real not null default 0,
+        created real not null, key text, expires real not null default 0, trace text,
         primary key (topic, offset)) without rowid""",
     "create index if not exists messages_code on messages (code)",
     """create table if not exists topics (
         topic text primary key, head integer not null) without rowid""",
     """create table if not exists delayed (
         code text primary key, topic text not null, data text not null, created real not null,
-        key text, due real not null, expires real not null default 0) without rowid""",
+        key text, due real not null, expires real not null default 0, trace text) without rowid""",
     "create index if not exists delayed_due on delayed (due)",
     """create table if not exists subscriptions (
         topic text not null, sub text not null, cursor integer not null, updated real not null,
@@ -29,11 +29,11 @@ SCHEMA = [
         topic text not null, sub text not null, offset integer not null, code text not null,
         data text not null, key text, reason text not null, attempts integer not null,
         created real not null, dead_at real not null, expires real not null default 0,
-        primary key (topic, sub, offset)) without rowid""",
+        trace text, primary key (topic, sub, offset)) without rowid""",
     """create table if not exists requeued (
         topic text not null, sub text not null, offset integer not null, code text not null,
         data text not null, key text, created real not null, expires real not null default 0,
-        primary key (topic, sub, offset)) without rowid""",
+        trace text, primary key (topic, sub, offset)) without rowid""",
     # Who owns a subscription (with auth on, the identity that created it) and whether it is
     # durable; apart from the cursors so that their hot upserts stay as they are.
     """create table if not exists owners (
@@ -59,14 +59,18 @@ SCHEMA = [
 #: (table, column, its definition): columns added since the first version, which
 #: :func:`add_missing_columns` adds to a file that lacks them.
 ADDED_COLUMNS = [
-    (table, "expires", "real not null default 0")     # a message's ttl: 0 = never expires
+    (table, column, definition)
+    for column, definition in (
+        ("expires", "real not null default 0"),     # a message's ttl: 0 = never expires
+        ("trace", "text"),                          # the producer's traceparent, or null
+    )
     for table in ("messages", "delayed", "dead_letters", "requeued")
 ]
 
 
 def add_missing_columns(db):
     """Add the :data:`ADDED_COLUMNS` a file made by an earlier version lacks (its rows get the
-    default, so its messages never expire)."""
+    default, so its messages never expire and have no traceparent)."""
     for table, column, definition in ADDED_COLUMNS:
         if column not in {row[1] for row in db.execute(f"pragma table_info({table})")}:
             db.execute(f"alter table {table} add column {column} {definition}")
