@@ -178,6 +178,10 @@ def document(settings):
                                           " pull; expired and gaps: their subscription's counts)",
                                           listing),
             "/Console/GetConfig": _get("The effective configuration, secrets as ***", counts),
+            "/Console/GetWebhooks": _get("Each webhook (events.webhooks) of this process: url,"
+                                         " types, backlog (events not yet passed to it),"
+                                         " delivered, failures, lastError, lastErrorAt",
+                                         listing),
             "/Console/GetTopics": _get("Per topic: published, pending, consumers, dead letters,"
                                        " expired, gaps, rate", listing),
             "/Console/GetMessageList": _get("Messages, newest first, paged", listing, [

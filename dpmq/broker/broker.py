@@ -25,18 +25,20 @@ from operator import attrgetter
 from .. import message
 from ..auth import Identity
 from ..delivery.shards import Shard, subscription_key
-from ..errors import CLOSE_GOING_AWAY, BadRequest, TooLarge, Unavailable
+from ..errors import CLOSE_GOING_AWAY, BadRequest, StoreError, TooLarge, Unavailable
 from ..metrics import PUBLISHED, History, Metrics, TopicCounts, merge
 from ..storage import open_engine
 from ..transport.budget import Budget
 from ..transport.inbound import Inbound
 from ..validation import new_messages
 from .consumers import Consumers
+from .events import ROOM_WAIT, Events, check_topics
 from .housekeeping import Housekeeping
 from .ownership import Owners
 from .pacing import Pacer
 from .pulls import Pulls
 from .slots import Slots
+from .webhooks import Webhooks
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +73,14 @@ class Broker:
         # What waits in every consumer's outgoing buffer, together (each connection counts into
         # it from when its member joins); shared by the delivery shards.
         self.consumer_buffers = Budget(mq.consumerBuffersTotalBytes)
+        self.events = Events(self)
         self.consumers = Consumers(self)
+        self.webhooks = Webhooks(self)
         self.pulls = Pulls(self)
         self._stopping = threading.Event()
         self._stop_delivery = threading.Event()
         self.accepting = False
-        self.shards = [Shard(i, self) for i in range(mq.fanoutWorkers)]
+        self.shards = [Shard(i, self, on_event=self.events.emit) for i in range(mq.fanoutWorkers)]
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=len(self.shards), thread_name_prefix="dpmq-fanout")
         self._paced = bool(mq.pushMessagesSpeed)
@@ -98,6 +102,8 @@ class Broker:
         self.housekeeping.start()
         self.inbound.start()
         self.pulls.start()
+        self.webhooks.start()
+        self.events.start()
         self.accepting = True
         log.info("broker started engine=%s buffer=%d pace=%s retries=%d auth=%s",
                  self.engine.name, self.slots.capacity, self.settings.mq.pushMessagesSpeed,
@@ -116,6 +122,7 @@ class Broker:
         log.info("broker stopping awaiting_paced_push=%d consumers=%d", self.pacer.waiting(),
                  len(self.members()))
         self.housekeeping.stop_scheduler()
+        self.webhooks.stop()
         self.pacer.stop(deadline - time.monotonic())
         self.pulls.close_all()
         for member in self.members():
@@ -125,6 +132,7 @@ class Broker:
         while self.consumers.joining_or_joined() and time.monotonic() < deadline:
             time.sleep(0.01)
         self.pulls.stop()
+        self.events.stop()
         self.housekeeping.stop()
         self.inbound.stop()
         self._stop_delivery.set()
@@ -135,31 +143,41 @@ class Broker:
         log.info("broker stopped")
 
     # -- publishing --------------------------------------------------------------------------
-    def publish(self, items):
+    def publish(self, items, internal=False):
         """Accept messages (mappings with topic, messageData and optional delay, key,
         idempotencyKey, or a :class:`~dpmq.validation.Uniform` batch) all or nothing; returns
-        their MessageCodes once committed."""
-        if not self.accepting:
+        their MessageCodes once committed. ``internal``: the broker's own lifecycle events (to
+        the reserved topic, also while stopping, waiting a while for room, no buffer.full event
+        about themselves)."""
+        if not self.accepting and not internal:
             raise Unavailable("DPMQ is shutting down and accepts no messages; retry on another"
                               " instance or after the restart")
         if not items:
             raise BadRequest("no messages: send at least one")
         messages = new_messages(items, time.time(), self.settings.mq)
+        if not internal:
+            check_topics(messages)
         immediate = list(map(_DUE, messages)).count(0.0)
         if immediate > self.slots.capacity:
             raise TooLarge(f"a batch of {immediate} messages is larger than the whole buffer"
                            f" (mq.messageChanBuffer={self.slots.capacity}); send smaller batches")
-        timeout = self.settings.mq.publishTimeout
+        timeout = ROOM_WAIT if internal else self.settings.mq.publishTimeout
         if immediate and not self.slots.acquire(immediate, timeout):
+            if not internal:
+                self.events.buffer_full(self.slots.capacity)
             raise Unavailable(f"the buffer is full ({self.slots.capacity} messages accepted and not"
                               " yet handed out, mq.messageChanBuffer); retry in a moment",
                               retry_after=max(1, int(timeout)))
         started = time.perf_counter()
         try:
             appended = self.engine.append(messages)
-        except BaseException:
+        except BaseException as exc:
             self.slots.release(immediate)
+            if isinstance(exc, StoreError):
+                self.events.store_failed(exc)
             raise
+        if self.events.store_failing:
+            self.events.store_worked()
         self.metrics.commit_seconds.observe(time.perf_counter() - started)
         self.slots.release(immediate - len(appended.records))
         if len(appended.records) < len(messages):

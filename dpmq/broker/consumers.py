@@ -16,6 +16,7 @@ from ..delivery.shards import subscription_key
 from ..delivery.subscription import Member
 from ..errors import CLOSE_DUPLICATE, CLOSE_GOING_AWAY, CLOSE_TRY_AGAIN, Refused, StoreError
 from ..validation import check_name
+from .events import check_consumer
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ class Consumers:
         check_name("consumerId", consumer_id, mq.maxConsumerIdLength)
         if group is not None:
             check_name("group", group, mq.maxConsumerIdLength)
+        check_consumer(topic, identity)
         member = Member(conn, closer, topic, consumer_id, group, ack, since, start, resume)
         member.owner = identity.id if identity is not None else None
         sub = subscription_key(member)
@@ -64,6 +66,7 @@ class Consumers:
             self._members[key] = member
         log.info("consumer connected topic=%r id=%r group=%r ack=%s durable=%s from=%s",
                  topic, consumer_id, group, ack, durable, conn.remote_addr)
+        broker.events.emit("consumer.connected", **_described(member), ack=ack, durable=durable)
         return member
 
     def _take_place(self, key, consumer_id, topic):
@@ -92,6 +95,8 @@ class Consumers:
         self._unlock_consumer(member.topic, member.consumer_id)
         with self._lock:
             self._members.pop((member.topic, member.consumer_id), None)
+        broker.events.emit("consumer.left", **_described(member), reason=reason,
+                           delivered=member.conn.delivered, acked=member.acked)
 
     def _lock_consumer(self, topic, consumer_id):
         """With a shared store, one consumerId is connected to one process of the broker."""
@@ -145,3 +150,9 @@ class Consumers:
         except Exception:  # noqa: BLE001 - already closed by the peer
             pass
         member.conn.stop_reading()
+
+
+def _described(member):
+    """What a consumer's lifecycle events say about it."""
+    return {"topic": member.topic, "consumerId": member.consumer_id, "group": member.group,
+            "transport": member.conn.framing.name, "remoteAddr": member.conn.remote_addr}

@@ -24,10 +24,10 @@ from .schema import (
     SCHEMA,
     SECTION_CLASSES,
     SYNCHRONOUS,
-    Webhook,
     JWTSettings,
     Settings,
     Token,
+    Webhook,
     parse_token_list,
 )
 

@@ -50,9 +50,11 @@ def subscription_key(member):
 class Shard:
     """A delivery thread and the subscriptions it owns. ``post`` is its only thread-safe entry."""
 
-    def __init__(self, index, broker, clock=time.monotonic):
+    def __init__(self, index, broker, clock=time.monotonic, on_event=None):
         self.index = index
         self.clock = clock              # for timers, gathering and retries; tests give their own
+        # on_event(type, **details): a lifecycle event (dead letter, gap); it only queues it
+        self.on_event = on_event or (lambda kind, **details: None)
         self.broker = broker
         self.engine = broker.engine
         self.limits = broker.settings.mq
@@ -257,9 +259,14 @@ class Shard:
             sub = Subscription(topic, key, cursor, engine.attempts(topic, key, cursor),
                                engine.redeliveries(topic, key), engine, self.limits,
                                self._dead_letter, self._timers, self.counts.of(topic))
+        sub.on_gap = self._gap_told
         if lost:
             sub.tell_gap(None, None, "lost")
         sub.forgotten = forgotten
+        if forgotten:
+            # the engines' purge says how many it forgot, not which: told when one comes back
+            self.on_event("subscription.forgotten", topic=topic, subscription=key, cursor=cursor,
+                          detected="onReturn")
         self._subs[(topic, key)] = sub
         self._cursors.loaded((topic, key), cursor, saved_at)
         self.topics.setdefault(topic, []).append(sub)
@@ -409,6 +416,13 @@ class Shard:
         self.counts.of(sub.topic)[DEAD_LETTERED] += 1
         log.warning("dead letter code=%s topic=%r subscription=%r reason=%r",
                     record.code, sub.topic, sub.key, reason)
+        self.on_event("message.deadLettered", topic=sub.topic, subscription=sub.key,
+                      MessageCode=record.code, reason=reason, attempts=attempts)
+
+    def _gap_told(self, sub, missed, after, reason):
+        """A subscription of this shard was told a gap: the lifecycle event (queued only)."""
+        self.on_event("subscription.gap", topic=sub.topic, subscription=sub.key, Missed=missed,
+                      After=after, Reason=reason)
 
     # -- timers, catch-up, writes ------------------------------------------------------------
     def _fire_timers(self, now):

@@ -110,6 +110,7 @@ class Subscription:
         # A gap to tell before the next message (see _gap): a dict without its "Resume".
         self.notice = None
         self.forgotten = False      # back after retention forgot it: tell it so on the first read
+        self.on_gap = None          # on_gap(subscription, missed, after, reason), its shard's
         self.expired = self.gaps = self.missed = 0      # for the console
         for record in requeued:
             self._push_retry(record, 0, True)
@@ -282,6 +283,8 @@ class Subscription:
         self.counts[MISSED] += missed or 0
         log.warning("gap topic=%r subscription=%r missed=%s after=%s reason=%s", self.topic,
                     self.key, missed, after, reason)
+        if self.on_gap is not None:
+            self.on_gap(self, missed, after, reason)
 
     def _send(self, record, attempts, requeued, now, run=None, index=0):
         """Hand one message to a member; False if none can take it now (nothing changes then).

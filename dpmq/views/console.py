@@ -109,6 +109,12 @@ def get_config():
     return reply(data=broker().settings.as_dict(redact=True))
 
 
+@bp.get("/GetWebhooks")
+def get_webhooks():
+    """Each webhook of this process: its backlog (events not yet passed), deliveries, last error."""
+    return reply(data=broker().webhooks.report())
+
+
 @bp.get("/Ping")
 def ping():
     """This process's vital signs: a liveness probe asks the process it reached, and no other."""

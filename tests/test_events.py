@@ -1,0 +1,185 @@
+"""Lifecycle events on the reserved topic _dpmq.events: real brokers, real consumers reading them."""
+
+import json
+import time
+
+import pytest
+import requests
+
+from dpmq.errors import StoreError
+
+from helpers import Collector, connect_and_close_code, wait_for
+
+EVENTS = "_dpmq.events"
+TOKENS = [{"token": "p-secret-1", "role": "producer"},
+          {"token": "c-secret-1", "role": "consumer"},
+          {"token": "a-secret-1", "role": "admin"}]
+
+
+class Watcher(Collector):
+    """A WebSocket consumer of _dpmq.events; ``events`` are the parsed MessageData objects."""
+
+    def __init__(self, running, consumer_id="watch", query=""):
+        super().__init__(running.ws_url, EVENTS, consumer_id, query)
+        wait_for(lambda: any(m.topic == EVENTS for m in running.broker.members()),
+                 what="the events watcher to join")
+
+    @property
+    def events(self):
+        return [json.loads(m["MessageData"]) for m in self.messages]
+
+    def of(self, kind):
+        return [e for e in self.events if e["type"] == kind]
+
+    def wait_for(self, kind, count=1, timeout=10.0):
+        wait_for(lambda: len(self.of(kind)) >= count, timeout,
+                 what=f"{count} {kind} event(s); have {[e['type'] for e in self.events]}")
+        return self.of(kind)
+
+
+def test_consumers_connecting_and_leaving_are_events_with_the_transport(make_broker, engine_name,
+                                                                       keep):
+    running = make_broker(engine_name)
+    watcher = keep(Watcher(running))
+    consumer = Collector(running.ws_url, "t", "a", "?group=g")
+    wait_for(lambda: len(running.broker.members()) == 2, what="the consumer")
+    consumer.close()
+    (left,) = watcher.wait_for("consumer.left")
+    (joined,) = watcher.of("consumer.connected")
+    for event in (joined, left):
+        assert {k: event[k] for k in ("topic", "consumerId", "group", "transport")} == \
+            {"topic": "t", "consumerId": "a", "group": "g", "transport": "websocket"}
+        assert event["time"].endswith("Z") and event["node"] and event["process"]
+    assert left["reason"] == "closed by the consumer"
+    assert [e["type"] for e in watcher.events] == ["consumer.connected", "consumer.left"], \
+        "the events watcher's own coming and going is no event"
+    # a pull and an event stream are consumers too
+    reply = running.http.post(running.url + "/ConsumerPull",
+                              json={"topic": "t", "consumerId": "p", "wait": 0})
+    assert reply.status_code == 200
+    assert watcher.wait_for("consumer.connected", 2)[-1]["transport"] == "pull"
+
+
+def test_a_dead_letter_is_an_event(make_broker, keep):
+    running = make_broker("sqlite", mq={"sendRetryCount": 0, "ackTimeout": 0.2})
+    watcher = keep(Watcher(running))
+    keep(Collector(running.ws_url, "t", "lazy", "?ack=1"))     # never acks
+    wait_for(lambda: len(running.broker.members()) == 2, what="the consumer")
+    (code,) = running.publish_many("t", ["x"])
+    (dead,) = watcher.wait_for("message.deadLettered")
+    assert dead["topic"] == "t" and dead["subscription"] == "c:lazy"
+    assert dead["MessageCode"] == code and dead["attempts"] == 1 and "attempt" in dead["reason"]
+
+
+def test_a_gap_is_an_event(make_broker, keep):
+    running = make_broker("sqlite", mq={"retentionMessages": 3, "sweepInterval": 0.1})
+    watcher = keep(Watcher(running))
+    first = Collector(running.ws_url, "t", "away")
+    wait_for(lambda: len(running.broker.members()) == 2, what="the consumer")
+    running.publish_many("t", ["m0", "m1"])
+    first.wait_count(2)
+    first.close()
+    watcher.wait_for("consumer.left")
+    running.publish_many("t", [f"m{i}" for i in range(2, 8)])
+    wait_for(lambda: len(running.broker.engine.read("t", 0, 100)) == 3, what="the purge")
+    keep(Collector(running.ws_url, "t", "away")).wait_count(3)
+    (gap,) = watcher.wait_for("subscription.gap")
+    assert gap == dict(gap, topic="t", subscription="c:away", Missed=3, After=None,
+                       Reason="purged")
+
+
+def test_a_full_buffer_is_one_event_a_second_however_many_publishes_it_refuses(make_broker, keep):
+    running = make_broker("sqlite", mq={"messageChanBuffer": 1, "pushMessagesSpeed": 0.3,
+                                        "publishTimeout": 0})
+    watcher = keep(Watcher(running))
+    statuses = [running.http.post(running.url + "/ProducerSend",
+                                  data={"topic": "t", "messageData": str(i)}).status_code
+                for i in range(20)]
+    refused = statuses.count(503)
+    assert refused >= 5, statuses
+    (full,) = watcher.wait_for("buffer.full")
+    assert full["capacity"] == 1 and full["refused"] >= 1
+    time.sleep(0.5)
+    assert len(watcher.of("buffer.full")) == 1, "a burst of 503s within a second is one event"
+
+
+def test_store_errors_and_recovery_are_events_in_order(make_broker, keep, monkeypatch):
+    running = make_broker("sqlite")
+    watcher = keep(Watcher(running))
+    engine = running.broker.engine
+    append = engine.append
+
+    def failing(messages):
+        raise StoreError("disk I/O error (made by the test)")
+    monkeypatch.setattr(engine, "append", failing)
+    assert running.publish("t", "x")["code"] == -1
+    assert running.publish("t", "y")["code"] == -1
+    time.sleep(0.3)       # the events thread tries (and fails) to publish meanwhile
+    monkeypatch.setattr(engine, "append", append)
+    assert running.publish("t", "z")["code"] == 0
+    watcher.wait_for("store.recovered")
+    kinds = [e["type"] for e in watcher.events]
+    assert kinds == ["store.error", "store.recovered"], kinds
+    assert "disk I/O error" in watcher.events[0]["error"]
+
+
+def test_producers_may_not_publish_to_the_events_topic(make_broker):
+    running = make_broker("memory")
+    reply = running.http.post(running.url + "/ProducerSend",
+                              data={"topic": EVENTS, "messageData": "{}"})
+    assert reply.status_code == 403 and "reserved" in reply.json()["msg"]
+    reply = running.http.post(running.url + "/ProducerSendBatch",
+                              json={"messages": [{"topic": "t", "messageData": "a"},
+                                                 {"topic": EVENTS, "messageData": "b"}]})
+    assert reply.status_code == 403 and running.broker.engine.head("t") == 0
+
+
+def test_only_admins_consume_the_events_topic_on_every_transport(make_broker, keep):
+    running = make_broker("sqlite", auth={"enabled": True, "tokens": TOKENS})
+    code, reason = connect_and_close_code(running.ws_url, f"/ConsumersConn/{EVENTS}/w?token=c-secret-1")
+    assert code == 4403 and "admin" in reason
+    stream = requests.get(running.url + f"/ConsumersConn/{EVENTS}/w", timeout=5,
+                          headers={"Accept": "text/event-stream",
+                                   "Authorization": "Bearer c-secret-1"})
+    assert stream.status_code == 403 and "admin" in stream.json()["msg"]
+    pulled = requests.post(running.url + "/ConsumerPull", timeout=5,
+                           headers={"Authorization": "Bearer c-secret-1"},
+                           json={"topic": EVENTS, "consumerId": "w", "wait": 0})
+    assert pulled.status_code == 403 and "admin" in pulled.json()["msg"]
+    reply = requests.post(running.url + "/ProducerSend", timeout=5,
+                          headers={"Authorization": "Bearer a-secret-1"},
+                          data={"topic": EVENTS, "messageData": "{}"})
+    assert reply.status_code == 403, "not even an admin publishes events"
+    watcher = keep(Watcher(running, query="?token=a-secret-1"))
+    keep(Collector(running.ws_url, "t", "c", "?token=c-secret-1"))
+    assert watcher.wait_for("consumer.connected")[0]["consumerId"] == "c"
+
+
+def test_events_can_be_turned_off(make_broker, keep):
+    running = make_broker("memory", events={"enabled": False})
+    watcher = keep(Watcher(running))
+    keep(Collector(running.ws_url, "t", "c")).close()
+    wait_for(lambda: len(running.broker.members()) == 1, what="the consumer to leave")
+    time.sleep(0.3)
+    assert watcher.events == [] and running.broker.engine.head(EVENTS) == 0
+
+
+@pytest.mark.parametrize("webhooks, problem", [
+    ([{"url": "ftp://x", "secret": "s" * 16}], "http:// or https://"),
+    ([{"url": "http://x", "secret": "short"}], "at least 16"),
+    ([{"url": "http://x", "secret": "s" * 16, "types": ["consumer.conected"]}], "matches no"),
+    ([{"url": "http://x", "secret": "s" * 16}] * 2, "twice"),
+])
+def test_bad_webhooks_stop_start_up_naming_the_key(webhooks, problem):
+    from dpmq import config
+    from dpmq.errors import ConfigError
+    with pytest.raises(ConfigError, match=problem):
+        config.build({"events": {"webhooks": webhooks}})
+
+
+def test_getconfig_shows_the_events_section_with_secrets_masked(make_broker):
+    running = make_broker("memory", events={"webhooks": [
+        {"url": "http://127.0.0.1:9/hook", "secret": "s" * 16, "types": ["consumer.*"]}]})
+    data = running.get("/Console/GetConfig")["data"]["events"]
+    assert data == {"enabled": True, "webhooks": [
+        {"url": "http://127.0.0.1:9/hook", "secret": "***", "types": ["consumer.*"]}]}
