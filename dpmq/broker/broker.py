@@ -32,7 +32,7 @@ from ..transport.budget import Budget
 from ..transport.inbound import Inbound
 from ..validation import new_messages
 from .consumers import Consumers
-from .events import ROOM_WAIT, Events, check_topics
+from .events import EVENTS_TOPIC, Events, check_topics
 from .housekeeping import Housekeeping
 from .ownership import Owners
 from .pacing import Pacer
@@ -147,8 +147,9 @@ class Broker:
         """Accept messages (mappings with topic, messageData and optional delay, key,
         idempotencyKey, or a :class:`~dpmq.validation.Uniform` batch) all or nothing; returns
         their MessageCodes once committed. ``internal``: the broker's own lifecycle events (to
-        the reserved topic, also while stopping, waiting a while for room, no buffer.full event
-        about themselves)."""
+        the reserved topic, also while stopping). They take no room in the buffer and are never
+        paced (see :meth:`_on_commit`): the buffer and the pace are the producers', and a
+        consumer connecting must not delay their messages nor take their room."""
         if not self.accepting and not internal:
             raise Unavailable("DPMQ is shutting down and accepts no messages; retry on another"
                               " instance or after the restart")
@@ -157,14 +158,13 @@ class Broker:
         messages = new_messages(items, time.time(), self.settings.mq)
         if not internal:
             check_topics(messages)
-        immediate = list(map(_DUE, messages)).count(0.0)
+        immediate = 0 if internal else list(map(_DUE, messages)).count(0.0)
         if immediate > self.slots.capacity:
             raise TooLarge(f"a batch of {immediate} messages is larger than the whole buffer"
                            f" (mq.messageChanBuffer={self.slots.capacity}); send smaller batches")
-        timeout = ROOM_WAIT if internal else self.settings.mq.publishTimeout
+        timeout = self.settings.mq.publishTimeout
         if immediate and not self.slots.acquire(immediate, timeout):
-            if not internal:
-                self.events.buffer_full(self.slots.capacity)
+            self.events.buffer_full(self.slots.capacity)
             raise Unavailable(f"the buffer is full ({self.slots.capacity} messages accepted and not"
                               " yet handed out, mq.messageChanBuffer); retry in a moment",
                               retry_after=max(1, int(timeout)))
@@ -178,6 +178,8 @@ class Broker:
             raise
         if self.events.store_failing:
             self.events.store_worked()
+        if internal:
+            return appended.codes
         self.metrics.commit_seconds.observe(time.perf_counter() - started)
         self.slots.release(immediate - len(appended.records))
         if len(appended.records) < len(messages):
@@ -185,13 +187,19 @@ class Broker:
         return appended.codes
 
     def _on_commit(self, records):
+        internal = False
         for topic, run in itertools.groupby(records, _TOPIC):   # a batch: one run
             run = list(run)
             self.heads[topic] = run[-1].offset
             self.counts.of(topic)[PUBLISHED] += len(run)
+            internal = internal or topic == EVENTS_TOPIC
+        if internal:        # lifecycle events: they hold no room and are not paced
+            self._hand_out_now([r for r in records if r.topic == EVENTS_TOPIC], timed=False)
+            records = [r for r in records if r.topic != EVENTS_TOPIC]
         if not self._paced:
-            self._hand_out_now(records)
-            self.slots.release(len(records))
+            if records:
+                self._hand_out_now(records)
+                self.slots.release(len(records))
             return
         for record in records:
             self.pacer.put(record)
@@ -205,6 +213,10 @@ class Broker:
             self._hand_out_now(records)
             return
         for record in records:
+            if record.topic == EVENTS_TOPIC:
+                self.heads[record.topic] = max(record.offset, self.heads.get(record.topic, 0))
+                self._hand_out_now([record], timed=False)
+                continue
             while not self.slots.acquire(1, 0.5):
                 if self.pacer.stopped:
                     return      # it is in the store; consumers catch up from there
@@ -214,22 +226,24 @@ class Broker:
     def _on_requeue(self, key, records):
         self.shard_for(*key).post("requeue", (key, records))
 
-    def _hand_out_now(self, records):
+    def _hand_out_now(self, records, timed=True):
         """Unpaced: hand committed records to the shards on the committing thread, in order."""
         with self._hand_lock:
             try:
-                self._hand_out(records)
+                self._hand_out(records, timed)
             except Exception:  # noqa: BLE001 - it is committed; never fail the commit for this
                 log.exception("handing out %d messages failed; consumers will catch up from the"
                               " store", len(records))
 
-    def _hand_out(self, batch):
+    def _hand_out(self, batch, timed=True):
         """Post ``batch`` to the shards whose consumers take its topics, a run of one topic at a
-        time (a batch publish is one run)."""
-        now = time.time()
-        observe = self.metrics.push_seconds.observe
-        for since, count in _per_time(batch):
-            observe(max(0.0, now - since), count)
+        time (a batch publish is one run). ``timed``: its time from publish to push is
+        measured (the producers' messages; not the broker's lifecycle events)."""
+        if timed:
+            now = time.time()
+            observe = self.metrics.push_seconds.observe
+            for since, count in _per_time(batch):
+                observe(max(0.0, now - since), count)
         pumped, targets, posts = self.pumped, {}, {}
         for topic, run in itertools.groupby(batch, _TOPIC):
             run = list(run)

@@ -40,8 +40,6 @@ BATCH = 100
 #: At most one ``buffer.full`` event per this many seconds (a storm of 503s is one event each
 #: second, with how many publishes were refused since the last one).
 BUFFER_FULL_EVERY = 1.0
-#: Seconds a publish of events waits for room in the buffer before it tries again.
-ROOM_WAIT = 1.0
 _TOPIC = attrgetter("topic")
 #: Backoff after a failed publish of events: first, then doubled up to the last.
 BACKOFF = (0.1, 5.0)
