@@ -179,6 +179,22 @@ def traceparent_of(value):
     return value
 
 
+def traceparent_header(value):
+    """A ``traceparent`` HTTP header's value if it is a valid one, else None: W3C Trace Context
+    asks a receiver to ignore a header it cannot parse (and start a trace of its own) rather
+    than fail the request, since proxies and tracing libraries set it, not the producer's code.
+    A later version's header is read for the fields this version knows (its first 55
+    characters). The publish *field* is the producer's own, and a bad one is refused."""
+    if not value:
+        return None
+    if len(value) > 55 and value[55] == "-" and not value.startswith("00-"):
+        value = value[:55]
+    try:
+        return traceparent_of(value)
+    except BadRequest:
+        return None
+
+
 def optional_text(name, value, limit):
     if value is None:
         return None

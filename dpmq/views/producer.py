@@ -7,7 +7,7 @@ from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDeco
 
 from ..auth import bearer
 from ..errors import BadRequest, StoreError
-from ..validation import Uniform
+from ..validation import Uniform, traceparent_header
 from . import authorize, json_or_none, reply
 from .health import store_writes
 
@@ -50,7 +50,7 @@ def send_one(app, fields, token, address, trace=None):
     within_rate(app, token, address, 1)
     item = {name: fields.get(name) for name in _FIELDS}
     if item["traceparent"] is None:
-        item["traceparent"] = trace
+        item["traceparent"] = traceparent_header(trace)
     (code,) = publish(app, [item])
     return code
 
@@ -136,7 +136,7 @@ def batch_items(mimetype, body, trace=None):
                          ' {"messages": [{"topic": "t", "messageData": "a"}, ...]}')
     shared = {name: body.get(name) for name in ("topic", "delay", "ttl", "key", "traceparent")}
     if shared["traceparent"] is None:
-        shared["traceparent"] = trace
+        shared["traceparent"] = traceparent_header(trace)
     if set(map(type, body["messages"])) == {str}:
         return Uniform(shared, body["messages"])
     items = []
