@@ -6,6 +6,7 @@ The keys keep the original project's camelCase names (``mq.messageChanBuffer``) 
 """
 
 import dataclasses
+import urllib.parse
 
 from ..errors import ConfigError
 
@@ -109,6 +110,7 @@ JWT_SCHEMA = {
     "audience": ("", str, None, None),
     "issuer": ("", str, None, None),
     "leeway": (5.0, float, 0, 300),
+    "maxLifetime": (86400.0, float, 0, 366 * 86400),
 }
 JWT_ALGORITHMS = ("HS256", "RS256", "ES256")
 #: The shortest HS256 secret, in bytes (RFC 7518 section 3.2: at least the hash's 256 bits).
@@ -141,7 +143,8 @@ class Webhook:
 class JWTSettings:
     """``auth.jwt``: the algorithms accepted, their keys (an HS256 ``secret``; a PEM ``publicKey``
     file or a ``jwks`` file for RS256 and ES256), the ``audience`` and ``issuer`` a token must
-    name if set, and the ``leeway`` in seconds allowed on its times."""
+    name if set, the ``leeway`` in seconds allowed on its times, and ``maxLifetime``, the furthest
+    a token's ``exp`` may be from now or from its ``iat`` (seconds; 0: no limit)."""
 
     algorithms: tuple
     secret: str = ""
@@ -150,6 +153,7 @@ class JWTSettings:
     audience: str = ""
     issuer: str = ""
     leeway: float = 5.0
+    maxLifetime: float = 86400.0
 
 
 def parse_token_list(text, name="DPMQ_AUTH_TOKENS"):
@@ -211,7 +215,8 @@ class Settings:
                 if values.get("jwt") and values["jwt"]["secret"]:
                     values["jwt"] = dict(values["jwt"], secret="***")
                 if "webhooks" in values:
-                    values["webhooks"] = [dict(w, secret="***") for w in values["webhooks"]]
+                    values["webhooks"] = [dict(w, secret="***", url=masked_url(w["url"]))
+                                          for w in values["webhooks"]]
             out[section] = values
         return out
 
@@ -222,3 +227,24 @@ class Settings:
         for section, values in sections.items():
             data.setdefault(section, {}).update(values)
         return build(data, source=self.source)
+
+
+def url_origin(url):
+    """``scheme://host[:port]`` of ``url``: all of a webhook's URL that is ever shown or logged.
+    The path, query and user info of a hook URL often carry its credentials (Slack, Discord and
+    GitHub hook URLs do)."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"          # IPv6
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")
+
+
+def masked_url(url):
+    """``url`` as GetConfig shows it: its origin, and ``/***`` for whatever else it has."""
+    origin = url_origin(url)
+    return origin if url.rstrip("/") == origin else origin + "/***"
