@@ -71,6 +71,50 @@ def test_a_dead_letter_is_an_event(make_broker, keep):
     assert dead["MessageCode"] == code and dead["attempts"] == 1 and "attempt" in dead["reason"]
 
 
+def test_a_dead_letter_storm_is_one_event_a_second_per_subscription_counting_them(make_broker,
+                                                                                  keep):
+    running = make_broker("sqlite", mq={"sendRetryCount": 0, "ackTimeout": 0.2})
+    watcher = keep(Watcher(running))
+    for name in ("a", "b"):
+        keep(Collector(running.ws_url, "t", name, "?ack=1"))      # never ack
+    wait_for(lambda: len(running.broker.members()) == 3, what="the consumers")
+    started = time.monotonic()
+    codes = running.publish_many("t", [f"m{i}" for i in range(60)])
+    wait_for(lambda: sum(e["count"] for e in watcher.of("message.deadLettered")) == 120,
+             what=f"all 120 dead letters counted: {watcher.of('message.deadLettered')}")
+    took = time.monotonic() - started
+    for sub in ("c:a", "c:b"):
+        dead = [e for e in watcher.of("message.deadLettered") if e["subscription"] == sub]
+        assert dead[0]["count"] == 1, "the first dead letter is told at once, alone"
+        assert sum(e["count"] for e in dead) == 60
+        assert len(dead) <= took + 2, f"at most one event a second: {len(dead)} in {took:.1f} s"
+        assert dead[-1]["MessageCode"] in codes and dead[-1]["topic"] == "t"
+    assert running.broker.topic_counts()["t"][5] == 120
+
+
+def test_stop_publishes_folded_dead_letters_and_keeps_to_its_deadline(make_broker,
+                                                                      monkeypatch):
+    running = make_broker("sqlite")
+    events = running.broker.events
+    for i in range(3):
+        events.emit("message.deadLettered", topic="t", subscription="c:x", MessageCode=str(i) * 40,
+                    reason="nacked", attempts=1)
+    events.stop(timeout=5)
+    dead = [json.loads(r.data) for r in running.broker.engine.read(EVENTS, 0, 100)]
+    assert [(e["count"], e["MessageCode"][0]) for e in dead] == [(1, "0"), (2, "2")]
+
+    failing = make_broker("memory")
+
+    def refuse(messages):
+        raise StoreError("disk I/O error (made by the test)")
+    monkeypatch.setattr(failing.broker.engine, "append", refuse)
+    failing.broker.events.emit("store.error", error="made by the test")
+    started = time.monotonic()
+    failing.broker.events.stop(timeout=0.3)
+    assert time.monotonic() - started < 0.6
+    assert failing.broker.events.waiting() >= 1, "kept, not published"
+
+
 def test_a_gap_is_an_event(make_broker, keep):
     running = make_broker("sqlite", mq={"retentionMessages": 3, "sweepInterval": 0.1})
     watcher = keep(Watcher(running))
@@ -182,4 +226,4 @@ def test_getconfig_shows_the_events_section_with_secrets_masked(make_broker):
         {"url": "http://127.0.0.1:9/hook", "secret": "s" * 16, "types": ["consumer.*"]}]})
     data = running.get("/Console/GetConfig")["data"]["events"]
     assert data == {"enabled": True, "webhooks": [
-        {"url": "http://127.0.0.1:9/hook", "secret": "***", "types": ["consumer.*"]}]}
+        {"url": "http://127.0.0.1:9/***", "secret": "***", "types": ["consumer.*"]}]}

@@ -8,6 +8,13 @@ of the type. Whoever reports an event only puts it on a bounded in-memory queue
 ``broker.publish``, in order, so a delivery shard never waits for a store commit. While the store
 cannot take them, events wait on that queue; past :data:`QUEUE_LIMIT` the oldest go, with a log line.
 
+Storms are coalesced: ``buffer.full`` is one event a second at most (with how many publishes were
+refused), and so is ``message.deadLettered`` per subscription (``(topic, subscription)``): the first
+dead letter is an event at once, with its details and ``count: 1``; those that follow within the
+second are folded into one event, sent when the second is over (by the publishing thread, or at
+stop), with the details of the latest and ``count``, how many dead letters it stands for. A
+consumer nacking thousands a second costs one event write a second, not one per dead letter.
+
 No event is told about the events topic itself (its consumers coming and going, its dead letters,
 gaps or forgotten subscriptions): those could feed on themselves (a dead letter of an event is
 another event, itself dead-lettered by the same consumer...), so they are only logged.
@@ -20,6 +27,7 @@ Thread-safe: ``emit`` and the store hooks are called from any thread.
 
 import collections
 import datetime
+import itertools
 import json
 import logging
 import os
@@ -40,6 +48,9 @@ BATCH = 100
 #: At most one ``buffer.full`` event per this many seconds (a storm of 503s is one event each
 #: second, with how many publishes were refused since the last one).
 BUFFER_FULL_EVERY = 1.0
+#: At most one ``message.deadLettered`` event per subscription per this many seconds; the dead
+#: letters between are folded into the next one (its ``count``).
+DEAD_LETTER_EVERY = 1.0
 _TOPIC = attrgetter("topic")
 #: Backoff after a failed publish of events: first, then doubled up to the last.
 BACKOFF = (0.1, 5.0)
@@ -84,12 +95,19 @@ class Events:
         self._thread = None
         self._full_at = None            # when the last buffer.full event was emitted
         self._full_refused = 0          # publishes refused since then
+        self._dead = {}                 # (topic, subscription) -> [window start, folded, details]
 
     # -- reporting (any thread) ----------------------------------------------------------------
     def emit(self, kind, **details):
         """Queue an event of type ``kind``; never blocks on I/O, never raises."""
         if not self.enabled or details.get("topic") == EVENTS_TOPIC:
             return
+        if kind == "message.deadLettered":
+            self._dead_lettered(details)
+        else:
+            self._put(kind, details)
+
+    def _put(self, kind, details):
         event = {"type": kind, "time": event_time(), "node": self.node, "process": self.process}
         event.update(details)
         with self._cond:
@@ -101,7 +119,42 @@ class Events:
                                 len(self._queue))
             self._seq += 1
             self._queue.append((self._seq, event))
-            self._cond.notify()
+            self._cond.notify_all()         # the publishing thread (and stop, when it waits)
+
+    def _dead_lettered(self, details):
+        """One dead letter: an event now if its subscription had none this second, else folded
+        into the next one."""
+        key = (details.get("topic"), details.get("subscription"))
+        now = self.clock()
+        with self._cond:
+            window = self._dead.get(key)
+            if window is not None and now - window[0] < DEAD_LETTER_EVERY:
+                window[1] += 1
+                window[2] = details
+                return
+            folded = window[1] if window is not None else 0
+            self._dead[key] = [now, 0, None]
+        self._put("message.deadLettered", dict(details, count=folded + 1))
+
+    def _flush_dead(self, force=False):
+        """Send the folded dead letters of the subscriptions whose second is over (every one
+        when ``force``); returns the seconds until the next is due, or None."""
+        now = self.clock()
+        due, soonest = [], None
+        with self._cond:
+            for key, (start, folded, details) in list(self._dead.items()):
+                left = start + DEAD_LETTER_EVERY - now
+                if left > 0 and not force:
+                    soonest = left if soonest is None else min(soonest, left)
+                elif folded:
+                    due.append(dict(details, count=folded))
+                    self._dead[key] = [now, 0, None]
+                    soonest = DEAD_LETTER_EVERY if soonest is None else soonest
+                else:
+                    del self._dead[key]
+        for details in due:
+            self._put("message.deadLettered", details)
+        return soonest
 
     def buffer_full(self, capacity):
         """A publish was refused because the buffer was full: at most one event a second."""
@@ -140,16 +193,21 @@ class Events:
             self._thread.start()
 
     def stop(self, timeout=2.0):
-        """Publish what is queued (for at most ``timeout`` seconds), then stop."""
+        """Publish what is queued (the folded dead letters included), then stop; all of it
+        within ``timeout`` seconds."""
         if self._thread is None:
             return
-        deadline = self.clock() + timeout
-        while self.waiting() and self.clock() < deadline and self._thread.is_alive():
-            time.sleep(0.01)
-        self._stop.set()
-        with self._cond:
-            self._cond.notify()
-        self._thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        self._flush_dead(force=True)
+        with self._cond:        # the publishing thread notifies as it takes each batch off
+            while self._queue and self._thread.is_alive():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            self._stop.set()
+            self._cond.notify_all()
+        self._thread.join(max(0.0, deadline - time.monotonic()))
         if self.waiting():
             log.warning("lifecycle events lost at stop=%d: the store did not take them in time",
                         self.waiting())
@@ -161,10 +219,11 @@ class Events:
     def _run(self):
         delay = BACKOFF[0]
         while not self._stop.is_set():
+            due = self._flush_dead()
             with self._cond:
-                while not self._queue and not self._stop.is_set():
-                    self._cond.wait(1.0)
-                batch = list(self._queue)[:min(BATCH, self.broker.slots.capacity)]
+                if not self._queue and not self._stop.is_set():
+                    self._cond.wait(1.0 if due is None else due)
+                batch = list(itertools.islice(self._queue, min(BATCH, self.broker.slots.capacity)))
             if not batch:
                 continue
             try:
@@ -186,3 +245,4 @@ class Events:
             with self._cond:      # those dropped meanwhile are gone already
                 while self._queue and self._queue[0][0] <= last:
                     self._queue.popleft()
+                self._cond.notify_all()     # stop may be waiting for the queue to empty
