@@ -28,6 +28,7 @@ from ..delivery.shards import Shard, subscription_key
 from ..errors import CLOSE_GOING_AWAY, BadRequest, StoreError, TooLarge, Unavailable
 from ..metrics import PUBLISHED, History, Metrics, TopicCounts, merge
 from ..storage import open_engine
+from ..tracing import Tracing
 from ..transport.budget import Budget
 from ..transport.inbound import Inbound
 from ..validation import new_messages
@@ -77,6 +78,8 @@ class Broker:
         self.consumers = Consumers(self)
         self.webhooks = Webhooks(self)
         self.pulls = Pulls(self)
+        self.tracing = Tracing()    # off until start() finds an OpenTelemetry SDK set up
+        self._trace_publish = None  # tracing.published once it is on (see start)
         self._stopping = threading.Event()
         self._stop_delivery = threading.Event()
         self.accepting = False
@@ -95,6 +98,10 @@ class Broker:
         self.engine.open(self._on_commit, self._on_remote, self._on_requeue)
         self.heads.update(self.engine.heads())
         self.pumped.update(self.heads)
+        if self.tracing.start():
+            self._trace_publish = self.tracing.published
+            for shard in self.shards:
+                shard.on_deliver = self.tracing.delivered
         for shard in self.shards:
             self._pool.submit(shard.run, self._stop_delivery)
         if self._paced:
@@ -184,6 +191,8 @@ class Broker:
         self.slots.release(immediate - len(appended.records))
         if len(appended.records) < len(messages):
             self.housekeeping.wake_scheduler()
+        if self._trace_publish is not None:
+            self._trace_publish(messages, appended.codes)
         return appended.codes
 
     def _on_commit(self, records):

@@ -50,11 +50,14 @@ def subscription_key(member):
 class Shard:
     """A delivery thread and the subscriptions it owns. ``post`` is its only thread-safe entry."""
 
-    def __init__(self, index, broker, clock=time.monotonic, on_event=None):
+    def __init__(self, index, broker, clock=time.monotonic, on_event=None, on_deliver=None):
         self.index = index
         self.clock = clock              # for timers, gathering and retries; tests give their own
         # on_event(type, **details): a lifecycle event (dead letter, gap); it only queues it
         self.on_event = on_event or (lambda kind, **details: None)
+        # on_deliver(subscription, member, record, attempts): a traced message handed to a
+        # member (the broker's tracing, set before the shard runs); None when tracing is off
+        self.on_deliver = on_deliver
         self.broker = broker
         self.engine = broker.engine
         self.limits = broker.settings.mq
@@ -260,6 +263,7 @@ class Shard:
                                engine.redeliveries(topic, key), engine, self.limits,
                                self._dead_letter, self._timers, self.counts.of(topic))
         sub.on_gap = self._gap_told
+        sub.on_deliver = self.on_deliver
         if lost:
             sub.tell_gap(None, None, "lost")
         sub.forgotten = forgotten

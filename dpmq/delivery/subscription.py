@@ -111,6 +111,9 @@ class Subscription:
         self.notice = None
         self.forgotten = False      # back after retention forgot it: tell it so on the first read
         self.on_gap = None          # on_gap(subscription, missed, after, reason), its shard's
+        # on_deliver(subscription, member, record, attempts): its shard's, for a message with a
+        # traceparent handed to a member; None (tracing off) costs the others nothing
+        self.on_deliver = None
         self.expired = self.gaps = self.missed = 0      # for the console
         for record in requeued:
             self._push_retry(record, 0, True)
@@ -201,6 +204,8 @@ class Subscription:
                 and members[0].conn.offer_all(*run.joined(members[0].conn.framing))):
             self.sent += len(run.items)
             self.next = run.last + 1
+            if self.on_deliver is not None:     # tracing off: one look per run
+                self._traced(members[0], run)
             return
         for index, (record, _) in enumerate(run.items):
             if record.offset < self.next:
@@ -314,6 +319,8 @@ class Subscription:
         if not member.conn.offer(frame, record):
             return False
         self.sent += 1
+        if record.trace is not None and self.on_deliver is not None:
+            self.on_deliver(self, member, record, attempts)
         if not (attempts or requeued or member.ack or self.is_group):
             if record.offset >= self.next:      # the connection's buffer holds it: no Flight
                 self.next = record.offset + 1
@@ -329,6 +336,13 @@ class Subscription:
             heapq.heappush(self.timers, (deadline, id(flight), self, flight))
         self._advance(record, requeued)
         return True
+
+    def _traced(self, member, run):
+        """``run`` went whole to ``member`` (see :meth:`offer_live`): tell ``on_deliver`` of
+        each of its messages that has a traceparent."""
+        for record, _ in run.items:
+            if record.trace is not None:
+                self.on_deliver(self, member, record, 0)
 
     def _expire(self, record, requeued):
         """Its ttl passed before this subscription got it (acked it, with ack): never deliver it
