@@ -121,3 +121,30 @@ def test_the_console_shows_each_consumers_transport_and_its_expired_and_gaps(mak
     assert (cells["Expired"], cells["Gaps"]) == ("0", "0")
     assert "undefined" not in page.inner_text("#app")
     streamed.close()
+
+
+def test_the_console_shows_each_webhooks_backlog_and_last_error(make_broker, browser):
+    from helpers import free_port
+    url = f"http://127.0.0.1:{free_port()}/hook/s3cr3t"         # nothing listens there
+    running = make_broker("sqlite", events={"webhooks": [{"url": url, "secret": "s" * 16}]})
+    for name in ("a", "b"):
+        Collector(running.ws_url, "t", name)
+    wait_for(lambda: len(running.broker.members()) == 2, what="the consumers")
+    wait_for(lambda: running.get("/Console/GetWebhooks")["data"][0]["backlog"] == 2,
+             what="two events waiting for the webhook")
+    wait_for(lambda: running.get("/Console/GetWebhooks")["data"][0]["lastError"],
+             what="a failed try")
+    page = browser.new_page(bypass_csp=True)
+    page.goto(running.url + "/Console/")
+    row = page.wait_for_selector("#webhooks-body tr:has-text('127.0.0.1')")
+    headings = page.eval_on_selector_all("#webhooks th", "nodes => nodes.map(n => n.textContent)")
+    cells = dict(zip(headings, row.inner_text().split("\t")))
+    assert cells["Backlog"] == "2" and cells["Delivered"] == "0" and cells["Types"] == "all"
+    assert "refused" in cells["Last error"].lower()
+    assert "s3cr3t" not in page.inner_text("#app")
+
+    quiet = make_broker("memory")
+    page.goto(quiet.url + "/Console/")
+    page.wait_for_selector("#app:not([hidden])")
+    page.wait_for_selector("#consumers-body tr")           # refreshed once
+    assert page.is_hidden("#webhooks"), "no panel without webhooks"
