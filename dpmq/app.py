@@ -38,7 +38,7 @@ def create_app(settings=None, start=True):
     }
     broker = Broker(settings)
     app.extensions["dpmq"] = broker
-    app.extensions["dpmq_auth"] = Auth(settings.auth)
+    app.extensions["dpmq_auth"] = Auth(settings.auth, broker.expiry)     # stopped with the broker
     app.extensions["dpmq_rate"] = RateLimiter(settings.mq.publishRate, settings.mq.publishBurst)
     app.extensions["dpmq_store_writes"] = StoreWrites()
     broker.engine.serve_reports(lambda question: broker.answer(question) if question else

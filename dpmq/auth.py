@@ -9,23 +9,29 @@ with 403 (4403). Tokens are compared in constant time, every one of them, so tim
 A token is also an identity: subscriptions belong to the identity that created them (SPEC section
 3), so the store must name it across restarts. It is named by a hash of the token, never the token
 itself: the store and its backups must not hold secrets. A JWT (``auth.jwt``, see
-:mod:`dpmq.jwt_auth`) is tried when a token is no static one and has a JWT's shape; its identity is
+:mod:`dpmq.jwt_auth`, imported only when configured: PyJWT and cryptography take a tenth of a
+second to import) is tried when a token is no static one and has a JWT's shape; its identity is
 ``jwt:<sub>``, the same for every token minted for that subject, and it carries the moment the
-token stops being accepted, when the consumers that connected with it are closed
-(:class:`~dpmq.token_expiry.Expiry`, which hangs off :class:`Auth`).
+token stops being accepted, when the consumers that connected with it are closed (the broker's
+:class:`~dpmq.token_expiry.Expiry`, reached as :attr:`Auth.expiry`).
+
+The reserved topic of the broker's lifecycle events is refused here to every role but admin, so
+that no path to it (a consumer's connection, a token frame, a pull, an ack) can skip the check.
 """
 
 import fnmatch
 import hashlib
 import hmac
 import logging
+import re
 from typing import NamedTuple
 
+from .broker.events import EVENTS_TOPIC
 from .errors import Forbidden, Unauthorized
-from .jwt_auth import Verifier, looks_like_jwt
-from .token_expiry import Expiry
 
 log = logging.getLogger(__name__)
+#: header.payload.signature, each base64url; a JWS header always starts with '{"' ("eyJ")
+_JWT_SHAPE = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 
 
 class Identity(NamedTuple):
@@ -43,23 +49,32 @@ class Identity(NamedTuple):
         return self.role == "admin" or any(fnmatch.fnmatchcase(name, p) for p in self.consumers)
 
 
+def looks_like_jwt(token):
+    """Whether ``token`` has a JWS's compact shape (three base64url parts)."""
+    return bool(token) and _JWT_SHAPE.fullmatch(token) is not None
+
+
 def token_id(token):
     """The stable, non-secret id of a static token: 128 bits of its SHA-256."""
     return "token:" + hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()[:32]
 
 
 class Auth:
-    """The static tokens and the JWT verifier of one app, and the timer that closes the
-    consumers whose JWT expires (:attr:`expiry`)."""
+    """The static tokens and the JWT verifier of one app, and ``expiry``, the timer that closes
+    the consumers whose JWT expires (an :class:`~dpmq.token_expiry.Expiry` the broker owns and
+    stops)."""
 
-    def __init__(self, auth_settings):
+    def __init__(self, auth_settings, expiry):
         self.enabled = auth_settings.enabled
         self._tokens = [(t.token.encode("utf-8", "surrogateescape"), t,
                          Identity(token_id(t.token), t.role, tuple(t.consumers)))
                         for t in auth_settings.tokens]
         jwt_settings = getattr(auth_settings, "jwt", None)
-        self.jwt = Verifier(jwt_settings) if self.enabled and jwt_settings else None
-        self.expiry = Expiry()
+        self.jwt = None
+        if self.enabled and jwt_settings:
+            from .jwt_auth import Verifier
+            self.jwt = Verifier(jwt_settings)
+        self.expiry = expiry
 
     def identify(self, presented):
         """The token entry matching ``presented``, or None."""
@@ -77,11 +92,13 @@ class Auth:
         return found
 
     def _grant(self, presented):
-        """``(grant, identity)`` of a static token or a valid JWT (``grant`` has ``role`` and
-        ``topics``); Unauthorized (Forbidden: a JWT without a role) otherwise."""
+        """``(identity, topics)`` of a static token or a valid JWT, ``topics`` the patterns of
+        the topics it may use (None: every topic; empty: none); Unauthorized (Forbidden: a JWT
+        without a role) otherwise."""
         found = self._find(presented)
         if found is not None:
-            return found
+            entry, identity = found
+            return identity, entry.topics or None      # a static token lists none for all
         if presented is None:
             raise Unauthorized("a valid token is required: send Authorization: Bearer <token>")
         if not looks_like_jwt(presented):
@@ -89,21 +106,27 @@ class Auth:
         if self.jwt is None:
             raise Unauthorized("this token is not valid (a JWT, and auth.jwt is not configured)")
         grant = self.jwt.verify(presented)
-        return grant, Identity(grant.id, grant.role, grant.consumers, grant.expires)
+        return Identity(grant.id, grant.role, grant.consumers, grant.expires), grant.topics
 
     def require(self, presented, role, topic=None):
         """Raise Unauthorized or Forbidden unless ``presented`` may act as ``role`` on ``topic``;
         returns its :class:`Identity`, or None when auth is off."""
         if not self.enabled:
             return None
-        grant, identity = self._grant(presented)
-        if grant.role == "admin":
+        identity, topics = self._grant(presented)
+        if identity.role == "admin":
             return identity
-        if grant.role != role:
-            raise Forbidden(f"a {grant.role} token cannot do this; it needs the {role} role")
-        if topic is not None and grant.topics and \
-                not any(fnmatch.fnmatchcase(topic, pattern) for pattern in grant.topics):
-            raise Forbidden(f"this token may not use topic {topic!r} (topic not allowed)")
+        if identity.role != role:
+            raise Forbidden(f"a {identity.role} token cannot do this; it needs the {role} role")
+        if topic == EVENTS_TOPIC:     # short enough for a WebSocket close reason (123 bytes)
+            raise Forbidden(f"topic {EVENTS_TOPIC!r} is reserved for the broker's lifecycle events:"
+                            " producers may not publish to it; use another topic"
+                            if role == "producer" else f"topic {EVENTS_TOPIC!r} (the broker's"
+                            " lifecycle events) is for admin tokens only")
+        if topic is not None and topics is not None and \
+                not any(fnmatch.fnmatchcase(topic, pattern) for pattern in topics):
+            raise Forbidden(f"this token may not use topic {topic!r} (topic not allowed"
+                            + ("" if topics else ": its topics list is empty") + ")")
         return identity
 
 

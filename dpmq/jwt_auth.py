@@ -6,8 +6,11 @@ for RS256 and ES256. A token's header names its algorithm, and that algorithm al
 with the key configured for it, so that a public key can never be taken for an HMAC secret.
 
 A token must have ``exp`` and ``sub``, and ``aud``/``iss`` when ``audience``/``issuer`` are set;
+its ``exp`` may be at most ``maxLifetime`` seconds away (from now, and from its ``iat``).
 ``dpmq: {role, topics, consumers}`` means what a static token's role, topic and consumerId patterns
-mean. Every refusal says which of these failed, and never repeats the token.
+mean; ``topics`` and ``consumers``, when present, must be lists of strings, and an empty list grants
+nothing (left out, ``topics`` means every topic). Every refusal says which of these failed, and
+never repeats the token.
 
 :class:`Verifier` is thread-safe: its keys are read once, and its small cache of verified tokens
 (a producer sends the same token thousands of times a second) is guarded by a lock.
@@ -15,28 +18,26 @@ mean. Every refusal says which of these failed, and never repeats the token.
 
 import collections
 import json
-import re
 import threading
 import time
 from typing import NamedTuple
+
+import jwt
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from .errors import ConfigError, Forbidden, Unauthorized
 
 ALGORITHMS = ("HS256", "RS256", "ES256")
 ROLES = ("producer", "consumer", "admin")
-#: header.payload.signature, each base64url; a JWS header always starts with '{"' ("eyJ")
-_SHAPE = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 _CACHE_SIZE = 1024
-
-
-def looks_like_jwt(token):
-    """Whether ``token`` has a JWS's compact shape (three base64url parts)."""
-    return bool(token) and _SHAPE.fullmatch(token) is not None
+#: What leaving a pattern claim out of ``dpmq`` means.
+_WITHOUT = {"topics": "every topic", "consumers": "only the subscriptions its sub made"}
 
 
 class Grant(NamedTuple):
-    """What a verified JWT allows: its role, topic patterns and consumer patterns, and the
-    identity id (``jwt:<sub>``) and the moment it stops being accepted (``exp`` + leeway)."""
+    """What a verified JWT allows: its role, topic patterns (None: the claim was left out, every
+    topic; empty: none) and consumer patterns, and the identity id (``jwt:<sub>``) and the moment
+    it stops being accepted (``exp`` + leeway)."""
 
     id: str
     role: str
@@ -57,7 +58,6 @@ def _read(path, name):
 
 def load_public_key(path, name="auth.jwt.publicKey"):
     """The public key in the PEM file at ``path``; ConfigError if it cannot be read or is not one."""
-    from cryptography.hazmat.primitives.serialization import load_pem_public_key
     data = _read(path, name)
     try:
         return load_pem_public_key(data)
@@ -68,7 +68,6 @@ def load_public_key(path, name="auth.jwt.publicKey"):
 
 def load_jwks(path, name="auth.jwt.jwks"):
     """The keys of the JWKS file at ``path`` by ``kid`` (a lone key without one under None)."""
-    import jwt
     data = _read(path, name)
     try:
         keys = json.loads(data)["keys"]
@@ -120,7 +119,6 @@ class Verifier:
         return grant
 
     def _verify(self, token):
-        import jwt
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError:
@@ -140,7 +138,25 @@ class Verifier:
         except (TypeError, ValueError):     # a key of another type than the algorithm's
             raise Unauthorized(f"the JWT's algorithm {algorithm} does not fit the configured key"
                                " (bad signature)") from None
+        self._check_lifetime(claims)
         return self._grant(claims)
+
+    def _check_lifetime(self, claims):
+        """Refuse a token whose ``exp`` is further than ``maxLifetime`` from now or from its
+        ``iat``: a leaked token must not stay good for years."""
+        longest = self.settings.maxLifetime
+        if not longest:
+            return
+        exp, iat = float(claims["exp"]), claims.get("iat")
+        lifetime = exp - self.now()
+        if lifetime > longest + self.settings.leeway:
+            span = f"its exp is {lifetime:.0f}s away"
+        elif isinstance(iat, (int, float)) and not isinstance(iat, bool) and exp - iat > longest:
+            span = f"{exp - iat:.0f}s from its iat to its exp"
+        else:
+            return
+        raise Unauthorized(f"the JWT lives too long: {span}, more than auth.jwt.maxLifetime"
+                           f" ({longest:g}s) allows; mint tokens that expire sooner")
 
     def _key(self, algorithm, kid):
         if algorithm == "HS256":
@@ -166,19 +182,26 @@ class Verifier:
             raise Forbidden("the JWT has no role: its dpmq claim must hold role producer, consumer"
                             " or admin" if role is None else
                             f"the JWT's dpmq.role {role!r} is not producer, consumer or admin")
-        patterns = {}
-        for field in ("topics", "consumers"):
-            value = dpmq.get(field) or []
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise Forbidden(f"the JWT's dpmq.{field} must be a list of patterns")
-            patterns[field] = tuple(value)
-        return Grant("jwt:" + sub, role, patterns["topics"], patterns["consumers"],
+        topics, consumers = _patterns(dpmq, "topics"), _patterns(dpmq, "consumers")
+        return Grant("jwt:" + sub, role, topics, tuple(consumers or ()),
                      float(claims["exp"]) + self.settings.leeway)
+
+
+def _patterns(dpmq, field):
+    """The glob patterns of claim ``dpmq.<field>`` as a tuple (empty: none), or None when it is
+    left out; anything but a list of strings is refused, lest ``""`` or ``null`` grant all."""
+    if field not in dpmq:
+        return None
+    value = dpmq[field]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise Forbidden(f"the JWT's dpmq.{field} claim must be a list of strings (glob patterns),"
+                        f" not {json.dumps(value)[:40]}; leave it out for"
+                        f" {_WITHOUT[field]}, or give [] for none")
+    return tuple(value)
 
 
 def _cause(exc, settings):
     """What a PyJWT error means, said to the one who sent the token."""
-    import jwt
     if isinstance(exc, jwt.ExpiredSignatureError):
         return "the JWT has expired (exp is past); get a fresh token"
     if isinstance(exc, jwt.InvalidSignatureError):

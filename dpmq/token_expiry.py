@@ -4,6 +4,7 @@ A WebSocket or event-stream consumer that connected with a JWT may stay connecte
 token is valid (or a fresh one it sent). :class:`Expiry` keeps their deadlines in a heap and runs
 each one's action when it is due, on one thread of its own: started when the first deadline is
 watched, gone again once none is left, so a broker without JWT consumers has no such thread.
+The broker owns it and :meth:`Expiry.stop` ends it when the broker stops, whatever is still due.
 
 Thread-safe: consumers are watched and forgotten on their route threads, their deadlines moved on
 the inbound thread (a refreshed token), the actions run on the expiry thread, outside the lock.
@@ -30,10 +31,14 @@ class Expiry:
         self._due = {}              # key -> (deadline, seq, action)
         self._seq = itertools.count()
         self._thread = None
+        self._stopped = False
 
     def watch(self, key, deadline, action):
-        """Run ``action()`` at ``deadline`` unless ``key`` is forgotten or watched again first."""
+        """Run ``action()`` at ``deadline`` unless ``key`` is forgotten or watched again first;
+        nothing once stopped."""
         with self._cond:
+            if self._stopped:
+                return
             seq = next(self._seq)
             self._due[key] = (deadline, seq, action)
             heapq.heappush(self._heap, (deadline, seq, key))
@@ -54,6 +59,21 @@ class Expiry:
         with self._cond:
             if self._due.pop(key, None) is not None:
                 self._cond.notify()
+
+    def stop(self, timeout=5.0):
+        """Forget every deadline and end the thread, waiting up to ``timeout`` seconds for it (an
+        action running then finishes first); :meth:`watch` does nothing from now on."""
+        with self._cond:
+            self._stopped = True
+            self._due.clear()
+            self._heap.clear()
+            thread = self._thread
+            self._cond.notify()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+            if thread.is_alive():
+                log.warning("the token expiry thread did not end within %.1fs: an action of it is"
+                            " still running", timeout)
 
     def __len__(self):
         with self._cond:

@@ -3,6 +3,7 @@
 import json
 import time
 
+import jwt
 import pytest
 import requests
 
@@ -227,3 +228,50 @@ def test_getconfig_shows_the_events_section_with_secrets_masked(make_broker):
     data = running.get("/Console/GetConfig")["data"]["events"]
     assert data == {"enabled": True, "webhooks": [
         {"url": "http://127.0.0.1:9/***", "secret": "***", "types": ["consumer.*"]}]}
+
+
+# -- no path to the events topic without an admin token ---------------------------------------
+SECRET = "an-hmac-secret-of-at-least-32-bytes!"
+
+
+def _jwt(role, sub, **dpmq):
+    return jwt.encode({"sub": sub, "exp": int(time.time() + 60), "dpmq": {"role": role, **dpmq}},
+                      SECRET, algorithm="HS256")
+
+
+def _post(running, path, token, body):
+    return requests.post(running.url + path, json=body, timeout=10,
+                         headers={"Authorization": f"Bearer {token}"})
+
+
+@pytest.fixture
+def locked(make_broker):
+    return make_broker("sqlite", auth={"enabled": True, "tokens": TOKENS,
+                                       "jwt": {"secret": SECRET}})
+
+
+def test_a_token_frame_cannot_turn_an_admin_events_consumer_into_a_consumer(locked, keep):
+    watcher = keep(Watcher(locked, query=f"?token={_jwt('admin', 'ops')}"))
+    watcher.send(json.dumps({"token": _jwt("consumer", "ops")}))      # the same sub
+    wait_for(lambda: watcher.closed is not None, timeout=5, what="the close")
+    assert watcher.closed[0] == 4403 and "admin tokens only" in watcher.closed[1], watcher.closed
+
+
+def test_no_one_but_an_admin_joins_or_acks_an_admins_pull_of_the_events_topic(locked, keep):
+    admin = _jwt("admin", "ops")
+    pull = {"topic": EVENTS, "consumerId": "w", "max": 1, "wait": 5}
+    first = _post(locked, "/ConsumerPull", admin, dict(pull, wait=0))   # the session starts
+    assert first.status_code == 200, first.text
+    keep(Collector(locked.ws_url, "t", "c", "?token=c-secret-1"))      # an event for the admin
+    (event,) = _post(locked, "/ConsumerPull", admin, pull).json()["data"]
+    assert json.loads(event["MessageData"])["type"] == "consumer.connected"
+    # while the admin's session lingers (its event unacked), others try to use it
+    ack = {"topic": EVENTS, "consumerId": "w", "messageCode": event["MessageCode"]}
+    acked = _post(locked, "/ConsumerAck", _jwt("consumer", "ops"), ack)    # the same sub
+    assert acked.status_code == 403 and "admin" in acked.json()["msg"], acked.text
+    for token in (_jwt("consumer", "ops"), _jwt("consumer", "dev", consumers=["*"]),
+                  "c-secret-1"):
+        joined = _post(locked, "/ConsumerPull", token, dict(pull, wait=0))
+        assert joined.status_code == 403 and "admin" in joined.json()["msg"], joined.text
+    acked = _post(locked, "/ConsumerAck", admin, ack)
+    assert acked.json()["data"]["settled"] == [event["MessageCode"]], acked.text

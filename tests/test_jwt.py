@@ -3,6 +3,7 @@ refusal names its cause without the token; consumers closed when their token exp
 send a fresh one in time."""
 
 import json
+import threading
 import time
 
 import jwt
@@ -358,3 +359,107 @@ def test_the_expiry_timer_runs_what_is_due_once_and_forgets_the_rest():
     wait_for(lambda: not len(expiry), timeout=5, what="b's action")
     wait_for(lambda: expiry._thread is None, timeout=5, what="the timer thread to end")
     assert ran == ["a", "b2"]
+
+
+# -- claims that must not fail open ----------------------------------------------------------
+@pytest.mark.parametrize("value", ["", {}, 0, False, None, "orders.*", ["orders.*", 1]])
+def test_pattern_claims_that_are_not_lists_of_strings_are_refused(locked, value):
+    for field in ("topics", "consumers"):
+        token = mint(role=None, dpmq={"role": "producer", field: value})
+        msg = _refused(_send(locked, token), 403, f"dpmq.{field}", "list of strings")
+        assert token not in msg
+    assert locked.broker.engine.heads() == {}
+
+
+def test_an_empty_topics_list_grants_no_topic(locked):
+    token = mint(role=None, dpmq={"role": "producer", "topics": []})
+    _refused(_send(locked, token), 403, "topic not allowed", "empty")
+    batch = locked.http.post(locked.url + "/ProducerSendBatch", headers=bearer(token),
+                             json={"topic": "orders.eu", "messages": ["a"]})
+    _refused(batch, 403, "topic not allowed")
+    consumer = mint(role=None, dpmq={"role": "consumer", "topics": []})
+    code, reason = connect_and_close_code(locked.ws_url,
+                                          f"/ConsumersConn/orders.eu/c?token={consumer}")
+    assert code == 4403 and "topic not allowed" in reason
+    everything = mint(role=None, dpmq={"role": "producer"})          # left out: every topic
+    assert _send(locked, everything, topic="anything").json()["code"] == 0
+    assert locked.broker.engine.heads() == {"anything": 1}
+
+
+# -- a token's lifetime ------------------------------------------------------------------------
+def test_a_token_that_lives_longer_than_max_lifetime_is_refused(locked, make_broker):
+    day = 86400
+    assert _send(locked, mint(ttl=day - 60)).json()["code"] == 0
+    for token in (mint(ttl=2 * day),                                       # exp is too far away
+                  mint(ttl=3600, iat=int(time.time()) - day)):            # minted too long ago
+        msg = _refused(_send(locked, token), 401, "auth.jwt.maxLifetime", "lives too long")
+        assert token not in msg
+    uncapped = make_broker("memory", auth={"enabled": True, "jwt": dict(JWT, maxLifetime=0)})
+    assert _send(uncapped, mint(ttl=10 * 365 * day)).json()["code"] == 0
+    short = make_broker("memory", auth={"enabled": True, "jwt": dict(JWT, maxLifetime=600)})
+    _refused(_send(short, mint(ttl=3600)), 401, "auth.jwt.maxLifetime (600s)")
+
+
+def test_max_lifetime_is_configured_with_the_jwt_section(tmp_path):
+    assert _build({"secret": SECRET}).auth.jwt.maxLifetime == 86400
+    assert _build({"secret": SECRET}, {"DPMQ_AUTH_JWT_MAXLIFETIME": "3600"},
+                  tmp_path).auth.jwt.maxLifetime == 3600
+    with pytest.raises(ConfigError, match="auth.jwt.maxLifetime must be between"):
+        _build({"secret": SECRET, "maxLifetime": -1})
+
+
+# -- refreshing a token on an open connection ------------------------------------------------
+def test_a_fresh_token_must_still_grant_someone_elses_subscription(locked):
+    alice = Collector(locked.ws_url, "orders.eu", "shared-1", f"?token={mint(role='consumer')}")
+    wait_for(lambda: len(locked.broker.members()) == 1, what="alice's consumer")
+    alice.close()
+    wait_for(lambda: not locked.broker.members(), what="alice's consumer to leave")
+    granted = mint(role=None, sub="bob", dpmq={"role": "consumer", "consumers": ["shared-*"]})
+    bob = Collector(locked.ws_url, "orders.eu", "shared-1", f"?token={granted}")
+    wait_for(lambda: len(locked.broker.members()) == 1, what="bob on alice's subscription")
+    bob.send(json.dumps({"token": granted}))        # still granted: stays
+    bob.send(json.dumps({"token": mint(role="consumer", sub="bob")}))      # the grant is gone
+    wait_for(lambda: bob.closed is not None, timeout=5, what="the close")
+    assert bob.closed[0] == 4403 and "belongs to someone else" in bob.closed[1], bob.closed
+
+
+def test_a_token_frame_for_a_closing_consumer_is_ignored(locked):
+    from dpmq.views import consumer as view
+    Collector(locked.ws_url, "orders.eu", "c", f"?token={mint(role='consumer', ttl=30)}")
+    wait_for(lambda: len(locked.broker.members()) == 1, what="the consumer")
+    (member,) = locked.broker.members()
+    auth = locked.app.extensions["dpmq_auth"]
+    assert auth.expiry.deadline(member) is not None
+    locked.broker.close_member(member, 1000, "closed by the test")
+    wait_for(lambda: auth.expiry.deadline(member) is None, what="its expiry to be forgotten")
+    view._refresh(locked.broker, auth, member, {"token": mint(role="consumer", ttl=60)})
+    assert auth.expiry.deadline(member) is None, "a consumer that left is watched again"
+
+
+# -- the expiry timer stops with the broker --------------------------------------------------
+def test_stop_ends_the_expiry_timer_at_once_whatever_is_due():
+    from dpmq.token_expiry import Expiry
+    expiry = Expiry(now=lambda: 1000.0)
+    ran = []
+    expiry.watch("a", 5000.0, lambda: ran.append("a"))
+    thread = expiry._thread
+    started = time.monotonic()
+    expiry.stop()
+    assert not thread.is_alive() and time.monotonic() - started < 1
+    expiry.watch("b", 1000.0, lambda: ran.append("b"))      # stopped: watches nothing more
+    assert expiry._thread is None and not len(expiry) and ran == []
+
+
+def test_no_expiry_thread_outlives_the_broker(locked):
+    consumer = Collector(locked.ws_url, "orders.eu", "c", f"?token={mint(role='consumer')}")
+    wait_for(lambda: len(locked.broker.members()) == 1, what="the consumer")
+    # a deadline no consumer's leaving forgets (as one watched again by a late token frame)
+    locked.app.extensions["dpmq_auth"].expiry.watch("left over", time.time() + 3600, lambda: None)
+    assert _expiry_threads()
+    locked.broker.stop(timeout=5)
+    assert not _expiry_threads()
+    consumer.close()
+
+
+def _expiry_threads():
+    return [t for t in threading.enumerate() if t.name == "dpmq-token-expiry" and t.is_alive()]

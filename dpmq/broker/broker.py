@@ -28,6 +28,7 @@ from ..delivery.shards import Shard, subscription_key
 from ..errors import CLOSE_GOING_AWAY, BadRequest, StoreError, TooLarge, Unavailable
 from ..metrics import PUBLISHED, History, Metrics, TopicCounts, merge
 from ..storage import open_engine
+from ..token_expiry import Expiry
 from ..tracing import Tracing
 from ..transport.budget import Budget
 from ..transport.inbound import Inbound
@@ -92,6 +93,7 @@ class Broker:
         self.housekeeping = Housekeeping(self)
         self.owners = Owners(self.engine)
         self.inbound = Inbound(settings.server.pingInterval)
+        self.expiry = Expiry()      # closes consumers whose JWT expires (the app's Auth uses it)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self):
@@ -142,6 +144,7 @@ class Broker:
         self.events.stop()
         self.housekeeping.stop()
         self.inbound.stop()
+        self.expiry.stop()          # after inbound: no token frame watches a consumer again
         self._stop_delivery.set()
         for shard in self.shards:
             shard.post("stop")

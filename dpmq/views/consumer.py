@@ -26,6 +26,7 @@ import socket
 from flask import Blueprint, Response, current_app, request
 from flask_sock import Sock
 
+from ..delivery.shards import subscription_key
 from ..errors import CLOSE_BAD_INPUT, BadRequest, Forbidden, Refused, Unauthorized
 from ..transport.connection import Connection
 from ..transport.events import EVENTS, EventStream, HeadFirst, response_head
@@ -164,7 +165,11 @@ def _end_expired_stream(b, member):
 
 def _refresh(b, auth, member, body):
     """``{"token": "<jwt>"}``: the connection's token from now on, if it is valid for the same
-    identity and still allows the topic; else the consumer is closed with 4401 or 4403."""
+    identity, still allows the topic and, where the subscription is someone else's, still grants
+    its name (``consumers``); else the consumer is closed with 4401 or 4403. Nothing once the
+    consumer is closing: its expiry is forgotten, or about to be."""
+    if not member.conn.open:
+        return
     token = body["token"]
     if not isinstance(token, str) or len(body) != 1:
         member.conn.reply({"error": 'a token frame is {"token": "<jwt>"}, the token a string'})
@@ -181,6 +186,13 @@ def _refresh(b, auth, member, body):
         b.close_member(member, Forbidden.close_code, "the new token is for another identity (sub)"
                        " than the one this consumer connected as")
         return
+    name = member.group or member.consumer_id
+    if not identity.may_take(name):     # it may have relied on the old token's consumers grant
+        try:
+            b.owners.claim(member.topic, subscription_key(member), name, identity, durable=True)
+        except (Forbidden, Refused) as exc:
+            b.close_member(member, exc.close_code, str(exc))
+            return
     if identity.expires is None:
         auth.expiry.forget(member)
     else:
