@@ -129,7 +129,11 @@ def document(settings):
             "Topic, CreateTime, Status; the same path with Accept: text/event-stream and no "
             "Upgrade is the same subscription as Server-Sent Events; POST /ConsumerPull and "
             "POST /ConsumerAck consume with plain requests. Every reply is {code, msg[, data]}: "
-            "code 0 on success, -1 with a reason.")},
+            "code 0 on success, -1 with a reason. With auth on, every request carries a bearer "
+            "token (a static token, or a JWT when auth.jwt is set; consumers may put it in "
+            "?token=); a WebSocket consumer replaces an expiring JWT by sending the text frame "
+            '{"token": "<jwt>"}. The lifecycle events topic _dpmq.events is for admins only.')},
+        "security": [{"bearer": []}, {}],
         "paths": {
             "/ProducerSend": {"post": {
                 "summary": "Publish one message; msg is its MessageCode once it is committed",
@@ -216,7 +220,10 @@ def document(settings):
                 "200": {"description": "metrics",
                         "content": {"text/plain": {"schema": {"type": "string"}}}}}, **ERRORS)}},
         },
-        "components": {"responses": {"Error": {
+        "components": {"securitySchemes": {"bearer": {
+            "type": "http", "scheme": "bearer", "bearerFormat": "a static token or a JWT",
+            "description": "needed only with auth.enabled; roles producer, consumer, admin"}},
+            "responses": {"Error": {
             "description": "refused: code -1 and a reason a person can act on",
             "content": {"application/json": {"schema": {
                 "type": "object", "required": ["code", "msg"], "properties": {
