@@ -397,6 +397,30 @@ def test_retention_remembers_where_a_forgotten_subscription_stood(engine):
     assert engine.forgotten("t", "c:idle") == 1, "forgotten again, where it stood this time"
 
 
+def test_forgotten_since_lists_what_retention_forgot_from_a_time_on(engine):
+    """Purge stamps the subscriptions it forgets with its ``now``; ``forgotten_since`` gives them
+    back with that stamp exactly, oldest first, not those forgotten before, at most ``limit``."""
+    later = float(int(time.time()) + 3600)          # stamps a purge of "now + 60" keeps
+    first, second = later + 0.5, later + 1000.25
+    engine.save_cursors({("t", "c:early"): 1})
+    engine.purge(before=time.time() + 60, keep_messages=0, limit=10, now=first)
+    engine.save_cursors({("t", "c:idle"): 3, ("u", "g:idle"): 5})
+    engine.purge(before=time.time() + 60, keep_messages=0, limit=10, now=second)
+    assert engine.cursor("t", "c:idle") is None and engine.forgotten("t", "c:idle") == 3
+    assert sorted(engine.forgotten_since(second, 10)) == [("t", "c:idle", 3, second),
+                                                          ("u", "g:idle", 5, second)]
+    assert engine.forgotten_since(later, 10)[0] == ("t", "c:early", 1, first), "oldest first"
+    assert len(engine.forgotten_since(later, 10)) == 3
+    assert engine.forgotten_since(later, 1) == [("t", "c:early", 1, first)], "at most limit"
+    assert engine.forgotten_since(second + 0.25, 10) == [], "none forgotten from then on"
+    engine.save_cursors({("t", "c:idle"): 4})       # it came back: no longer forgotten
+    assert engine.forgotten_since(first + 1, 10) == [("u", "g:idle", 5, second)]
+    engine.save_cursors({("t", "c:busy"): 1})
+    engine.purge(before=time.time() - 60, keep_messages=0, limit=10)
+    assert engine.cursor("t", "c:busy") == 1, "not idle: not forgotten"
+    assert engine.forgotten_since(later + 2000, 10) == []
+
+
 def test_sqlite_opens_a_file_of_the_previous_version_and_its_messages_never_expire(tmp_path):
     path = tmp_path / "old.db"
     db = sqlite3.connect(path)

@@ -9,7 +9,7 @@ import requests
 
 from dpmq.errors import StoreError
 
-from helpers import Collector, connect_and_close_code, wait_for
+from helpers import Collector, connect_and_close_code, require_redis, wait_for
 
 EVENTS = "_dpmq.events"
 TOKENS = [{"token": "p-secret-1", "role": "producer"},
@@ -275,3 +275,44 @@ def test_no_one_but_an_admin_joins_or_acks_an_admins_pull_of_the_events_topic(lo
         assert joined.status_code == 403 and "admin" in joined.json()["msg"], joined.text
     acked = _post(locked, "/ConsumerAck", admin, ack)
     assert acked.json()["data"]["settled"] == [event["MessageCode"]], acked.text
+
+
+FORGET = {"retentionSeconds": 2, "maxDelaySeconds": 1, "sweepInterval": 0.1,
+          "cursorFlushInterval": 0.05}
+
+
+def test_retention_forgetting_an_idle_subscription_is_an_event_though_it_never_returns(
+        make_broker, engine_name, keep):
+    running = make_broker(engine_name, mq=FORGET)
+    watcher = keep(Watcher(running))
+    idle = Collector(running.ws_url, "t", "idle")
+    wait_for(lambda: len(running.broker.members()) == 2, what="the consumer")
+    running.publish_many("t", ["m0"])
+    idle.wait_count(1)
+    idle.close()
+    (forgot,) = watcher.wait_for("subscription.forgotten", timeout=15)
+    assert {k: forgot[k] for k in ("topic", "subscription", "cursor", "detected")} == \
+        {"topic": "t", "subscription": "c:idle", "cursor": 1, "detected": "retention"}
+    assert forgot["time"].endswith("Z") and forgot["node"] and forgot["process"]
+    assert running.broker.engine.cursor("t", "c:idle") is None
+    time.sleep(0.5)                 # several more sweeps: each forgetting is one event, once
+    assert len(watcher.of("subscription.forgotten")) == 1
+    assert [e["consumerId"] for e in watcher.of("consumer.connected")] == ["idle"], \
+        "told without the forgotten consumer coming back"
+
+
+def test_of_processes_sharing_redis_only_the_one_whose_purge_forgot_a_subscription_tells(
+        make_broker, keep):
+    require_redis()
+    running = make_broker("redis", mq=FORGET)
+    other = make_broker("redis", mq=FORGET, storage={"prefix": running.settings.storage.prefix})
+    watcher = keep(Watcher(running))
+    for name, broker in (("a", running), ("b", other)):     # one idle subscription on each
+        consumer = Collector(broker.ws_url, "t", name)
+        wait_for(lambda b=broker, n=name: n in [m.consumer_id for m in b.broker.members()],
+                 what=f"consumer {name}")
+        consumer.close()
+    forgot = watcher.wait_for("subscription.forgotten", 2, timeout=15)
+    time.sleep(0.5)                         # both processes sweep several times more
+    assert sorted(e["subscription"] for e in watcher.of("subscription.forgotten")) == \
+        ["c:a", "c:b"], [e["subscription"] for e in forgot]

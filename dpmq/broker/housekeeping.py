@@ -7,7 +7,8 @@ Two threads, each stopped through an Event, logging and backing off on errors, n
 - the sweeper saves the cursors that moved every ``mq.cursorFlushInterval`` seconds, and every
   ``mq.sweepInterval`` seconds refreshes those of connected subscriptions before retention would
   forget them and purges what retention says is expired, at most ``mq.sweepBatch``
-  messages at a time so that a sweep never holds the store for long.
+  messages at a time so that a sweep never holds the store for long, then emits a
+  ``subscription.forgotten`` event for each subscription that purge forgot for idleness.
 """
 
 import logging
@@ -17,6 +18,10 @@ import time
 from ..errors import StoreError
 
 log = logging.getLogger(__name__)
+
+#: The most ``subscription.forgotten`` events one sweep emits; past it the rest are only counted
+#: in a log line (the events queue holds 10,000 at most anyway).
+FORGOTTEN_EVENTS = 1000
 
 
 class Housekeeping:
@@ -114,8 +119,26 @@ class Housekeeping:
 
     def purge(self):
         mq = self.broker.settings.mq
-        removed = self.broker.engine.purge(time.time() - mq.retentionSeconds, mq.retentionMessages,
-                                           mq.sweepBatch)
+        now = time.time()
+        removed = self.broker.engine.purge(now - mq.retentionSeconds, mq.retentionMessages,
+                                           mq.sweepBatch, now=now)
         if removed:
             log.info("retention purged=%d", removed)
+        self._report_forgotten(now)
         return removed
+
+    def _report_forgotten(self, now):
+        """One ``subscription.forgotten`` event per subscription this purge forgot. Those are
+        the ones forgotten at exactly ``now``: another process sharing the store stamps its own
+        purges with its own time, so each forgetting is reported once, by the process whose
+        purge did it."""
+        found = self.broker.engine.forgotten_since(now, FORGOTTEN_EVENTS + 1)
+        mine = [entry for entry in found if entry[3] == now]
+        if len(mine) > FORGOTTEN_EVENTS:
+            log.warning("retention forgot more than %d idle subscriptions in one sweep: events"
+                        " for the first %d only", FORGOTTEN_EVENTS, FORGOTTEN_EVENTS)
+        elif mine:
+            log.info("retention forgot idle subscriptions=%d", len(mine))
+        for topic, sub, cursor, _ in mine[:FORGOTTEN_EVENTS]:
+            self.broker.events.emit("subscription.forgotten", topic=topic, subscription=sub,
+                                    cursor=cursor, detected="retention")

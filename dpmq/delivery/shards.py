@@ -266,11 +266,9 @@ class Shard:
         sub.on_deliver = self.on_deliver
         if lost:
             sub.tell_gap(None, None, "lost")
+        # a forgotten one is told by its gap; its subscription.forgotten event went out when
+        # retention forgot it (the housekeeping sweeper), not again now
         sub.forgotten = forgotten
-        if forgotten:
-            # the engines' purge says how many it forgot, not which: told when one comes back
-            self.on_event("subscription.forgotten", topic=topic, subscription=key, cursor=cursor,
-                          detected="onReturn")
         self._subs[(topic, key)] = sub
         self._cursors.loaded((topic, key), cursor, saved_at)
         self.topics.setdefault(topic, []).append(sub)

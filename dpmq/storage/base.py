@@ -106,6 +106,14 @@ class DeliveryStore(abc.ABC):
         entry goes when the subscription gets a cursor again or is forgotten on purpose."""
 
     @abc.abstractmethod
+    def forgotten_since(self, since, limit):
+        """The subscriptions retention forgot for idleness at or after ``since`` (``time.time()``
+        seconds) and still remembers (see :meth:`forgotten`): up to ``limit``
+        ``(topic, sub, cursor, forgotten_at)`` tuples, oldest ``forgotten_at`` first.
+        ``forgotten_at`` is the ``now`` of the :meth:`purge` that forgot it, given back exactly,
+        so that a caller can tell its own purge's subscriptions from another process's."""
+
+    @abc.abstractmethod
     def save_cursors(self, cursors):
         """Save ``{(topic, sub): offset}``. A cursor only ever moves forward here, so that a sweep
         that computed its positions before a concurrent save cannot undo it. A subscription that
@@ -143,14 +151,15 @@ class DeliveryStore(abc.ABC):
 
     # -- retention ---------------------------------------------------------------------------
     @abc.abstractmethod
-    def purge(self, before, keep_messages, limit):
+    def purge(self, before, keep_messages, limit, now=None):
         """Delete at most ``limit`` messages created before ``before`` or beyond the newest
         ``keep_messages`` of their topic (0 = no count limit), and the cursors, attempts, dead
         letters and idempotency keys older than ``before``, with the ownership of the
         subscriptions whose cursors went (or that were recorded before ``before`` and never got
         one); returns how many messages went. A subscription whose cursor went for idleness is
-        remembered with that cursor (:meth:`forgotten`) until a later purge whose ``before`` is
-        past the time it was forgotten: one more retention period. ``limit`` keeps one call short, so the
+        remembered with that cursor (:meth:`forgotten`, :meth:`forgotten_since`) as forgotten at
+        ``now`` (default ``time.time()``) until a later purge whose ``before`` is past that time:
+        one more retention period. ``limit`` keeps one call short, so the
         housekeeping thread calls again while there is more."""
 
 

@@ -225,6 +225,12 @@ class MemoryEngine(OneProcess, Engine):
             entry = self._forgotten.get((topic, sub))
             return entry[0] if entry else None
 
+    def forgotten_since(self, since, limit):
+        with self._lock:
+            found = [(topic, sub, cursor, at) for (topic, sub), (cursor, at)
+                     in self._forgotten.items() if at >= since]
+        return sorted(found, key=lambda entry: entry[3])[:limit]
+
     def save_cursors(self, cursors):
         now = time.time()
         with self._lock:
@@ -320,7 +326,8 @@ class MemoryEngine(OneProcess, Engine):
             self._requeued.get((topic, sub), {}).pop(offset, None)
 
     # -- retention ---------------------------------------------------------------------------
-    def purge(self, before, keep_messages, limit):
+    def purge(self, before, keep_messages, limit, now=None):
+        now = time.time() if now is None else now
         with self._lock:
             removed = 0
             for topic, log in self._logs.items():
@@ -338,7 +345,6 @@ class MemoryEngine(OneProcess, Engine):
                     break
             for key in [k for k, (_, at) in self._forgotten.items() if at < before]:
                 del self._forgotten[key]
-            now = time.time()
             for key in [k for k, (_, updated) in self._cursors.items() if updated < before]:
                 self._forgotten[key] = (self._cursors.pop(key)[0], now)
             for key in [k for k, (_, at) in self._owners.items()

@@ -257,6 +257,15 @@ class RedisEngine(FeedFollower, ProcessReports, BrowseQueries, SubscriptionOwner
         value = self._call(self.client.hget, self._key("forgotten"), f"{topic}|{sub}")
         return int(value) if value is not None else None
 
+    def forgotten_since(self, since, limit):
+        found = self._call(self.client.zrangebyscore, self._key("forgottent"), repr(float(since)),
+                           "+inf", start=0, num=limit, withscores=True)
+        if not found:
+            return []
+        cursors = self._call(self.client.hmget, self._key("forgotten"), [name for name, _ in found])
+        return [(*text(name).split("|", 1), int(cursor), at)
+                for (name, at), cursor in zip(found, cursors) if cursor is not None]
+
     def save_cursors(self, cursors):
         if cursors:
             args = [repr(time.time())]
@@ -379,10 +388,11 @@ class RedisEngine(FeedFollower, ProcessReports, BrowseQueries, SubscriptionOwner
         self._run("UNLOCK", f"{topic}|{consumer_id}", self.node)
 
     # -- retention ---------------------------------------------------------------------------
-    def purge(self, before, keep_messages, limit):
+    def purge(self, before, keep_messages, limit, now=None):
         topics = list(self.heads())
         removed = self._run("PURGE", before, keep_messages, limit, *topics) if topics else 0
-        self._run("PURGE_CURSORS", repr(float(before)), repr(time.time()))
+        now = time.time() if now is None else now
+        self._run("PURGE_CURSORS", repr(float(before)), repr(float(now)))
         pipe = self.client.pipeline()
         for zset in ("dead", "idemt"):
             old = self._call(self.client.zrangebyscore, self._key(zset), "-inf", f"({before}")

@@ -284,7 +284,9 @@ class SQLiteEngine(BrowseQueries, SubscriptionOwners, OneProcess, Engine):
         self._write(lambda db, heads: db.execute(
             "delete from requeued where topic = ? and sub = ? and offset = ?", (topic, sub, offset)))
 
-    def purge(self, before, keep_messages, limit):
+    def purge(self, before, keep_messages, limit, now=None):
+        now = time.time() if now is None else now
+
         def run(db, heads):
             # Purging a whole topic must not let its offsets start again at 1 under cursors
             # that are already further: the heads are saved first.
@@ -303,7 +305,7 @@ class SQLiteEngine(BrowseQueries, SubscriptionOwners, OneProcess, Engine):
             db.execute("delete from forgotten where forgotten_at < ?", (before,))
             db.execute("insert or replace into forgotten (topic, sub, cursor, forgotten_at)"
                        " select topic, sub, cursor, ? from subscriptions where updated < ?",
-                       (time.time(), before))
+                       (now, before))
             db.execute("delete from subscriptions where updated < ?", (before,))
             db.execute("delete from owners where created < ? and not exists (select 1 from"
                        " subscriptions s where s.topic = owners.topic and s.sub = owners.sub)",
@@ -354,6 +356,11 @@ class SQLiteEngine(BrowseQueries, SubscriptionOwners, OneProcess, Engine):
     def forgotten(self, topic, sub):
         rows = self._query("select cursor from forgotten where topic = ? and sub = ?", (topic, sub))
         return rows[0][0] if rows else None
+
+    def forgotten_since(self, since, limit):
+        return [tuple(row) for row in self._query(
+            "select topic, sub, cursor, forgotten_at from forgotten where forgotten_at >= ?"
+            " order by forgotten_at limit ?", (since, limit))]
 
     def attempts(self, topic, sub, after):
         return dict(self._query("select offset, count from attempts where topic = ? and sub = ?"

@@ -50,6 +50,8 @@ SCHEMA = [
     """create table if not exists forgotten (
         topic text not null, sub text not null, cursor integer not null,
         forgotten_at real not null, primary key (topic, sub)) without rowid""",
+    # Retention asks which it forgot since a time (forgotten_since) and deletes the old ones.
+    "create index if not exists forgotten_at on forgotten (forgotten_at)",
     # A subscription that gets a cursor again is no longer forgotten. A trigger, so that the
     # sweep's upsert of cursors that exist already (an update, not an insert) costs nothing more.
     """create trigger if not exists remembered after insert on subscriptions begin
