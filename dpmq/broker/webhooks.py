@@ -66,8 +66,9 @@ def signature(secret, body):
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-class _Connection(http.client.HTTPConnection):
-    """An HTTP connection that tells its webhook its socket once connected (so stop can cut it)."""
+class _TellsItsSocket:
+    """Mixed into an HTTP connection: tells its webhook its socket once connected (so that stop
+    can cut a POST in flight)."""
 
     def __init__(self, host, *, on_connect, **kwargs):
         super().__init__(host, **kwargs)
@@ -78,16 +79,12 @@ class _Connection(http.client.HTTPConnection):
         self.on_connect(self.sock)
 
 
-class _TLSConnection(http.client.HTTPSConnection):
-    """:class:`_Connection` over TLS."""
+class _Connection(_TellsItsSocket, http.client.HTTPConnection):
+    pass
 
-    def __init__(self, host, *, on_connect, **kwargs):
-        super().__init__(host, **kwargs)
-        self.on_connect = on_connect
 
-    def connect(self):
-        super().connect()
-        self.on_connect(self.sock)
+class _TLSConnection(_TellsItsSocket, http.client.HTTPSConnection):
+    pass
 
 
 class _HTTPHandler(urllib.request.HTTPHandler):
