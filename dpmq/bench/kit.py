@@ -104,9 +104,10 @@ async def _open(host, port, path, gate):
     return reader, writer
 
 
-async def _consume(host, port, path, tracker, connected, protocol, gate):
+async def _consume(host, port, path, tracker, connected, protocol, gate, pace=None):
     """One consumer connection. ``protocol`` "socketio" speaks to the Flask-SocketIO peer: it joins
-    the room of the topic named in ``path`` and answers Engine.IO pings."""
+    the room of the topic named in ``path`` and answers Engine.IO pings. ``pace``, a one-item list,
+    makes it a slow reader: at most ``pace[0]`` frames a second, until ``pace[0]`` is cleared."""
     topic = path.split("/")[2]
     if protocol == "socketio":
         path = "/socket.io/?EIO=4&transport=websocket"
@@ -116,9 +117,9 @@ async def _consume(host, port, path, tracker, connected, protocol, gate):
         writer.write(_client_frame(1, b'420["join",' + json.dumps(topic).encode() + b"]"))
     else:
         connected()
-    rest = b""
+    rest, started = b"", None
     while True:
-        chunk = await reader.read(262144)
+        chunk = await reader.read(4096 if pace and pace[0] else 262144)
         if not chunk:
             return
         buffer = rest + chunk if rest else chunk
@@ -129,6 +130,19 @@ async def _consume(host, port, path, tracker, connected, protocol, gate):
             if opcode == 8:
                 return
             _on_frame(opcode, body, now, tracker, writer, connected, protocol)
+        if pace and pace[0]:
+            started = started or time.monotonic()
+            await _slow_read(pace, tracker, started)
+
+
+async def _slow_read(pace, tracker, started):
+    """Wait until this connection's frames so far fit ``pace[0]`` a second since ``started``,
+    in short steps, so that a "drain" (``pace[0]`` cleared) takes effect at once."""
+    while pace[0]:
+        due = started + tracker.received / pace[0] - time.monotonic()
+        if due <= 0:
+            return
+        await asyncio.sleep(min(due, 0.05))
 
 
 def _on_frame(opcode, body, now, tracker, writer, connected, protocol):
@@ -143,10 +157,16 @@ def _on_frame(opcode, body, now, tracker, writer, connected, protocol):
         writer.write(_client_frame(10, body))
 
 
-def consumer_process(url, paths, producers, per_producer, keep_latency, conn, protocol="dpmq"):
-    """Run in a child process: hold ``paths`` connections; report through ``conn``."""
+def consumer_process(url, paths, producers, per_producer, keep_latency, conn, protocol="dpmq",
+                     read_rate=None):
+    """Run in a child process: hold ``paths`` connections; report through ``conn``. With
+    ``read_rate`` each connection reads at most that many frames a second until told "drain".
+
+    Commands: "report" (frames received), "latencies" (those kept since the last ask, and keep
+    them from now on), "drain" (read at full speed), "finish" (what each connection saw)."""
     parts = urllib.parse.urlsplit(url)
     trackers = [Tracker(producers, per_producer, keep_latency) for _ in paths]
+    pace = [read_rate]
 
     async def main():
         connected = [0]
@@ -156,7 +176,7 @@ def consumer_process(url, paths, producers, per_producer, keep_latency, conn, pr
 
         gate = asyncio.Semaphore(100)
         tasks = [asyncio.ensure_future(_consume(parts.hostname, parts.port, path, tracker, one_more,
-                                                protocol, gate))
+                                                protocol, gate, pace))
                  for path, tracker in zip(paths, trackers)]
         deadline = time.monotonic() + 60 + len(paths) / 100
         while connected[0] < len(paths):
@@ -171,12 +191,8 @@ def consumer_process(url, paths, producers, per_producer, keep_latency, conn, pr
         cpu = time.process_time()
         while True:
             await asyncio.sleep(0.1)
-            if conn.poll():
-                command = conn.recv()
-                if command == "report":
-                    conn.send(("report", sum(t.received for t in trackers)))
-                elif command == "finish":
-                    break
+            if conn.poll() and _command(conn.recv(), trackers, pace, conn) == "finish":
+                break
         conn.send(("done", {"cpu": time.process_time() - cpu, "trackers": [
             {"received": t.received, "unique": t.unique(), "duplicated": t.duplicated,
              "outOfOrder": t.out_of_order, "latencies": t.latencies} for t in trackers]}))
@@ -184,6 +200,19 @@ def consumer_process(url, paths, producers, per_producer, keep_latency, conn, pr
             task.cancel()
 
     asyncio.run(main())
+
+
+def _command(command, trackers, pace, conn):
+    """Answer one command of the parent process; returns it."""
+    if command == "report":
+        conn.send(("report", sum(t.received for t in trackers)))
+    elif command == "latencies":
+        conn.send(("latencies", [ms for t in trackers for ms in t.latencies or ()]))
+        for tracker in trackers:
+            tracker.latencies = []
+    elif command == "drain":
+        pace[0] = None
+    return command
 
 
 class KeepAlive:
