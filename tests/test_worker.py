@@ -1,7 +1,9 @@
 """DPMQ's gunicorn worker: where a request ends, direct publishes answered as the application would,
 and everything else served by gunicorn on the same keep-alive connection."""
 
+import os
 import random
+import signal
 import socket
 
 import pytest
@@ -10,7 +12,7 @@ from test_fastpath import BATCH_CASES, CASES, _ask
 
 from dpmq.serving.framing import FramingError, RequestFrame
 
-from helpers import wait_for
+from helpers import Collector, wait_for
 
 FORM = b"application/x-www-form-urlencoded"
 BODY = b"topic=t&messageData=m"
@@ -239,3 +241,44 @@ def test_after_a_pull_the_connection_is_kept_alive_for_the_next_request(served):
         assert _exchange(sock, pull).startswith(b"HTTP/1.1 ")
         assert b'"code":0' in _exchange(sock, _raw(b"/ProducerSend", BODY))
         assert _exchange(sock, pull).startswith(b"HTTP/1.1 ")
+
+
+def _threads(pid):
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def _worker_pid(served_broker):
+    pid = served_broker.proc.pid
+    with open(f"/proc/{pid}/task/{pid}/children") as handle:
+        return int(handle.read().split()[0])
+
+
+def _connected(served_broker):
+    return len(requests.get(served_broker.url + "/Console/GetConsumers", timeout=5).json()["data"])
+
+
+def test_websocket_consumers_hold_no_thread_once_joined_and_their_end_frees_their_place(served):
+    """A joined WebSocket consumer is read by the inbound thread and holds no thread of its own;
+    its end (either side's close) still unsubscribes it and frees its place under the limit."""
+    broker = served(server={"maxConsumers": 30, "httpThreads": 2})
+    worker = _worker_pid(broker)
+    before = _threads(worker)
+    for round_ in range(2):     # the second round fits only if the first's places were freed
+        consumers = [Collector(broker.ws_url, "t", f"c{n}") for n in range(30)]
+        try:
+            wait_for(lambda: _connected(broker) == 30, what="30 consumers joined")
+            assert _threads(worker) <= before + 3       # the farewell thread, and slack
+            reply = requests.post(broker.url + "/ProducerSend",
+                                  data={"topic": "t", "messageData": f"round {round_}"}, timeout=5)
+            assert reply.json()["code"] == 0
+            for consumer in consumers:
+                assert consumer.wait_count(1)[0]["MessageData"] == f"round {round_}"
+        finally:
+            for consumer in consumers:
+                consumer.close()
+        wait_for(lambda: _connected(broker) == 0, what="every consumer left")
+    kept = Collector(broker.ws_url, "t", "kept")
+    wait_for(lambda: _connected(broker) == 1, what="a consumer joined")
+    broker.kill(signal.SIGTERM)
+    wait_for(lambda: kept.closed is not None, what="the consumer closed by the stop")
+    assert kept.closed[0] == 1001

@@ -35,6 +35,7 @@ from ..transport.inbound import Inbound
 from ..validation import new_messages
 from .consumers import Consumers
 from .events import EVENTS_TOPIC, Events, check_topics
+from .farewells import Farewells
 from .housekeeping import Housekeeping
 from .ownership import Owners
 from .pacing import Pacer
@@ -93,6 +94,7 @@ class Broker:
         self.housekeeping = Housekeeping(self)
         self.owners = Owners(self.engine)
         self.inbound = Inbound(settings.server.pingInterval)
+        self.farewells = Farewells()    # consumers' leaving, off the inbound thread
         self.expiry = Expiry()      # closes consumers whose JWT expires (the app's Auth uses it)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -144,6 +146,7 @@ class Broker:
         self.events.stop()
         self.housekeeping.stop()
         self.inbound.stop()
+        self.farewells.stop(max(0.5, deadline - time.monotonic()))
         self.expiry.stop()          # after inbound: no token frame watches a consumer again
         self._stop_delivery.set()
         for shard in self.shards:

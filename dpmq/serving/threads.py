@@ -192,14 +192,24 @@ class RequestThreads:
         threading.Thread(target=target, args=args, name=name, daemon=True).start()
 
     def _serve_consumer(self, conn, request, trailing):
-        """A WebSocket or an event stream, to its end; then the connection is closed."""
+        """A WebSocket or an event stream, to its end; then the connection is closed. A route
+        may end before its consumer does: it calls ``environ["dpmq.detach"]()`` and calls what
+        that returns once the consumer has ended (see :class:`Detached`)."""
+        detached = Detached(self, conn)
         try:
             conn.sock.settimeout(None)
-            self._serve(conn, request, {"dpmq.trailing": trailing} if trailing else None)
+            extra = {"dpmq.detach": detached.take}
+            if trailing:
+                extra["dpmq.trailing"] = trailing
+            self._serve(conn, request, extra)
         finally:
-            conn.close()
-            with self._lock:
-                self._consumers -= 1
+            if not detached.taken:
+                detached.end()
+
+    def _consumer_ended(self, conn):
+        conn.close()
+        with self._lock:
+            self._consumers -= 1
 
     def _serve_long_poll(self, conn, request):
         """A long poll: an ordinary request that may wait for its reply. Its connection then
@@ -269,3 +279,24 @@ class RequestThreads:
                 self.cfg.post_request(self, req, environ, resp)
             except Exception:  # noqa: BLE001 - a hook's failure must not take the reply down
                 self.log.exception("Exception in post_request hook")
+
+
+class Detached:
+    """A consumer's connection whose route may return before the consumer ends, giving its
+    thread back: the connection is then closed, and counted out, when :meth:`end` is called."""
+
+    __slots__ = ("worker", "conn", "taken", "_ended")
+
+    def __init__(self, worker, conn):
+        self.worker, self.conn = worker, conn
+        self.taken = self._ended = False
+
+    def take(self):
+        """The route keeps the connection past its return; returns what to call at its end."""
+        self.taken = True
+        return self.end
+
+    def end(self):
+        if not self._ended:
+            self._ended = True
+            self.worker._consumer_ended(self.conn)

@@ -9,11 +9,13 @@ come back together and are read in a few passes. What a consumer sends is parsed
 handled as they arrive); every write goes through the consumer's
 :class:`~dpmq.transport.connection.Connection`, which never blocks.
 
-A consumer's route thread still holds its connection (flask-sock serves it on that thread), but
-only waits for the end, in :meth:`Reader.wait`: in ``poll`` for the socket's hang-up alone, which
-data arriving does not wake. Waiting on a lock instead put every consumer's sleeper in the
-kernel's futex table, and every hand-over of the interpreter's lock then paid for walking them
-(docs/BENCHMARKS.md, idle consumers).
+Under DPMQ's worker a consumer's route thread returns once the consumer has joined, and its end
+is told to the ``on_end`` given to :meth:`Inbound.add`: a thread held per idle consumer (its stack,
+its interpreter state) was most of what one cost. Under another server the route thread holds
+the connection (flask-sock serves it on that thread) and only waits for the end, in
+:meth:`Reader.wait`: in ``poll`` for the socket's hang-up alone, which data arriving does not
+wake. Waiting on a lock instead put every consumer's sleeper in the kernel's futex table, and
+every hand-over of the interpreter's lock then paid for walking them.
 """
 
 import collections
@@ -39,15 +41,16 @@ class Reader:
     closed or vanished, a Close was exchanged, it stopped answering pings, or the broker is
     stopping)."""
 
-    __slots__ = ("channel", "conn", "on_input", "due", "done", "ended")
+    __slots__ = ("channel", "conn", "on_input", "due", "done", "ended", "on_end")
 
-    def __init__(self, channel, conn, on_input, due):
+    def __init__(self, channel, conn, on_input, due, on_end=None):
         self.channel = channel      # the WebSocket protocol: parses what arrives, closes
         self.conn = conn
         self.on_input = on_input    # called with the messages that arrived
         self.due = due              # when it is next pinged
         self.done = False
-        self.ended = threading.Event()
+        self.on_end = on_end        # told of the end (must not block), or else:
+        self.ended = None if on_end else threading.Event()      # for wait()
 
     def wait(self):
         """Return once the connection has ended. Any end the inbound thread sees also shuts the
@@ -84,17 +87,19 @@ class Inbound:
         self._thread.start()
 
     def stop(self, timeout=5.0):
-        """Stop reading; the route threads of connections still open return."""
+        """Stop reading; the connections still open end."""
         self._stopping = True
         self._wake()
         if self._thread is not None:
             self._thread.join(timeout)
 
-    def add(self, channel, conn, on_input):
-        """Read ``channel`` from now on; returns its :class:`Reader`, for the caller to
-        :meth:`wait` on. The caller registers the socket itself (the selector takes that from any
-        thread), so that a burst of new consumers does not wake the inbound thread once each."""
-        reader = Reader(channel, conn, on_input, time.monotonic() + self.interval)
+    def add(self, channel, conn, on_input, on_end=None):
+        """Read ``channel`` from now on; returns its :class:`Reader`. Its end is told to
+        ``on_end`` (on whichever thread sees it: it must not block) or, without one, waited for
+        with :meth:`Reader.wait`. The caller registers the socket itself (the selector takes that
+        from any thread), so that a burst of new consumers does not wake the inbound thread once
+        each."""
+        reader = Reader(channel, conn, on_input, time.monotonic() + self.interval, on_end)
         with self._lock:
             if self._closed:
                 _finish(reader)
@@ -205,4 +210,7 @@ class Inbound:
 def _finish(reader):
     reader.done = True
     reader.conn.detach()            # no more writes: the socket goes back to the HTTP server
-    reader.ended.set()
+    if reader.on_end is not None:
+        reader.on_end()
+    else:
+        reader.ended.set()

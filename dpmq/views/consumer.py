@@ -9,17 +9,19 @@ permessage-deflate offer is dropped: every consumer then receives the same prebu
 simple-websocket's reader thread is never started (:class:`NoReaderThread`, its documented
 ``thread_class`` option): from the handshake on, the stream is DPMQ's own
 (:class:`~dpmq.transport.websocket.WebSocketChannel`), read with every other consumer by the
-broker's :class:`~dpmq.transport.inbound.Inbound` thread, and the route thread only waits for its end. What
-the consumer sends (acks and nacks with ``?ack=1``, and ``{"token": "<jwt>"}`` replacing the
-connection's token) is handled on the inbound thread as it arrives. A consumer that connected
-with a JWT is closed with 4401 when its token expires (:class:`~dpmq.token_expiry.Expiry`), unless
-it sent a fresh one in time.
+broker's :class:`~dpmq.transport.inbound.Inbound` thread. Under DPMQ's worker the route thread
+then returns (``dpmq.detach``: the worker keeps the connection open); under another server it
+waits for the end. What the consumer sends (acks and nacks with ``?ack=1``, and ``{"token":
+"<jwt>"}`` replacing the connection's token) is handled on the inbound thread as it arrives. A
+consumer that connected with a JWT is closed with 4401 when its token expires
+(:class:`~dpmq.token_expiry.Expiry`), unless it sent a fresh one in time.
 
 The same path without an Upgrade and with ``Accept: text/event-stream`` is the same subscription
 as Server-Sent Events (:mod:`dpmq.transport.events`): refusals are plain HTTP errors, and once
 it is taken the response head goes out and the route thread waits for the stream's end.
 """
 
+import functools
 import logging
 import socket
 
@@ -119,16 +121,31 @@ def consumers_conn(ws, topic, consumer_id):
         channel.close(getattr(exc, "close_code", CLOSE_BAD_INPUT), str(exc))
         return
     auth = current_app.extensions["dpmq_auth"]
+    leave = functools.partial(_leave, b, auth, member, channel)
+    detach = request.environ.get("dpmq.detach")
     try:
         _watch_expiry(b, auth, member, identity, _close_expired)
-        reader = b.inbound.add(channel, member.conn,
-                               lambda messages: _take_input(b, auth, member, messages))
-        reader.wait()
+        on_input = functools.partial(_take_input, b, auth, member)
+        if detach is None:
+            b.inbound.add(channel, member.conn, on_input).wait()
+        else:
+            # DPMQ's worker keeps the connection open when this route returns and gives the
+            # thread back; the consumer's end (on the inbound thread) is handed to the broker's
+            # farewell thread, then to the worker's, which closes the connection
+            b.inbound.add(channel, member.conn, on_input, on_end=functools.partial(
+                b.farewells.put, leave, detach()))
+            leave = None
     finally:
-        auth.expiry.forget(member)
-        code = channel.close_code
-        reason = "closed by the consumer" if code in (1000, 1005) else f"closed with code {code}"
-        b.unsubscribe(member, reason)
+        if leave is not None:
+            leave()
+
+
+def _leave(b, auth, member, channel):
+    """What a WebSocket consumer's end takes: its token is no longer watched, and it leaves."""
+    auth.expiry.forget(member)
+    code = channel.close_code
+    reason = "closed by the consumer" if code in (1000, 1005) else f"closed with code {code}"
+    b.unsubscribe(member, reason)
 
 
 def _take_input(b, auth, member, messages):
