@@ -65,10 +65,12 @@ gaps (messages a resuming subscription missed because they were gone) are report
   dpmq stats                                   refresh every 2 seconds until Ctrl-C
   dpmq stats --once                            print once (for scripts)""",
     "bench": """examples:
-  dpmq bench                                   every scenario, on a broker it starts (sqlite)
+  dpmq bench                                   the six quick scenarios, on a broker it starts (sqlite)
   dpmq bench --scenario fanout,latency --engine memory
   dpmq bench --url http://10.0.0.5:8080 --scenario publish --json result.json
-  dpmq bench --scenario idle --idle 10000      RSS per idle connection, CPU while idle""",
+  dpmq bench --scenario idle --idle 10000      RSS per idle connection, CPU while idle
+  dpmq bench --scenario fanout-wide --consumers 2000
+  dpmq bench --scenario soak --soak-minutes 2""",
     "check-config": """examples:
   dpmq check-config                            what dpmq serve would run: its file and DPMQ_* variables
   dpmq check-config prod.yaml && echo valid""",
@@ -130,8 +132,9 @@ def _parser():
 
     bench = command("bench", "measure a broker: fan-out, publish, batch, latency, idle consumers")
     bench.set_defaults(url=None)
-    bench.add_argument("--scenario", default="all", help="all, or a comma-separated list of: fanout,"
-                       " topics, publish, batch, latency, idle")
+    bench.add_argument("--scenario", default="all", help="all (fanout, topics, publish, batch,"
+                       " latency, idle), or a comma-separated list of those and of the scenarios"
+                       " at scale: fanout-wide, topics-wide, large, slow-mix, workers, soak")
     bench.add_argument("--engine", default="sqlite", choices=("sqlite", "memory", "redis"),
                        help="engine of the broker bench starts when no --url is given")
     bench.add_argument("--pid", type=int, help="the broker's process id, for RSS and CPU with --url")
@@ -142,6 +145,15 @@ def _parser():
     bench.add_argument("--messages", type=int, help="messages per scenario instead of its default")
     bench.add_argument("--producers", type=int,
                        help="producer processes per scenario instead of its default (2; latency 1)")
+    bench.add_argument("--consumers", type=int, help="consumers per scenario instead of its default"
+                       " (fanout-wide 5000, fanout 50...)")
+    bench.add_argument("--rate", type=float, help="messages/s of the rate-bound scenarios (latency"
+                       " 200, fanout-wide 20, slow-mix 200; soak: half the measured capacity)")
+    bench.add_argument("--soak-minutes", type=float, help="how long soak runs (default 30)")
+    bench.add_argument("--sample-seconds", type=float,
+                       help="soak samples the broker this often (default 60)")
+    bench.add_argument("--workers", type=int, help="the workers scenario compares 1 worker process"
+                       " with this many (default 2; redis engine)")
     bench.add_argument("--protocol", default="dpmq", choices=("dpmq", "socketio"),
                        help="consumers speak DPMQ's WebSocket, or Socket.IO to bench/socketio_peer.py")
     bench.add_argument("--json", help="also write the results to this JSON file")

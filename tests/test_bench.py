@@ -5,7 +5,13 @@ import os
 import subprocess
 import sys
 
-from dpmq.bench.run import run_scenario, settle
+import pytest
+
+from dpmq.bench.run import LocalBroker, run_scenario, settle
+
+from helpers import require_redis
+
+QUIET = dict(progress=lambda text: None)
 
 
 def test_fanout_and_latency_scenarios_account_for_every_message(make_broker):
@@ -83,3 +89,90 @@ def test_idle_measures_once_the_broker_has_stopped_working():
     finally:
         quiet.kill()
         quiet.wait()
+
+
+# The scenarios at scale, scaled down, against one `dpmq serve` of the bench's own (memory engine).
+
+@pytest.fixture(scope="module")
+def local():
+    broker = LocalBroker("memory", 300)
+    yield broker
+    broker.stop()
+
+
+def _accounted(result):
+    assert (result["lost"], result["duplicated"], result["outOfOrder"]) == (0, 0, 0), result
+    assert result["deliveredPerSecond"] > 0
+
+
+def test_fanout_wide_measures_throughput_then_latency_on_the_same_connections(local):
+    result = run_scenario("fanout-wide", local.url, pid=local.pid, consumers=200, messages=20,
+                          rate=20, rate_seconds=1, per_process=100, **QUIET)
+    _accounted(result)
+    # 20 messages as fast as they go, then 20 at 20/s, each to 200 consumers in 2 processes
+    assert result["delivered"] == 20 * 200 and result["rateDelivered"] == 20 * 200
+    assert result["accepted"] == 20 and result["rateAccepted"] == 20
+    assert 0 < result["latencyP50Ms"] <= result["latencyP99Ms"] <= result["latencyMaxMs"]
+    assert result["brokerCpuUsPerMessage"] > 0 and 0 < result["rateConsumersCpuShare"] <= 1
+    assert 0 < result["rateConsumersBusiestProcessCore"] <= 1.5
+
+
+def test_topics_wide_and_large_account_for_every_message(local):
+    topics = run_scenario("topics-wide", local.url, topics=20, consumers=100, messages=400,
+                          per_process=60, **QUIET)
+    _accounted(topics)
+    assert topics["delivered"] == 400 * 5 and topics["topics"] == 20
+    large = run_scenario("large", local.url, consumers=3, messages=20, **QUIET)
+    _accounted(large)
+    assert large["size"] == 65536 and large["delivered"] == 60
+    assert large["deliveredMBPerSecond"] == pytest.approx(
+        large["deliveredPerSecond"] * 65536 / 1e6, rel=0.01)
+
+
+def test_slow_mix_reads_slowly_while_publishing_then_drains(local):
+    result = run_scenario("slow-mix", local.url, consumers=10, slow=3, messages=100, rate=100,
+                          **QUIET)
+    _accounted(result)
+    assert result["delivered"] == 100 * 10
+    # the slow consumers (10 frames/s each) had read a fraction when publishing ended
+    assert result["slowReceivedWhilePublishing"] < result["slowExpectedWhilePublishing"] == 300
+    for key in ("latencyP50Ms", "latencyP99Ms", "baselineP99Ms", "p99Ratio"):
+        assert result[key] > 0, key
+
+
+def test_soak_samples_the_broker_at_half_the_measured_capacity(local):
+    result = run_scenario("soak", local.url, pid=local.pid, consumers=5, capacity_messages=300,
+                          soak_minutes=0.05, sample_seconds=1, **QUIET)
+    _accounted(result)
+    assert result["capacityPerSecond"] > 0
+    assert result["rate"] == pytest.approx(result["capacityPerSecond"] / 2, abs=0.1)
+    assert len(result["samples"]) == 3
+    for sample in result["samples"]:
+        assert sample["rssKb"] > 0 and sample["threads"] > 0 and sample["fds"] > 0
+    assert result["rssRatio"] > 0 and result["flat"] in (True, False)
+    assert result["flatTolerance"] > 0
+
+
+def test_workers_compares_one_redis_worker_with_two():
+    require_redis()
+    result = run_scenario("workers", None, consumers=6, messages=200, workers=2, **QUIET)
+    assert (result["lost"], result["duplicated"], result["outOfOrder"]) == (0, 0, 0), result
+    for count in ("1", "2"):
+        fanout = result["runs"][count]["fanout"]
+        assert fanout["delivered"] == 200 * 6 and fanout["brokerCpuUsPerMessage"] > 0
+        assert 0 < fanout["loadCpuShare"] <= 1 and 0 < fanout["brokerCpuShare"] <= 1
+        assert result["runs"][count]["publish"]["accepted"] == 200
+    assert result["publishRatio"] > 0 and result["fanoutRatio"] > 0
+    assert result["deliveredPerSecond"] == result["deliveredPerSecondW2"]
+
+
+def test_bench_command_runs_a_short_soak_at_a_given_rate(tmp_path):
+    out = tmp_path / "soak.json"
+    command = [sys.executable, "-m", "dpmq.cli", "bench", "--scenario", "soak", "--engine",
+               "memory", "--rate", "40", "--soak-minutes", "0.05", "--sample-seconds", "1",
+               "--consumers", "3", "--json", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (soak,) = json.loads(out.read_text())["results"]
+    assert soak["rate"] == 40 and soak["consumers"] == 3 and soak["capacityPerSecond"] is None
+    assert soak["accepted"] == 120 and soak["delivered"] == 360 and len(soak["samples"]) == 3
