@@ -89,15 +89,16 @@ def _client_frame(opcode, payload):
     return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
-async def _open(host, port, path, gate):
+async def _open(host, port, path, gate, headers=""):
     """Connect and upgrade; ``gate`` bounds the handshakes in progress, so that thousands of
-    consumers do not overflow the server's listen backlog at once."""
+    consumers do not overflow the server's listen backlog at once. ``headers``: more request
+    header lines, each ending in CRLF."""
     async with gate:
         reader, writer = await asyncio.open_connection(host, port)
         key = base64.b64encode(os.urandom(16)).decode()
         writer.write((f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
                       f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                      "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+                      f"Sec-WebSocket-Version: 13\r\n{headers}\r\n").encode())
         head = await reader.readuntil(b"\r\n\r\n")
     if b" 101 " not in head.split(b"\r\n", 1)[0]:
         raise ConnectionError(f"handshake refused: {head[:80]!r}")
@@ -163,10 +164,15 @@ def consumer_process(url, paths, producers, per_producer, keep_latency, conn, pr
     ``read_rate`` each connection reads at most that many frames a second until told "drain".
 
     Commands: "report" (frames received), "latencies" (those kept since the last ask, and keep
-    them from now on), "drain" (read at full speed), "finish" (what each connection saw)."""
+    them from now on), "drain" (read at full speed), "finish" (what each connection saw).
+    ``protocol`` "stomp": RabbitMQ's Web-STOMP at ``url`` (:mod:`dpmq.bench.rabbitmq`)."""
     parts = urllib.parse.urlsplit(url)
     trackers = [Tracker(producers, per_producer, keep_latency) for _ in paths]
     pace = [read_rate]
+    consume = _consume
+    if protocol == "stomp":
+        from . import rabbitmq
+        consume = rabbitmq.consumers(url, paths)
 
     async def main():
         connected = [0]
@@ -175,8 +181,8 @@ def consumer_process(url, paths, producers, per_producer, keep_latency, conn, pr
             connected[0] += 1
 
         gate = asyncio.Semaphore(100)
-        tasks = [asyncio.ensure_future(_consume(parts.hostname, parts.port, path, tracker, one_more,
-                                                protocol, gate, pace))
+        tasks = [asyncio.ensure_future(consume(parts.hostname, parts.port, path, tracker, one_more,
+                                               protocol, gate, pace))
                  for path, tracker in zip(paths, trackers)]
         deadline = time.monotonic() + 60 + len(paths) / 100
         while connected[0] < len(paths):
@@ -293,7 +299,11 @@ class KeepAlive:
 
 def producer_process(url, index, topics, count, size, batch, rate, token, conn):
     """Run in a child process: publish ``count`` messages (``batch`` per request), round-robin
-    over ``topics``, at most ``rate`` per second if given; report accepted and refused."""
+    over ``topics``, at most ``rate`` per second if given; report accepted and refused. A ``ws://``
+    ``url`` is RabbitMQ's Web-STOMP: its producers publish over AMQP (:mod:`dpmq.bench.rabbitmq`)."""
+    if url.startswith(("ws://", "wss://")):
+        from . import rabbitmq
+        return rabbitmq.producer_process(url, index, topics, count, size, batch, rate, token, conn)
     parts = urllib.parse.urlsplit(url)
     client = KeepAlive(parts.hostname, parts.port)
     # a form body is the topic's part, built once, and the payload, whose only reserved
