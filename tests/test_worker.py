@@ -282,3 +282,26 @@ def test_websocket_consumers_hold_no_thread_once_joined_and_their_end_frees_thei
     broker.kill(signal.SIGTERM)
     wait_for(lambda: kept.closed is not None, what="the consumer closed by the stop")
     assert kept.closed[0] == 1001
+
+
+def test_event_streams_hold_no_thread_once_joined_and_are_kept_alive(served):
+    broker = served(server={"pingInterval": 1})
+    worker = _worker_pid(broker)
+    before = _threads(worker)
+    streams = []
+    for n in range(20):
+        sock = socket.create_connection(("127.0.0.1", broker.port), timeout=5)
+        sock.sendall(b"GET /ConsumersConn/t/s%d HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream"
+                     b"\r\n\r\n" % n)
+        streams.append(sock)
+    try:
+        wait_for(lambda: _connected(broker) == 20, what="20 event streams joined")
+        assert _threads(worker) <= before + 3
+        received = [b""] * len(streams)
+        for i, sock in enumerate(streams):      # the head, then a keep-alive comment within 1 s
+            while b": keep-alive" not in received[i]:
+                received[i] += sock.recv(4096)
+    finally:
+        for sock in streams:
+            sock.close()
+    wait_for(lambda: _connected(broker) == 0, what="every stream left")

@@ -7,9 +7,11 @@ back as ``Last-Event-ID`` when it reconnects. Gap notices always go on the strea
 (``event: gap``), as an event-stream reader skips the events it does not listen for.
 
 :class:`EventStream` is the protocol side of one such consumer, as
-:class:`~dpmq.transport.websocket.WebSocketChannel` is for a WebSocket: the route thread waits in
-:meth:`EventStream.wait` for the stream's end, keeping it alive meanwhile, and any thread may end
-it with :meth:`EventStream.close`. Every write goes through the consumer's
+:class:`~dpmq.transport.websocket.WebSocketChannel` is for a WebSocket: under DPMQ's worker the
+broker's :class:`~dpmq.transport.inbound.Inbound` thread watches it with every other consumer and
+sends its keep-alive comments in the ping rounds; under another server the route thread waits in
+:meth:`EventStream.wait` for the stream's end, keeping it alive meanwhile. Any thread may end it
+with :meth:`EventStream.close`. Every write goes through the consumer's
 :class:`~dpmq.transport.connection.Connection`, the only writer of the socket.
 """
 
@@ -77,9 +79,37 @@ class EventStream:
     """One consumer's event stream once it is subscribed. :meth:`wait` is for the route thread;
     :meth:`close` may be called from any thread (the broker does, on shutdown with 1001)."""
 
+    #: What arrived with the request, for :class:`~dpmq.transport.inbound.Inbound`: nothing.
+    pending = ()
+
     def __init__(self, conn):
         self.conn = conn                    # the outgoing side, the only writer
         self.close_code = None              # DPMQ's code when it ended the stream
+
+    @property
+    def open(self):
+        return self.close_code is None
+
+    @property
+    def pong_received(self):
+        """Always: an event stream's client has no answer to a keep-alive; a write that fails
+        is its end."""
+        return True
+
+    @pong_received.setter
+    def pong_received(self, value):
+        pass
+
+    def receive(self, data):
+        """What the client sent (b"" at its end), read by the inbound thread: nothing DPMQ
+        reads, so no messages."""
+        return []
+
+    def ended(self):
+        """Why the stream ended, once it has."""
+        if self.close_code is not None:
+            return f"closed by DPMQ with code {self.close_code}"
+        return "closed by the consumer"
 
     def close(self, code, reason=""):
         """Write the final ``event: close`` with ``{"code", "reason"}``; nothing follows it. The
@@ -113,16 +143,11 @@ class EventStream:
                 continue
             try:
                 if not raw.recv(4096, _DONTWAIT):
-                    return self._ended()
+                    return self.ended()
             except (BlockingIOError, InterruptedError):
                 continue
             except OSError as exc:
                 return f"the connection failed: {exc}"
-
-    def _ended(self):
-        if self.close_code is not None:
-            return f"closed by DPMQ with code {self.close_code}"
-        return "closed by the consumer"
 
 
 class HeadFirst:

@@ -18,7 +18,8 @@ consumer that connected with a JWT is closed with 4401 when its token expires
 
 The same path without an Upgrade and with ``Accept: text/event-stream`` is the same subscription
 as Server-Sent Events (:mod:`dpmq.transport.events`): refusals are plain HTTP errors, and once
-it is taken the response head goes out and the route thread waits for the stream's end.
+it is taken the response head goes out and, as for a WebSocket, the inbound thread watches the
+stream (or, under another server, the route thread waits for its end).
 """
 
 import functools
@@ -287,17 +288,34 @@ def consumers_events(topic, consumer_id):
                          **options)
     reason = "the response head could not be written"
     auth = current_app.extensions["dpmq_auth"]
+    detach = request.environ.get("dpmq.detach")
     try:
         _watch_expiry(b, auth, member, identity, _end_expired_stream)
         conn.raw.start(response_head(_cors(b)))
         conn.on_progress(conn)      # what the shard queued meanwhile goes out now
-        reason = stream.wait(b.settings.server.pingInterval)
+        if detach is None:
+            reason = stream.wait(b.settings.server.pingInterval)
+        else:               # as a WebSocket's: the inbound thread watches it, and pings it
+            leave = functools.partial(_leave_stream, b, auth, member, stream)
+            b.inbound.add(stream, conn, _ignore, on_end=functools.partial(
+                b.farewells.put, leave, detach()))
+            member = None
     except OSError:
         pass
     finally:
-        auth.expiry.forget(member)
-        b.unsubscribe(member, reason)
+        if member is not None:
+            auth.expiry.forget(member)
+            b.unsubscribe(member, reason)
     return _StreamEnded()
+
+
+def _leave_stream(b, auth, member, stream):
+    auth.expiry.forget(member)
+    b.unsubscribe(member, stream.ended())
+
+
+def _ignore(messages):
+    """What an event stream's client sends: nothing DPMQ reads."""
 
 
 def _last_event_id():
