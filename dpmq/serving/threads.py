@@ -5,10 +5,11 @@ never waits for a slow client to finish sending. An HTTP request is served on on
 ``server.httpThreads`` pool threads; after the reply the thread waits a few milliseconds for the
 connection's next request (a busy producer's arrives by then) and serves it at once, unless other
 requests wait for a thread; otherwise the connection goes back to the loop. A WebSocket handshake
-or an event-stream consumer gets a thread of its own, which the consumer holds while it is connected
-(flask-sock's way), and so does a long poll (``POST /ConsumerPull``) while it waits: a thousand
-waiting consumers never take the threads producers need. After a long poll's reply its connection
-goes back to the loop like any other.
+or an event-stream consumer gets a thread of its own until it has joined (the route then gives it
+back, see :class:`Detached`, and the broker's inbound thread watches the consumer), and so does a
+long poll (``POST /ConsumerPull``) while it waits: a thousand waiting consumers never take the
+threads producers need. After a long poll's reply its connection goes back to the loop like any
+other.
 
 Everything goes through gunicorn's public pieces, as its own workers use them: ``RequestParser``
 over the request's bytes, ``wsgi.create`` for the environ and the response, the ``pre_request`` and
