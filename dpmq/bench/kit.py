@@ -113,6 +113,8 @@ async def _consume(host, port, path, tracker, connected, protocol, gate, pace=No
     if protocol == "socketio":
         path = "/socket.io/?EIO=4&transport=websocket"
     reader, writer = await _open(host, port, path, gate)
+    if pace and pace[0]:    # a small receive buffer: what it has not read waits in the broker
+        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
     if protocol == "socketio":
         writer.write(_client_frame(1, b"40"))
         writer.write(_client_frame(1, b'420["join",' + json.dumps(topic).encode() + b"]"))
