@@ -31,7 +31,7 @@ from dpmq.bench.run import SCENARIOS, disk_flush, run_scenario
 
 HERE = pathlib.Path(__file__).resolve().parent
 #: Scenarios only DPMQ can run: DPMQ's batch endpoint, brokers it starts itself, hours of load.
-DPMQ_ONLY = ("batch", "workers", "soak")
+ONLY_FOR_DPMQ = ("batch", "workers", "soak")
 #: What runs unless ``--scenario`` says otherwise (the scenarios at scale are asked for by name).
 COMPARED = ("fanout", "topics", "publish", "latency", "idle")
 SERVERS = ("dpmq-sqlite", "dpmq-memory") + peers.STARTED + peers.EXTERNAL
@@ -133,7 +133,7 @@ def _chosen_scenarios(args):
 
 def _runs(name, scenario):
     """Whether server ``name`` runs ``scenario``."""
-    if scenario in DPMQ_ONLY:
+    if scenario in ONLY_FOR_DPMQ:
         return name.startswith("dpmq-")
     return not (scenario == "idle" and name == "node-ws-durable")  # node-ws's idle connections
 
