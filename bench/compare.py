@@ -65,6 +65,8 @@ def _one(name, server, scenario, args):
         overrides["producers"] = args.producers
     if args.messages and scenario != "idle":
         overrides["messages"] = args.messages
+    if args.consumers and scenario != "idle":
+        overrides["consumers"] = args.consumers
     print(f"{name}: {scenario}", file=sys.stderr, flush=True)
     consumers = overrides.get("consumers", SCENARIOS[scenario].get("consumers", 0))
     try:
@@ -215,6 +217,9 @@ def _arguments():
     parser.add_argument("--producers", type=int,
                         help="producer processes per scenario instead of its default (2; latency 1)")
     parser.add_argument("--messages", type=int, help="messages per scenario instead of its default")
+    parser.add_argument("--consumers", type=int,
+                        help="consumers per scenario instead of its default (e.g. fanout-wide at"
+                             " 2000)")
     parser.add_argument("--scenario", default=",".join(COMPARED),
                         help=f"a comma-separated list of: {', '.join(SCENARIOS)} but workers and "
                              f"soak (default: {', '.join(COMPARED)}); batch runs on DPMQ only")

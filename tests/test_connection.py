@@ -80,7 +80,19 @@ def test_a_run_is_taken_whole_or_not_at_all_with_the_limit_that_single_offers_ha
         assert sum(single.offer(frame(r), r) for r in recs) == taken_one_by_one
         whole = Connection(ours, limit, WEBSOCKET)
         assert whole.offer_all(*run.joined(WEBSOCKET)) == (taken_one_by_one == 4)
-        assert whole.pending_bytes == (4 * size if taken_one_by_one == 4 else 0)
+        # taken, it went straight to the empty socket (or waits for it): all four, or none
+        assert whole.take_written() + whole.unwritten() == (recs if taken_one_by_one == 4 else [])
+
+
+def test_a_run_offered_to_an_empty_connection_is_written_at_once(pair):
+    ours, theirs = pair
+    conn = Connection(ours, 1 << 20, WEBSOCKET)
+    recs = records(3)
+    data, ends, taken = run_of(recs).joined(WEBSOCKET)
+    assert conn.offer_all(data, ends, taken)
+    assert conn.pending_bytes == 0 and conn.unwritten() == []
+    assert conn.take_written() == recs and conn.delivered == 3
+    assert receive(theirs, len(data)) == data
 
 
 def test_a_closing_connection_takes_no_run(pair):
