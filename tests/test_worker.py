@@ -10,6 +10,7 @@ import pytest
 import requests
 from test_fastpath import BATCH_CASES, CASES, _ask
 
+from dpmq.broker.farewells import THREADS
 from dpmq.serving.framing import FramingError, RequestFrame
 
 from helpers import Collector, wait_for
@@ -267,7 +268,7 @@ def test_websocket_consumers_hold_no_thread_once_joined_and_their_end_frees_thei
         consumers = [Collector(broker.ws_url, "t", f"c{n}") for n in range(30)]
         try:
             wait_for(lambda: _connected(broker) == 30, what="30 consumers joined")
-            assert _threads(worker) <= before + 3       # the farewell thread, and slack
+            assert _threads(worker) <= before + THREADS + 2     # farewell threads, and slack
             reply = requests.post(broker.url + "/ProducerSend",
                                   data={"topic": "t", "messageData": f"round {round_}"}, timeout=5)
             assert reply.json()["code"] == 0
@@ -296,7 +297,7 @@ def test_event_streams_hold_no_thread_once_joined_and_are_kept_alive(served):
         streams.append(sock)
     try:
         wait_for(lambda: _connected(broker) == 20, what="20 event streams joined")
-        assert _threads(worker) <= before + 3
+        assert _threads(worker) <= before + THREADS + 2
         received = [b""] * len(streams)
         for i, sock in enumerate(streams):      # the head, then a keep-alive comment within 1 s
             while b": keep-alive" not in received[i]:
@@ -305,3 +306,25 @@ def test_event_streams_hold_no_thread_once_joined_and_are_kept_alive(served):
         for sock in streams:
             sock.close()
     wait_for(lambda: _connected(broker) == 0, what="every stream left")
+
+
+def test_a_stop_waits_for_every_consumer_to_leave(served):
+    """A thousand ephemeral consumers connected at a stop: each one's leaving (which forgets its
+    subscription in the store) runs before the broker closes the store, even with no time given
+    to the stop."""
+    broker = served(server={"shutdownTimeout": 0, "maxConsumers": 1100})
+    streams = []
+    for n in range(1000):
+        sock = socket.create_connection(("127.0.0.1", broker.port), timeout=10)
+        sock.sendall(b"GET /ConsumersConn/e/s%d?durable=0 HTTP/1.1\r\nHost: x\r\n"
+                     b"Accept: text/event-stream\r\n\r\n" % n)
+        streams.append(sock)
+    try:
+        wait_for(lambda: _connected(broker) == 1000, timeout=30, what="1000 streams joined")
+        broker.kill(signal.SIGTERM)
+        broker.start()
+        topics = requests.get(broker.url + "/Console/GetTopics", timeout=5).json()["data"]
+        assert [t["subscriptions"] for t in topics if t["topic"] == "e"] in ([], [0])
+    finally:
+        for sock in streams:
+            sock.close()

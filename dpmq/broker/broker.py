@@ -146,7 +146,8 @@ class Broker:
         self.events.stop()
         self.housekeeping.stop()
         self.inbound.stop()
-        self.farewells.stop(max(0.5, deadline - time.monotonic()))
+        # the consumers' leavings, even past the deadline a little: the stop is given 2 s more
+        self.farewells.stop(max(0, deadline - time.monotonic()) + 1.5)
         self.expiry.stop()          # after inbound: no token frame watches a consumer again
         self._stop_delivery.set()
         for shard in self.shards:
