@@ -85,13 +85,21 @@ def _one(name, server, scenario, args):
         server.cleanup(scenario)
 
 
-def _servers(args, names):
+def _most_consumers(args, scenarios):
+    """The most consumers any chosen scenario connects: a DPMQ broker must admit them all."""
+    counts = [args.idle] + [args.consumers or SCENARIOS[name].get("consumers", 0)
+                            for name in scenarios if name != "idle"]
+    return max(counts)
+
+
+def _servers(args, names, scenarios):
     """Every server asked for at once, each idle while another is measured."""
     servers = {}
+    most = _most_consumers(args, scenarios)
     try:
         for engine in ("sqlite", "memory"):
             if f"dpmq-{engine}" in names:
-                servers[f"dpmq-{engine}"] = peers.DPMQ(engine, args.idle)
+                servers[f"dpmq-{engine}"] = peers.DPMQ(engine, most)
         beside = servers["dpmq-sqlite"].folder if "dpmq-sqlite" in servers else None
         for name in peers.STARTED:
             if name in names:
@@ -232,7 +240,7 @@ def _arguments():
 def main():
     args = _arguments()
     names, scenarios = _chosen_servers(args), _chosen_scenarios(args)
-    servers = _servers(args, names)
+    servers = _servers(args, names, scenarios)
     everything = {name: {} for name in servers}
     where = ("dpmq-sqlite's store" if "dpmq-sqlite" in servers
              else f"the temporary folder {tempfile.gettempdir()}")
