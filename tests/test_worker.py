@@ -285,16 +285,22 @@ def test_websocket_consumers_hold_no_thread_once_joined_and_their_end_frees_thei
     assert kept.closed[0] == 1001
 
 
+def _event_streams(broker, topic, count, query=""):
+    """``count`` event-stream consumers of ``topic`` (consumerIds s0, s1, ...) on raw sockets."""
+    streams = []
+    for n in range(count):
+        sock = socket.create_connection(("127.0.0.1", broker.port), timeout=10)
+        sock.sendall(f"GET /ConsumersConn/{topic}/s{n}{query} HTTP/1.1\r\nHost: x\r\n"
+                     "Accept: text/event-stream\r\n\r\n".encode())
+        streams.append(sock)
+    return streams
+
+
 def test_event_streams_hold_no_thread_once_joined_and_are_kept_alive(served):
     broker = served(server={"pingInterval": 1})
     worker = _worker_pid(broker)
     before = _threads(worker)
-    streams = []
-    for n in range(20):
-        sock = socket.create_connection(("127.0.0.1", broker.port), timeout=5)
-        sock.sendall(b"GET /ConsumersConn/t/s%d HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream"
-                     b"\r\n\r\n" % n)
-        streams.append(sock)
+    streams = _event_streams(broker, "t", 20)
     try:
         wait_for(lambda: _connected(broker) == 20, what="20 event streams joined")
         assert _threads(worker) <= before + THREADS + 2
@@ -313,12 +319,7 @@ def test_a_stop_waits_for_every_consumer_to_leave(served):
     subscription in the store) runs before the broker closes the store, even with no time given
     to the stop."""
     broker = served(server={"shutdownTimeout": 0, "maxConsumers": 1100})
-    streams = []
-    for n in range(1000):
-        sock = socket.create_connection(("127.0.0.1", broker.port), timeout=10)
-        sock.sendall(b"GET /ConsumersConn/e/s%d?durable=0 HTTP/1.1\r\nHost: x\r\n"
-                     b"Accept: text/event-stream\r\n\r\n" % n)
-        streams.append(sock)
+    streams = _event_streams(broker, "e", 1000, "?durable=0")
     try:
         wait_for(lambda: _connected(broker) == 1000, timeout=30, what="1000 streams joined")
         broker.kill(signal.SIGTERM)

@@ -120,6 +120,16 @@ async def _consume(host, port, path, tracker, connected, protocol, gate, pace=No
         writer.write(_client_frame(1, b'420["join",' + json.dumps(topic).encode() + b"]"))
     else:
         connected()
+    async for now, frames in read_frames(reader, tracker, pace):
+        for opcode, body in frames:
+            if opcode == 8:
+                return
+            _on_frame(opcode, body, now, tracker, writer, connected, protocol)
+
+
+async def read_frames(reader, tracker, pace=None):
+    """Each read's complete WebSocket frames with when they arrived, while the connection lasts;
+    with ``pace`` set, no faster than ``pace[0]`` of ``tracker``'s frames a second."""
     rest, started = b"", None
     while True:
         chunk = await reader.read(4096 if pace and pace[0] else 262144)
@@ -129,10 +139,7 @@ async def _consume(host, port, path, tracker, connected, protocol, gate, pace=No
         now = time.time_ns()
         frames, used = _frames(buffer)
         rest = buffer[used:]
-        for opcode, body in frames:
-            if opcode == 8:
-                return
-            _on_frame(opcode, body, now, tracker, writer, connected, protocol)
+        yield now, frames
         if pace and pace[0]:
             started = started or time.monotonic()
             await _slow_read(pace, tracker, started)

@@ -178,15 +178,8 @@ async def _consume(ends, path, tracker, connected, gate, pace):
         "id": 0, "destination": f"/exchange/{topic}", "x-queue-name": f"{topic}.{name}",
         "durable": "true", "auto-delete": "false", "x-expires": QUEUE_EXPIRES_MS, "ack": "auto",
         "receipt": "subscribed"}))
-    stomp, rest, started = StompReader(), b"", None
-    while True:
-        chunk = await reader.read(4096 if pace and pace[0] else 262144)
-        if not chunk:
-            return
-        buffer = rest + chunk if rest else chunk
-        now = time.time_ns()
-        frames, used = kit._frames(buffer)
-        rest = buffer[used:]
+    stomp = StompReader()
+    async for now, frames in kit.read_frames(reader, tracker, pace):
         for opcode, body in frames:
             if opcode == 8:
                 return
@@ -194,9 +187,6 @@ async def _consume(ends, path, tracker, connected, gate, pace):
                 writer.write(kit._client_frame(10, body))
             elif opcode in (1, 2):
                 _on_stomp(stomp.feed(body), now, tracker, writer, subscribe, connected)
-        if pace and pace[0]:
-            started = started or time.monotonic()
-            await kit._slow_read(pace, tracker, started)
 
 
 def _on_stomp(frames, now, tracker, writer, subscribe, connected):
