@@ -207,7 +207,8 @@ class RequestThreads:
             if not detached.taken:
                 detached.end()
 
-    def _consumer_ended(self, conn):
+    def consumer_ended(self, conn):
+        """A consumer's connection is over: closed, and counted out of ``max_handshakes``."""
         conn.close()
         with self._lock:
             self._consumers -= 1
@@ -300,4 +301,4 @@ class Detached:
     def end(self):
         if not self._ended:
             self._ended = True
-            self.worker._consumer_ended(self.conn)
+            self.worker.consumer_ended(self.conn)
