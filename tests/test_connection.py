@@ -8,6 +8,7 @@ import pytest
 
 from dpmq.message import Record, Run, payload
 from dpmq.transport.budget import Budget
+from dpmq.delivery.consumer_connection import QUEUED, WRITTEN
 from dpmq.transport.connection import Connection
 from dpmq.transport.frames import WEBSOCKET
 
@@ -79,20 +80,54 @@ def test_a_run_is_taken_whole_or_not_at_all_with_the_limit_that_single_offers_ha
         single = Connection(ours, limit, WEBSOCKET)
         assert sum(single.offer(frame(r), r) for r in recs) == taken_one_by_one
         whole = Connection(ours, limit, WEBSOCKET)
-        assert whole.offer_all(*run.joined(WEBSOCKET)) == (taken_one_by_one == 4)
+        assert bool(whole.offer_all(*run.joined(WEBSOCKET))) == (taken_one_by_one == 4)
         # taken, it went straight to the empty socket (or waits for it): all four, or none
         assert whole.take_written() + whole.unwritten() == (recs if taken_one_by_one == 4 else [])
 
 
 def test_a_run_offered_to_an_empty_connection_is_written_at_once(pair):
     ours, theirs = pair
+    budget = Budget(1 << 20)
     conn = Connection(ours, 1 << 20, WEBSOCKET)
+    conn.attach(budget)
     recs = records(3)
     data, ends, taken = run_of(recs).joined(WEBSOCKET)
-    assert conn.offer_all(data, ends, taken)
-    assert conn.pending_bytes == 0 and conn.unwritten() == []
+    assert conn.offer_all(data, ends, taken) == WRITTEN
+    assert conn.pending_bytes == 0 and conn.unwritten() == [] and budget.used == 0
     assert conn.take_written() == recs and conn.delivered == 3
     assert receive(theirs, len(data)) == data
+
+
+def test_what_the_socket_does_not_take_of_a_run_is_queued_and_counted_in_the_budget(pair):
+    ours, theirs = pair
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    budget = Budget(1 << 30)
+    conn = Connection(ours, 1 << 30, WEBSOCKET)
+    conn.attach(budget)
+    recs = records(200, size=1000)
+    data, ends, taken = run_of(recs).joined(WEBSOCKET)
+    assert conn.offer_all(data, ends, taken) == QUEUED
+    assert 0 < conn.pending_bytes < len(data) and budget.used == conn.pending_bytes
+    received = b""
+    while not conn.flush() or len(received) < len(data):
+        received += theirs.recv(1 << 16)
+    assert received == data and budget.used == 0
+
+
+def test_a_run_the_budget_would_not_admit_is_refused_before_anything_is_written(pair):
+    ours, theirs = pair
+    budget = Budget(1000)
+    conn = Connection(ours, 1 << 20, WEBSOCKET)
+    conn.attach(budget)
+    other = Connection(ours, 1 << 20, WEBSOCKET)
+    other.attach(budget)
+    budget.add(900)                         # what other consumers hold
+    data, ends, taken = run_of(records(3, size=100)).joined(WEBSOCKET)
+    assert not conn.offer_all(data, ends, taken)
+    assert conn.delivered == 0 and budget.used == 900
+    theirs.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        theirs.recv(1)
 
 
 def test_a_closing_connection_takes_no_run(pair):

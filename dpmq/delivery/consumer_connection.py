@@ -13,6 +13,12 @@ member calls the data methods, the transport's threads call the rest.
 
 from typing import Protocol
 
+#: What :meth:`ConsumerConnection.offer_all` answers when it took the messages (False when not):
+#: queued, to be written by a later flush, or already written whole to the stream, so that
+#: :meth:`ConsumerConnection.take_written` has them and there is nothing to flush.
+QUEUED = 1
+WRITTEN = 2
+
 
 class Framing(Protocol):
     """How one transport puts things on its stream. Stateless: one serves every connection."""
@@ -60,8 +66,9 @@ class ConsumerConnection(Protocol):
     def offer(self, frame: bytes, record) -> bool:
         """Queue one message's bytes; False if it cannot take them now."""
 
-    def offer_all(self, data: bytes, ends: list, records: list) -> bool:
-        """Queue several messages' bytes at once, all or none."""
+    def offer_all(self, data: bytes, ends: list, records: list):
+        """Queue several messages' bytes at once, all or none: False, :data:`QUEUED` or
+        :data:`WRITTEN`."""
 
     def reply(self, answer: dict) -> bool:
         """Queue an answer that is not a message; False if closing."""

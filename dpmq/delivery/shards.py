@@ -219,8 +219,11 @@ class Shard:
                 for sub in subs:
                     if sub.behind:
                         continue    # it reads them from the store when it has room
-                    sub.offer_live(run, now)
-                    self._touch(sub)
+                    written = sub.offer_live(run, now)
+                    if written is not None:     # straight to its socket: nothing to flush
+                        self._take_progress(written, sub)
+                    else:
+                        self._touch(sub)
         return len(items)
 
     def _touch(self, sub):

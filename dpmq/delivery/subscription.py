@@ -25,6 +25,7 @@ import time
 
 from .. import message
 from ..metrics import EXPIRED, FAILED, GAPS, MISSED, REDELIVERED
+from .consumer_connection import WRITTEN
 
 log = logging.getLogger(__name__)
 
@@ -191,29 +192,33 @@ class Subscription:
     def offer_live(self, run, now):
         """Messages the broker just handed out (a :class:`~dpmq.message.Run`): send those this
         subscription expects. A lone consumer without ack that is caught up, most of a busy
-        broker's, takes the whole run with one append to its buffer."""
+        broker's, takes the whole run at once, most often straight to its socket: then that
+        member is returned (its connection has nothing to flush), else None."""
         if self._retry:
             self.redeliver(now)
         if self.forgotten:          # its first message comes with the notice: read it (_fetch)
             self.behind = True
-            return
+            return None
         members = self.members
         if (run.first == self.next and not (self.behind or self._retry or self.attempts)
                 and len(members) == 1 and not (self.is_group or members[0].ack)
-                and run.contiguous and self.notice is None and not run.expiring
-                and members[0].conn.offer_all(*run.joined(members[0].conn.framing))):
-            self.sent += len(run.items)
-            self.next = run.last + 1
-            if self.on_deliver is not None:     # tracing off: one look per run
-                self._traced(members[0], run)
-            return
+                and run.contiguous and self.notice is None and not run.expiring):
+            member = members[0]
+            taken = member.conn.offer_all(*run.joined(member.conn.framing))
+            if taken:
+                self.sent += len(run.items)
+                self.next = run.last + 1
+                if self.on_deliver is not None:     # tracing off: one look per run
+                    self._traced(member, run)
+                return member if taken == WRITTEN else None
         for index, (record, _) in enumerate(run.items):
             if record.offset < self.next:
                 continue
             if record.offset > self.next or self.behind or not self._send(
                     record, self.attempts.get(record.offset, 0), False, now, run, index):
                 self.behind = True
-                return
+                return None
+        return None
 
     def redeliver(self, now):
         """Send what waits for redelivery, lowest offset first, while members can take it."""

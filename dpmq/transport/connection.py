@@ -35,6 +35,8 @@ import select
 import socket
 import threading
 
+from ..delivery.consumer_connection import QUEUED, WRITTEN
+
 _DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 _GATHER = 512       # frames given to one sendmsg, below the kernel's IOV_MAX (1024 on Linux)
 _CONTROL_SLACK = 1 << 16        # Pongs and Closes may exceed the buffer limit by this much
@@ -159,48 +161,51 @@ class Connection:
         take the last of them either, or the budget refuses them.
 
         When nothing waits before them, the usual case for a consumer that keeps up, they go
-        straight to the socket: a wide fan-out writes thousands of sockets per message, and
-        queueing each frame only to write it a moment later was as much of the broker's work
-        as the writes themselves. What the socket does not take is queued as usual."""
+        straight to the socket, and most often all of them (:data:`WRITTEN`: nothing to flush):
+        a wide fan-out writes thousands of sockets per message, and queueing each frame only to
+        write it a moment later was as much of the broker's work as the writes themselves. What
+        the socket does not take is queued as usual (:data:`QUEUED`)."""
         with self._lock:
             before_last = ends[-2] if len(ends) > 1 else 0
             if self.closing or self.closed or self._pending + before_last >= self.limit:
                 return False
-            if self.budget is not None and not self.budget.take(self._pending, len(data), False):
-                return False
+            budget = self.budget
             if not self._frames:
+                # the budget counts only what is left unwritten: asked first, taken after
+                if budget is not None and not budget.admits(0, len(data), False):
+                    return False
                 return self._write_through(data, ends, records)
+            if budget is not None and not budget.take(self._pending, len(data), False):
+                return False
             base = self._queued
             self._queue(data)
             self._marks.extend(zip(map(base.__add__, ends), records))
-            return True
+            return QUEUED
 
     def _write_through(self, data, ends, records):
-        """:meth:`offer_all` to an empty buffer, its budget taken: what the socket does not take
-        now is queued (and stays counted)."""
+        """:meth:`offer_all` to an empty buffer: what the socket does not take now is queued,
+        and counted in the budget then."""
         try:
             sent = self.raw.send(data, _DONTWAIT)
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError:
-            if self.budget is not None:
-                self.budget.give_back(len(data))
             self._shut(broken=True)
             return False
-        if self.budget is not None and sent:
-            self.budget.give_back(sent)
         base = self._queued
         self._queued += len(data)
         if sent == len(data):
             self._written += records
             self.delivered += len(records)
-            return True
+            return WRITTEN
         rest = data[sent:] if sent else data
+        if self.budget is not None:
+            self.budget.add(len(rest))
         self._frames.append(rest)
         self._pending += len(rest)
         self._marks.extend(zip(map(base.__add__, ends), records))
         self._advance()
-        return True
+        return QUEUED
 
     def reply(self, answer):
         """Queue an answer that is not a message (an error, a mapping sent as JSON) for the next
