@@ -6,9 +6,9 @@ import socket
 
 import pytest
 
+from dpmq.delivery.consumer_connection import QUEUED, WRITTEN
 from dpmq.message import Record, Run, payload
 from dpmq.transport.budget import Budget
-from dpmq.delivery.consumer_connection import QUEUED, WRITTEN
 from dpmq.transport.connection import Connection
 from dpmq.transport.frames import WEBSOCKET
 
