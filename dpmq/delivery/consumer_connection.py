@@ -14,8 +14,8 @@ member calls the data methods, the transport's threads call the rest.
 from typing import Protocol
 
 #: What :meth:`ConsumerConnection.offer_all` answers when it took the messages (False when not):
-#: queued, to be written by a later flush, or already written whole to the stream, so that
-#: :meth:`ConsumerConnection.take_written` has them and there is nothing to flush.
+#: queued, to be written by a later flush, or already written whole to the stream: nothing to
+#: flush, and :meth:`ConsumerConnection.take_written` does not report them (the caller knows).
 QUEUED = 1
 WRITTEN = 2
 
@@ -80,7 +80,8 @@ class ConsumerConnection(Protocol):
         """Write what the stream takes now without blocking; True when nothing waits."""
 
     def take_written(self) -> list:
-        """The records written whole since the last call, in order."""
+        """The records written whole since the last call, in order, but those of an
+        :meth:`offer_all` answered :data:`WRITTEN`."""
 
     def take_returned(self) -> list:
         """The records it gave back unwritten since the last call (a pull whose client went

@@ -212,18 +212,22 @@ class Shard:
         runs = {}
         for item in items:
             runs.setdefault(item[0].topic, []).append(item)
+        moved = self._cursors.moved
         for topic, mine in runs.items():
             subs = self.topics.get(topic)
             if subs:
                 run = Run(mine)
+                written = 0
                 for sub in subs:
                     if sub.behind:
                         continue    # it reads them from the store when it has room
-                    written = sub.offer_live(run, now)
-                    if written is not None:     # straight to its socket: nothing to flush
-                        self._take_progress(written, sub)
+                    if sub.offer_live(run, now):    # straight to its socket: nothing to flush
+                        moved.add(sub)
+                        written += 1
                     else:
                         self._touch(sub)
+                if written:
+                    self.counts.of(topic)[DELIVERED] += written * len(mine)
         return len(items)
 
     def _touch(self, sub):

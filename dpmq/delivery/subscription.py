@@ -98,6 +98,9 @@ class Subscription:
         self.timers = timers
         self.counts = counts        # this topic's event counts in the shard's table
         self.members = []
+        # its one member when that is all it has, without ack and not a group: the consumer a
+        # live run can be written to whole (see offer_live); else None
+        self.lone = None
         self.next = cursor + 1      # the next log offset to hand out
         self.behind = True          # there may be messages in the store not handed out yet
         self.flights = {}           # offset -> Flight
@@ -156,6 +159,12 @@ class Subscription:
     def join(self, member):
         member.subscription = self
         self.members.append(member)
+        self._find_lone()
+
+    def _find_lone(self):
+        members = self.members
+        self.lone = members[0] if (len(members) == 1 and not self.is_group
+                                   and not members[0].ack) else None
 
     def leave(self, member):
         """A member is gone: what it held goes back for redelivery to the others (or the next one).
@@ -164,6 +173,7 @@ class Subscription:
         whose frame was being written did. Returns how many failed.
         """
         self.members.remove(member)
+        self._find_lone()
         for key in [k for k, m in self.sticky.items() if m is member]:
             del self.sticky[key]
         flights = sorted(member.flights.values(), key=lambda f: f.record.offset)
@@ -192,33 +202,32 @@ class Subscription:
     def offer_live(self, run, now):
         """Messages the broker just handed out (a :class:`~dpmq.message.Run`): send those this
         subscription expects. A lone consumer without ack that is caught up, most of a busy
-        broker's, takes the whole run at once, most often straight to its socket: then that
-        member is returned (its connection has nothing to flush), else None."""
+        broker's, takes the whole run at once, most often straight to its socket: True then
+        (its connection has nothing to flush and does not report them in ``take_written``)."""
         if self._retry:
             self.redeliver(now)
         if self.forgotten:          # its first message comes with the notice: read it (_fetch)
             self.behind = True
-            return None
-        members = self.members
-        if (run.first == self.next and not (self.behind or self._retry or self.attempts)
-                and len(members) == 1 and not (self.is_group or members[0].ack)
-                and run.contiguous and self.notice is None and not run.expiring):
-            member = members[0]
-            taken = member.conn.offer_all(*run.joined(member.conn.framing))
+            return False
+        lone = self.lone
+        if (lone is not None and run.first == self.next
+                and not (self.behind or self._retry or self.attempts)
+                and self.notice is None and run.contiguous and not run.expiring):
+            taken = lone.conn.offer_all(*run.joined(lone.conn.framing))
             if taken:
                 self.sent += len(run.items)
                 self.next = run.last + 1
                 if self.on_deliver is not None:     # tracing off: one look per run
-                    self._traced(member, run)
-                return member if taken == WRITTEN else None
+                    self._traced(lone, run)
+                return taken == WRITTEN
         for index, (record, _) in enumerate(run.items):
             if record.offset < self.next:
                 continue
             if record.offset > self.next or self.behind or not self._send(
                     record, self.attempts.get(record.offset, 0), False, now, run, index):
                 self.behind = True
-                return None
-        return None
+                return False
+        return False
 
     def redeliver(self, now):
         """Send what waits for redelivery, lowest offset first, while members can take it."""

@@ -161,8 +161,8 @@ class Connection:
         take the last of them either, or the budget refuses them.
 
         When nothing waits before them, the usual case for a consumer that keeps up, they go
-        straight to the socket, and most often all of them (:data:`WRITTEN`: nothing to flush):
-        a wide fan-out writes thousands of sockets per message, and queueing each frame only to
+        straight to the socket, and most often all of them (:data:`WRITTEN`: nothing to flush,
+        and :meth:`take_written` does not report them, the caller knows): a wide fan-out writes thousands of sockets per message, and queueing each frame only to
         write it a moment later was as much of the broker's work as the writes themselves. What
         the socket does not take is queued as usual (:data:`QUEUED`)."""
         with self._lock:
@@ -195,7 +195,6 @@ class Connection:
         base = self._queued
         self._queued += len(data)
         if sent == len(data):
-            self._written += records
             self.delivered += len(records)
             return WRITTEN
         rest = data[sent:] if sent else data
@@ -233,7 +232,8 @@ class Connection:
                     self._queue_unrefused(data)
 
     def take_written(self):
-        """The records of the message frames written whole since the last call."""
+        """The records of the message frames written whole since the last call (but those of an
+        :meth:`offer_all` answered :data:`WRITTEN`)."""
         if not self._written:       # a write adding some meanwhile tells the shard (on_progress)
             return []
         with self._lock:
