@@ -162,9 +162,10 @@ class Connection:
 
         When nothing waits before them, the usual case for a consumer that keeps up, they go
         straight to the socket, and most often all of them (:data:`WRITTEN`: nothing to flush,
-        and :meth:`take_written` does not report them, the caller knows): a wide fan-out writes thousands of sockets per message, and queueing each frame only to
-        write it a moment later was as much of the broker's work as the writes themselves. What
-        the socket does not take is queued as usual (:data:`QUEUED`)."""
+        and :meth:`take_written` does not report them, the caller knows): a wide fan-out writes
+        thousands of sockets per message, and queueing each frame only to write it a moment
+        later was as much of the broker's work as the writes themselves. What the socket does
+        not take is queued as usual (:data:`QUEUED`)."""
         with self._lock:
             before_last = ends[-2] if len(ends) > 1 else 0
             if self.closing or self.closed or self._pending + before_last >= self.limit:
