@@ -43,6 +43,10 @@ SHARED_POLL = 1.0
 PARKED_RECHECK = 1.0
 
 
+def _unavailable(exc):
+    return Refused(f"the store is unavailable ({exc}); reconnect later", CLOSE_TRY_AGAIN)
+
+
 def subscription_key(member):
     return f"g:{member.group}" if member.group is not None else f"c:{member.consumer_id}"
 
@@ -163,19 +167,31 @@ class Shard:
                 self._active.add(sub)
 
     def _take_inbox(self, now):
-        live, arrived = [], 0       # messages posted one after another are offered together
+        # messages posted one after another are offered together, and joins are taken together
+        live, joining, arrived = [], [], 0
         while True:
             try:
                 kind, item = self._inbox.get_nowait()
             except queue.Empty:
                 break
+            if kind == "join" and not live:
+                joining.append(item)
+                continue
+            if joining:
+                self._join_all(joining)
+                joining = []
             if kind == "msgs":
                 live += item
                 continue
             if live:
                 arrived += self._offer(live, now)
                 live = []
-            self._handle(kind, item, now)
+            if kind == "join":
+                joining.append(item)
+            else:
+                self._handle(kind, item, now)
+        if joining:
+            self._join_all(joining)
         if live:
             arrived += self._offer(live, now)
         if arrived:
@@ -194,8 +210,6 @@ class Shard:
             self._ack_over_http(*item, now)
         elif kind == "reply":
             self._reply(*item, now)
-        elif kind == "join":
-            self._join(item)
         elif kind == "leave":
             self._leave(item)
         elif kind == "requeue":
@@ -238,21 +252,41 @@ class Shard:
             self._active.add(sub)
 
     # -- joining and leaving -----------------------------------------------------------------
-    def _join(self, member):
-        try:
-            sub = self._subscription_for(member)
-        except Refused as exc:
-            member.error = exc
-        except StoreError as exc:
-            member.error = Refused(f"the store is unavailable ({exc}); reconnect later",
-                                   CLOSE_TRY_AGAIN)
-        else:
+    def _join_all(self, members):
+        """Members that came to join together: the cursors of the new subscriptions among them
+        are saved in one write, before any of them is told it joined. With sqlite that is one
+        flush for all of them, not one each: a thousand browsers opening a page at once held
+        the shard for a flush per consumer, and the consumers already joined waited behind."""
+        fresh = {}          # (topic, key) -> the cursor of each subscription new here
+        taken = []
+        for member in members:
+            try:
+                taken.append((member, self._subscription_for(member, fresh)))
+            except Refused as exc:
+                member.error = exc
+            except StoreError as exc:
+                member.error = _unavailable(exc)
+        if fresh:
+            try:
+                self.engine.save_cursors(fresh)
+            except StoreError as exc:
+                refused = _unavailable(exc)
+                for member, sub in taken:
+                    if (sub.topic, sub.key) in fresh:
+                        member.error = refused
+                for topic, key in fresh:
+                    self._forget_new(self._subs[(topic, key)])
+                taken = [(member, sub) for member, sub in taken if member.error is None]
+        for member, sub in taken:
             sub.join(member)
             member.conn.attach(self.budget)
             self._active.add(sub)
-        member.joined.set()
+        for member in members:
+            member.joined.set()
 
-    def _subscription_for(self, member):
+    def _subscription_for(self, member, fresh):
+        """The subscription ``member`` joins: this shard's, or one made for it here. The cursor
+        of one that starts anew goes in ``fresh`` for the caller to save."""
         topic, key = member.topic, subscription_key(member)
         sub = self._subs.get((topic, key))
         if sub is not None:
@@ -261,7 +295,7 @@ class Shard:
                               " members; connect without since", CLOSE_BAD_INPUT)
             return sub
         engine = self.engine
-        cursor, saved_at, forgotten, lost = self._starting_cursor(member, topic, key)
+        cursor, saved_at, forgotten, lost = self._starting_cursor(member, topic, key, fresh)
         if engine.shared and key.startswith("g:"):
             sub = SharedGroup(topic, key, cursor, engine, self.limits, self._dead_letter,
                               self._timers, self.counts.of(topic))
@@ -283,10 +317,20 @@ class Shard:
             self._shared.add(sub)
         return sub
 
-    def _starting_cursor(self, member, topic, key):
+    def _forget_new(self, sub):
+        """Undo :meth:`_subscription_for` for a subscription whose first cursor was not saved."""
+        del self._subs[(sub.topic, sub.key)]
+        self._cursors.forget((sub.topic, sub.key))
+        self._shared.discard(sub)
+        subs = self.topics[sub.topic]
+        subs.remove(sub)
+        if not subs:
+            del self.topics[sub.topic]
+
+    def _starting_cursor(self, member, topic, key, fresh):
         """Where a subscription that is not active here starts: ``(cursor, when it was saved
         (0 if unknown), whether retention had forgotten it, whether the store lost messages it
-        had passed)``."""
+        had passed)``. A cursor the store does not have yet goes in ``fresh``, to be saved."""
         engine = self.engine
         cursor = engine.cursor(topic, key)
         saved_at = 0.0      # loaded: when it was last written is unknown, so the first sweep does
@@ -305,18 +349,19 @@ class Shard:
             saved_at = time.time()
         elif cursor is None and (cursor := engine.forgotten(topic, key)) is not None:
             forgotten = True    # retention forgot it while it was away: it goes on, and is told
-            engine.save_cursors({(topic, key): cursor})
+            fresh[(topic, key)] = cursor
             saved_at = time.time()
         elif cursor is None:
             # a new subscription starts at "now": when the consumer connected (its handshake),
             # which may be well before this shard takes the join on a busy machine
             cursor = head if member.start is None else member.start
-            engine.save_cursors({(topic, key): cursor})
+            fresh[(topic, key)] = cursor
             saved_at = time.time()
         if cursor > head and not engine.shared:
             # the store has lost its newest messages (restored from an older copy): what comes
             # next gets offsets this cursor already passed, and would be skipped
             lost, cursor = True, head
+            fresh.pop((topic, key), None)
             engine.set_cursor(topic, key, cursor)
             saved_at = time.time()
         return cursor, saved_at, forgotten, lost
