@@ -1,6 +1,7 @@
 """Joining: a new consumerId starts with what was published after it connected (its handshake),
 however late its delivery shard takes the join; joins taken together save their cursors in one
-write, and a failed write refuses them all without leaving a subscription behind."""
+write, and a failed write refuses them all without leaving a subscription behind; leaves taken
+together save where they left off in one write."""
 
 import threading
 
@@ -86,3 +87,31 @@ def test_joins_whose_cursors_cannot_be_saved_are_refused_and_leave_no_subscripti
     consumer.wait_count(1)
     assert consumer.datas == ["after"]
     consumer.close()
+
+
+def test_consumers_leaving_together_save_where_they_left_off_in_one_write(make_broker):
+    running = make_broker("sqlite")
+    consumers = [Collector(running.ws_url, "crowd", f"c{n}") for n in range(20)]
+    wait_for(lambda: len(running.broker.members()) == 20, what="the joins")
+    running.publish("crowd", "seen")
+    for consumer in consumers:
+        consumer.wait_count(1)
+    engine, head = running.broker.engine, running.broker.heads["crowd"]
+    wait_for(lambda: all(engine.cursor("crowd", f"c:c{n}") == head for n in range(20)),
+             what="the housekeeping's save of the cursors that moved")
+    saves = _count_saves(running)
+    gate = threading.Event()
+    for shard in running.broker.shards:
+        original = shard._leave_all
+        shard._leave_all = lambda members, original=original: (gate.wait(10), original(members))
+    for consumer in consumers:
+        consumer.close()
+    gate.set()
+    wait_for(lambda: not running.broker.members(), what="the leaves")
+    wait_for(lambda: sum(saves) >= 20, what="the cursors saved")
+    assert sum(saves) == 20 and len(saves) <= 2 * len(running.broker.shards), saves
+    running.publish("crowd", "after")
+    again = Collector(running.ws_url, "crowd", "c7")
+    again.wait_count(1)
+    assert again.datas == ["after"]
+    again.close()

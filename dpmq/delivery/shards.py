@@ -167,35 +167,40 @@ class Shard:
                 self._active.add(sub)
 
     def _take_inbox(self, now):
-        # messages posted one after another are offered together, and joins are taken together
-        live, joining, arrived = [], [], 0
+        """Take what was posted. Posts of one kind that come one after another are taken
+        together: messages are offered as runs, and joins and leaves save their cursors in
+        one write (with sqlite, one flush for a crowd arriving or leaving, not one each)."""
+        kind_taking, taking, arrived = None, [], 0
         while True:
             try:
                 kind, item = self._inbox.get_nowait()
             except queue.Empty:
                 break
-            if kind == "join" and not live:
-                joining.append(item)
-                continue
-            if joining:
-                self._join_all(joining)
-                joining = []
+            if taking and kind != kind_taking:
+                arrived += self._take_together(kind_taking, taking, now)
+                taking = []
             if kind == "msgs":
-                live += item
-                continue
-            if live:
-                arrived += self._offer(live, now)
-                live = []
-            if kind == "join":
-                joining.append(item)
+                taking += item
+            elif kind in ("join", "leave"):
+                taking.append(item)
             else:
                 self._handle(kind, item, now)
-        if joining:
-            self._join_all(joining)
-        if live:
-            arrived += self._offer(live, now)
+                continue
+            kind_taking = kind
+        if taking:
+            arrived += self._take_together(kind_taking, taking, now)
         if arrived:
             self._gathering.arrived(arrived, now)
+
+    def _take_together(self, kind, items, now):
+        """Messages, joins or leaves posted one after another; returns how many messages."""
+        if kind == "msgs":
+            return self._offer(items, now)
+        if kind == "join":
+            self._join_all(items)
+        else:
+            self._leave_all(items)
+        return 0
 
     def _handle(self, kind, item, now):
         if kind == "watch":
@@ -210,8 +215,6 @@ class Shard:
             self._ack_over_http(*item, now)
         elif kind == "reply":
             self._reply(*item, now)
-        elif kind == "leave":
-            self._leave(item)
         elif kind == "requeue":
             self._requeue(*item)
         elif kind == "positions":
@@ -379,14 +382,30 @@ class Shard:
                           " use since=beginning or a newer MessageCode", CLOSE_BAD_INPUT)
         return cursor
 
-    def _leave(self, member):
+    def _leave_all(self, members):
+        """Members whose connections ended, taken together: the last cursors of the
+        subscriptions they leave without members are saved in one write, before any of them is
+        told it is out (a stop closes the store once every consumer is)."""
+        last = {}
+        try:
+            for member in members:
+                self._leave(member, last)
+            if last:
+                self.engine.save_cursors(last)
+        except StoreError as exc:
+            log.error("could not record where %d subscriptions left off: %s", len(last), exc)
+        finally:
+            for member in members:
+                member.removed.set()
+
+    def _leave(self, member, last):
         sub = member.subscription
         try:
             if sub is not None and member in sub.members:
                 self._take_progress(member, sub)    # what it took is done, not redelivered
                 sub.leave(member)
                 if sub.idle:
-                    self._drop(sub)
+                    self._drop(sub, last)
                 else:
                     self._active.add(sub)
                     self._cursors.moved.add(sub)
@@ -397,10 +416,10 @@ class Shard:
             self._blocked.discard(member)
             self._waits.unwatch(member)
             member.conn.release()
-            member.removed.set()
 
-    def _drop(self, sub):
-        """The last member left: save the cursor and forget the subscription until it returns."""
+    def _drop(self, sub, last):
+        """The last member left: forget the subscription until it returns, its cursor into
+        ``last`` for the caller to save."""
         del self._subs[(sub.topic, sub.key)]
         self._cursors.forget((sub.topic, sub.key))
         self._shared.discard(sub)
@@ -410,7 +429,7 @@ class Shard:
         if not subs:
             del self.topics[sub.topic]
         self._active.discard(sub)
-        self.engine.save_cursors({(sub.topic, sub.key): sub.position()})
+        last[(sub.topic, sub.key)] = sub.position()
 
     # -- acks, requeues, cursors -------------------------------------------------------------
     def _reply(self, member, kind, code, now):
