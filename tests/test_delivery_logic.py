@@ -331,7 +331,7 @@ def test_a_trickle_to_idle_members_goes_round_them(delivery):
 
 
 # -- gathering windows (mq.writeCoalesce) --------------------------------------------------------
-IDLE = 1.0      # a turn with nothing to do waits at most this long
+IDLE = None     # a turn with nothing to do waits for a post, however long
 
 
 def _publish_one_per_turn(d, count, gap):

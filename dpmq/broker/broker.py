@@ -92,6 +92,8 @@ class Broker:
         self._hand_lock = threading.Lock()     # unpaced: one hand-out at a time, in order
         self.pacer = Pacer(mq.pushMessagesSpeed, self._hand_out, self.slots.release)
         self.housekeeping = Housekeeping(self)
+        for shard in self.shards:
+            shard.on_moved = self.housekeeping.stirred
         self.owners = Owners(self.engine)
         self.inbound = Inbound(settings.server.pingInterval)
         self.farewells = Farewells()    # consumers' leaving, off the inbound thread
@@ -203,6 +205,7 @@ class Broker:
         return appended.codes
 
     def _on_commit(self, records):
+        self.housekeeping.stirred()
         internal = False
         for topic, run in itertools.groupby(records, _TOPIC):   # a batch: one run
             run = list(run)

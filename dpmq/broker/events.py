@@ -222,7 +222,7 @@ class Events:
             due = self._flush_dead()
             with self._cond:
                 if not self._queue and not self._stop.is_set():
-                    self._cond.wait(1.0 if due is None else due)
+                    self._cond.wait(due)        # None: until an event comes
                 batch = list(itertools.islice(self._queue, min(BATCH, self.broker.slots.capacity)))
             if not batch:
                 continue

@@ -9,6 +9,10 @@ Two threads, each stopped through an Event, logging and backing off on errors, n
   forget them and purges what retention says is expired, at most ``mq.sweepBatch``
   messages at a time so that a sweep never holds the store for long, then emits a
   ``subscription.forgotten`` event for each subscription that purge forgot for idleness.
+
+When nothing has happened for a few turns (no message, no cursor moved), the sweeper dozes until
+the next sweep, and the first publish or moved cursor (:meth:`Housekeeping.stirred`) wakes it:
+an idle broker's threads do not wake every half second.
 """
 
 import logging
@@ -22,6 +26,8 @@ log = logging.getLogger(__name__)
 #: The most ``subscription.forgotten`` events one sweep emits; past it the rest are only counted
 #: in a log line (the events queue holds 10,000 at most anyway).
 FORGOTTEN_EVENTS = 1000
+#: Turns of the sweeper with nothing to do before it dozes until the next sweep.
+QUIET_TURNS = 4
 
 
 class Housekeeping:
@@ -30,6 +36,8 @@ class Housekeeping:
         self._stop = threading.Event()
         self._stop_scheduler = threading.Event()
         self._wake = threading.Event()
+        self._stir = threading.Event()      # ends the sweeper's doze (and its turn, at a stop)
+        self.dozing = False
         self._unsaved = {}          # cursors taken from the shards that a failed save held
         self._threads = []
 
@@ -47,11 +55,19 @@ class Housekeeping:
         """Stop both threads; the sweeper saves the cursors one last time."""
         self.stop_scheduler()
         self._stop.set()
+        self._stir.set()
         for thread in self._threads:
             thread.join(10)
 
     def wake_scheduler(self):
         self._wake.set()
+
+    def stirred(self):
+        """Something happened (a commit, a cursor moved): a dozing sweeper goes back to its
+        turns. Any thread; costs a look when it does not doze."""
+        if self.dozing:
+            self.dozing = False
+            self._stir.set()
 
     # -- delayed messages --------------------------------------------------------------------
     def _schedule(self):
@@ -85,22 +101,41 @@ class Housekeeping:
     # -- cursors and retention ---------------------------------------------------------------
     def _sweep(self):
         mq = self.broker.settings.mq
+        turn = min(mq.cursorFlushInterval, 1.0)
         next_sweep = time.monotonic() + mq.sweepInterval
-        next_sample = 0.0
-        while not self._stop.wait(min(mq.cursorFlushInterval, 1.0)):
+        next_sample, quiet, last = 0.0, 0, None
+        while True:
+            wait = turn
+            if quiet >= QUIET_TURNS:
+                self.dozing = True      # before the look: a cursor moving after it stirs us
+                if not any(shard.touched for shard in self.broker.shards):
+                    wait = max(turn, next_sweep - time.monotonic())
+            self._stir.wait(wait)
+            self._stir.clear()
+            self.dozing = False
+            if self._stop.is_set():
+                break
+            quiet += 1
             try:
-                if time.monotonic() >= next_sample:
-                    next_sample = time.monotonic() + 1.0
-                    self.broker.history.sample(self.broker.topic_counts(), self.broker.slots.used)
-                sweeping = time.monotonic() >= next_sweep
-                self.save_cursors(refresh=sweeping)
+                now = time.monotonic()
+                if now >= next_sample:
+                    next_sample = now + 1.0
+                    counts = self.broker.topic_counts()
+                    self.broker.history.sample(counts, self.broker.slots.used)
+                    if counts != last:
+                        quiet, last = 0, counts
+                sweeping = now >= next_sweep
+                if self.save_cursors(refresh=sweeping):
+                    quiet = 0
                 self.broker.consumers.retry_unlocks()
                 if sweeping:
                     next_sweep = time.monotonic() + mq.sweepInterval
                     self.purge()
             except StoreError as exc:
+                quiet = 0
                 log.warning("housekeeping could not reach the store, retrying: %s", exc)
             except Exception:  # noqa: BLE001
+                quiet = 0
                 log.exception("housekeeping failed; retrying")
         try:
             self.save_cursors()
@@ -113,9 +148,11 @@ class Housekeeping:
         What a failed save held is kept for the next one."""
         stale = time.time() - self.broker.settings.mq.retentionSeconds / 2 if refresh else None
         self._unsaved.update(self.broker.cursors_to_save(stale))
-        if self._unsaved:
-            self.broker.engine.save_cursors(self._unsaved)
-            self._unsaved = {}
+        if not self._unsaved:
+            return False
+        self.broker.engine.save_cursors(self._unsaved)
+        self._unsaved = {}
+        return True
 
     def purge(self):
         mq = self.broker.settings.mq

@@ -61,6 +61,7 @@ class Pulls:
         self._sessions = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._some = threading.Event()      # set while there are sessions for the reaper
         self._thread = None
         self._process = "@" + uuid.uuid4().hex[:8] if broker.engine.shared else ""
 
@@ -75,6 +76,7 @@ class Pulls:
     def stop(self):
         """End every session (after :meth:`close_all` and the pulls' answers)."""
         self._stop.set()
+        self._some.set()
         if self._thread is not None:
             self._thread.join(10)
         self._reap(force=True)
@@ -123,6 +125,7 @@ class Pulls:
                     outbox = Outbox(self.broker.settings.mq.consumerBufferBytes, remote_addr)
                     session = self._sessions[key] = Session(topic, consumer_id, group, ack, outbox)
                     session.users += 1
+                    self._some.set()
                     return session, True
                 if not session.ending:
                     session.users += 1
@@ -163,11 +166,16 @@ class Pulls:
 
     # -- letting sessions go -------------------------------------------------------------------
     def _reap_loop(self):
-        while not self._stop.wait(REAP):
+        """Every ``REAP`` seconds while there are sessions; without any, an idle broker's reaper
+        sleeps until one is made."""
+        while self._some.wait() and not self._stop.wait(REAP):
             try:
                 self._reap()
             except Exception:  # noqa: BLE001 - the reaper must not die
                 log.exception("letting idle pull sessions go failed; trying again")
+            with self._lock:
+                if not self._sessions:
+                    self._some.clear()
 
     def _reap(self, force=False):
         now = time.monotonic()

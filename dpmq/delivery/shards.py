@@ -23,6 +23,7 @@ requeued dead letters, and requests for the cursors to save.
 
 import heapq
 import logging
+import math
 import queue
 import time
 
@@ -41,6 +42,8 @@ SHARED_POLL = 1.0
 #: How often parked subscriptions are looked at again without an event of their own: room in the
 #: shared budget (mq.consumerBuffersTotalBytes) comes back without telling them.
 PARKED_RECHECK = 1.0
+#: How often subscriptions with work whose members had no room are looked at again.
+IDLE_RECHECK = 1.0
 
 
 def _unavailable(exc):
@@ -62,6 +65,8 @@ class Shard:
         # on_deliver(subscription, member, record, attempts): a traced message handed to a
         # member (the broker's tracing, set before the shard runs); None when tracing is off
         self.on_deliver = on_deliver
+        # on_moved(): a turn left cursors to save (the broker's housekeeping, which may doze)
+        self.on_moved = None
         self.broker = broker
         self.engine = broker.engine
         self.limits = broker.settings.mq
@@ -125,16 +130,22 @@ class Shard:
         self._waits.close()
 
     def run_once(self):
-        """One turn of the loop: wait for a post, a writable socket or the next timer (at most
-        a second), then take what came and write. Only the shard's thread calls it."""
+        """One turn of the loop: wait for a post, a writable socket or the next timer, then take
+        what came and write. Only the shard's thread calls it. With nothing to catch up and no
+        timer, it sleeps until a post: an idle broker's shards do not wake."""
         now = self.clock()
-        timeout = 1.0
+        timeout = math.inf
         if self._timers:
             timeout = min(timeout, max(0.0, self._timers[0][0] - now))
         if self._parked:
             timeout = min(timeout, max(0.0, self._next_unpark - now))
-        if now >= self._retry_at and any(s.room(1) for s in self._active):
-            timeout = 0
+        if self._shared:
+            timeout = min(timeout, max(0.0, self._next_poll - now))
+        if self._active:
+            if now >= self._retry_at and any(s.room(1) for s in self._active):
+                timeout = 0
+            else:               # the store failed lately, or no member has room: look again
+                timeout = min(timeout, max(0.0, self._retry_at - now), IDLE_RECHECK)
         quiet = self._gathering.until - now
         if quiet > 0:
             timeout = min(timeout, quiet)     # gathering: posts do not wake the shard
@@ -142,7 +153,7 @@ class Shard:
             self._waits.asleep = True   # before the inbox is looked at: a post after it wakes us
             if not self._inbox.empty():
                 timeout = 0
-        _, writable = self._waits.sleep(timeout)
+        _, writable = self._waits.sleep(None if timeout == math.inf else timeout)
         self._blocked.difference_update(writable)
         self._dirty.update(writable)
         now = self.clock()
@@ -156,6 +167,8 @@ class Shard:
         if self._active and now >= self._retry_at:
             self._catch_up(now)
         self._flush_dirty()
+        if self._cursors.moved and self.on_moved is not None:
+            self.on_moved()
 
     def _poll_shared(self, now):
         """Other processes put a shared group's messages back (failures, takeovers) without

@@ -31,8 +31,10 @@ from .connection import HttpConnection
 from .framing import FramingError
 from .threads import RequestThreads
 
-#: How often the loop looks for connections whose time is up.
-SWEEP = 0.25
+#: How long the loop sleeps at most when no connection's time is up sooner: it then tells
+#: gunicorn's arbiter that it is alive (which waits ``timeout``, 30 s as DPMQ sets it). An idle
+#: broker wakes for nothing else.
+HEARTBEAT = 5.0
 #: The most read from a socket at once.
 READ = 65536
 
@@ -88,10 +90,10 @@ class DPMQWorker(RequestThreads, Worker):
 
     # -- the loop ------------------------------------------------------------------------------
     def _loop(self):
-        next_sweep = 0.0
+        heartbeat = min(HEARTBEAT, self.timeout / 2) if self.timeout > 0 else HEARTBEAT
         while self.alive:
             self.notify()
-            for key, _ in self._selector.select(SWEEP):
+            for key, _ in self._selector.select(self._until_due(heartbeat)):
                 if key.data is _ACCEPT:
                     self._accept(key.fileobj)
                 elif key.data is _WAKE:
@@ -100,10 +102,7 @@ class DPMQWorker(RequestThreads, Worker):
                     self._read(key.data)
             while self._returned:
                 self._watch(self._returned.popleft())
-            now = time.monotonic()
-            if now >= next_sweep:
-                self._expire(now)
-                next_sweep = now + SWEEP
+            self._expire(time.monotonic())
             if self.ppid != os.getppid():
                 self.log.info("Parent changed, shutting down: %s", self)
                 self.alive = False
@@ -191,6 +190,14 @@ class DPMQWorker(RequestThreads, Worker):
             self._selector.unregister(conn.sock)
         except (KeyError, ValueError):
             pass
+
+    def _until_due(self, longest):
+        """Seconds until the first waiting connection's time is up, at most ``longest``."""
+        now, wait = time.monotonic(), longest
+        for waiting in (self._reading, self._idle):
+            if waiting:
+                wait = min(wait, next(iter(waiting)).deadline - now)
+        return max(0.0, wait)
 
     def _expire(self, now):
         """Close the connections whose time is up: those are at the front of each list, as every
