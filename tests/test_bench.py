@@ -176,3 +176,12 @@ def test_bench_command_runs_a_short_soak_at_a_given_rate(tmp_path):
     (soak,) = json.loads(out.read_text())["results"]
     assert soak["rate"] == 40 and soak["consumers"] == 3 and soak["capacityPerSecond"] is None
     assert soak["accepted"] == 120 and soak["delivered"] == 360 and len(soak["samples"]) == 3
+
+
+def test_offer_cost_measures_a_shard_writing_to_caught_up_consumers():
+    """bench/offer_cost.py drives a delivery shard directly: it must keep up with it."""
+    script = os.path.join(os.path.dirname(__file__), "..", "bench", "offer_cost.py")
+    result = subprocess.run([sys.executable, script, "--consumers", "20", "--messages", "3"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "20 consumers, 3 messages: a bare send" in result.stdout

@@ -120,9 +120,7 @@ def test_a_run_the_budget_would_not_admit_is_refused_before_anything_is_written(
     budget = Budget(1000)
     conn = Connection(ours, 1 << 20, WEBSOCKET)
     conn.attach(budget)
-    other = Connection(ours, 1 << 20, WEBSOCKET)
-    other.attach(budget)
-    budget.add(900)                         # what other consumers hold
+    budget.add(900)                         # what other consumers' buffers hold
     data, ends, taken = run_of(records(3, size=100)).joined(WEBSOCKET)
     assert not conn.offer_all(data, ends, taken)
     assert conn.delivered == 0 and budget.used == 900

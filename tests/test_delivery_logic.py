@@ -23,6 +23,7 @@ from dpmq.delivery.gathering import GATHER, RECENT, Gathering
 from dpmq.delivery.shard_waits import ShardWaits
 from dpmq.delivery.shards import PARKED_RECHECK, Shard
 from dpmq.delivery.subscription import Member, Subscription
+from dpmq.errors import StoreError
 from dpmq.message import NewMessage, Record, Run, format_time, new_codes, payload
 from dpmq.metrics import ACKED, DEAD_LETTERED, DELIVERED, GAPS, REDELIVERED
 from dpmq.storage.memory import MemoryEngine
@@ -129,6 +130,14 @@ class Delivery:
         self._sockets = []
 
     def connect(self, consumer_id, group=None, ack=False):
+        member = self.member(consumer_id, group, ack)
+        self.shard.post("join", member)
+        self.turn()
+        assert member.joined.is_set() and member.error is None
+        return member
+
+    def member(self, consumer_id, group=None, ack=False):
+        """A consumer's member, connected over a socket pair, not yet posted to the shard."""
         ours, theirs = socket.socketpair()
         ours.setblocking(False)
         self._sockets += [ours, theirs]
@@ -136,9 +145,6 @@ class Delivery:
         member = Member(Connection(ours, limit, WEBSOCKET), None, "t", consumer_id, group=group,
                         ack=ack)
         member.conn.on_progress = lambda conn: self.shard.post("watch", member)
-        self.shard.post("join", member)
-        self.turn()
-        assert member.joined.is_set() and member.error is None
         member.peer = Peer(theirs)
         return member
 
@@ -574,3 +580,49 @@ def test_a_cursor_past_the_stores_newest_message_is_a_loss_told_and_nothing_new_
         {"MessageCode": code, "MessageData": "c", "Topic": "t", "CreateTime": format_time(0.0),
          "Status": 0}]
     assert d.counts()[GAPS] == 1
+
+
+# -- joins and leaves ----------------------------------------------------------------------------
+def test_joins_and_leaves_posted_together_save_their_cursors_in_one_write_each(delivery):
+    d = delivery()
+    engine, saves = d.broker.engine, []
+    save = engine.save_cursors
+    engine.save_cursors = lambda cursors: (saves.append(sorted(cursors)), save(cursors))[1]
+    members = [d.member(f"c{n}") for n in range(5)]
+    keys = [("t", f"c:c{n}") for n in range(5)]
+    for member in members:
+        d.shard.post("join", member)
+    d.turn()
+    assert all(m.joined.is_set() and m.error is None for m in members)
+    assert saves == [keys], "one write for the five new subscriptions"
+    d.broker.publish(["m"])
+    d.turn()
+    assert all(m.peer.read() for m in members)
+    for member in members:
+        d.shard.post("leave", member)
+    d.turn()
+    assert all(m.removed.is_set() for m in members)
+    assert saves[1:] == [keys], "one write for the five that left"
+    assert all(engine.cursor(*key) == d.broker.heads["t"] for key in keys)
+
+
+def test_where_a_subscription_left_off_is_saved_with_the_next_cursors_if_its_write_fails(delivery):
+    d = delivery()
+    engine = d.broker.engine
+    member = d.connect("c")
+    d.broker.publish(["m"])
+    d.turn()
+    head = d.broker.heads["t"]
+    save = engine.save_cursors
+
+    def failing(cursors):
+        raise StoreError("disk I/O error")
+
+    engine.save_cursors = failing
+    d.leave(member)                 # told it is out all the same
+    engine.save_cursors = save
+    assert d.shard.touched, "the housekeeping is to ask for it"
+    reply = queue.SimpleQueue()
+    d.shard.post("cursors", (reply, None))
+    d.turn()
+    assert reply.get_nowait() == {("t", "c:c"): head}

@@ -85,15 +85,15 @@ class Broker:
         self._stopping = threading.Event()
         self._stop_delivery = threading.Event()
         self.accepting = False
-        self.shards = [Shard(i, self, on_event=self.events.emit) for i in range(mq.fanoutWorkers)]
+        self.housekeeping = Housekeeping(self)
+        self.shards = [Shard(i, self, on_event=self.events.emit,
+                             on_moved=self.housekeeping.wake_sweeper)
+                       for i in range(mq.fanoutWorkers)]
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=len(self.shards), thread_name_prefix="dpmq-fanout")
         self._paced = bool(mq.pushMessagesSpeed)
         self._hand_lock = threading.Lock()     # unpaced: one hand-out at a time, in order
         self.pacer = Pacer(mq.pushMessagesSpeed, self._hand_out, self.slots.release)
-        self.housekeeping = Housekeeping(self)
-        for shard in self.shards:
-            shard.on_moved = self.housekeeping.stirred
         self.owners = Owners(self.engine)
         self.inbound = Inbound(settings.server.pingInterval)
         self.farewells = Farewells()    # consumers' leaving, off the inbound thread
@@ -205,7 +205,7 @@ class Broker:
         return appended.codes
 
     def _on_commit(self, records):
-        self.housekeeping.stirred()
+        self.housekeeping.wake_sweeper()
         internal = False
         for topic, run in itertools.groupby(records, _TOPIC):   # a batch: one run
             run = list(run)

@@ -118,15 +118,17 @@ class Consumers:
                         consumer_id, topic, exc)
             with self._lock:
                 self._unlock_later.add((topic, consumer_id))
+            self.broker.housekeeping.wake_sweeper()
 
     def retry_unlocks(self):
         """Release the consumerIds whose release failed (the store was away), unless they came
-        back meanwhile; called by the housekeeping thread."""
+        back meanwhile; called by the housekeeping thread. Returns whether there were any."""
         with self._lock:
             pending = [key for key in self._unlock_later if key not in self._members]
             self._unlock_later.clear()
         for topic, consumer_id in pending:
             self._unlock_consumer(topic, consumer_id)
+        return bool(pending)
 
     def members(self):
         """The consumers connected now (those still joining left out)."""

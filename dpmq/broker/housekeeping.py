@@ -10,9 +10,9 @@ Two threads, each stopped through an Event, logging and backing off on errors, n
   messages at a time so that a sweep never holds the store for long, then emits a
   ``subscription.forgotten`` event for each subscription that purge forgot for idleness.
 
-When nothing has happened for a few turns (no message, no cursor moved), the sweeper dozes until
-the next sweep, and the first publish or moved cursor (:meth:`Housekeeping.stirred`) wakes it:
-an idle broker's threads do not wake every half second.
+When nothing has happened for a few seconds (no message, no cursor moved), the sweeper dozes
+until the next sweep, and the first commit, moved cursor or consumerId left locked
+(:meth:`Housekeeping.wake_sweeper`) wakes it: an idle broker's threads sleep.
 """
 
 import logging
@@ -26,8 +26,9 @@ log = logging.getLogger(__name__)
 #: The most ``subscription.forgotten`` events one sweep emits; past it the rest are only counted
 #: in a log line (the events queue holds 10,000 at most anyway).
 FORGOTTEN_EVENTS = 1000
-#: Turns of the sweeper with nothing to do before it dozes until the next sweep.
-QUIET_TURNS = 4
+#: Seconds of the sweeper finding nothing to do before it dozes until the next sweep: more than
+#: a history sample apart, so that a change is always seen before a doze.
+QUIET = 2.0
 
 
 class Housekeeping:
@@ -36,8 +37,10 @@ class Housekeeping:
         self._stop = threading.Event()
         self._stop_scheduler = threading.Event()
         self._wake = threading.Event()
-        self._stir = threading.Event()      # ends the sweeper's doze (and its turn, at a stop)
+        self._sweeper_wake = threading.Event()  # ends the sweeper's doze (and its turn, at a stop)
         self.dozing = False
+        self._next_sweep = self._next_sample = 0.0     # the sweeper's schedule
+        self._last_counts = None    # the counts at its last history sample
         self._unsaved = {}          # cursors taken from the shards that a failed save held
         self._threads = []
 
@@ -55,19 +58,19 @@ class Housekeeping:
         """Stop both threads; the sweeper saves the cursors one last time."""
         self.stop_scheduler()
         self._stop.set()
-        self._stir.set()
+        self._sweeper_wake.set()
         for thread in self._threads:
             thread.join(10)
 
     def wake_scheduler(self):
         self._wake.set()
 
-    def stirred(self):
-        """Something happened (a commit, a cursor moved): a dozing sweeper goes back to its
-        turns. Any thread; costs a look when it does not doze."""
+    def wake_sweeper(self):
+        """Something happened (a commit, a cursor moved, a consumerId left locked): a dozing
+        sweeper goes back to its turns. Any thread; costs a look when it does not doze."""
         if self.dozing:
             self.dozing = False
-            self._stir.set()
+            self._sweeper_wake.set()
 
     # -- delayed messages --------------------------------------------------------------------
     def _schedule(self):
@@ -102,45 +105,51 @@ class Housekeeping:
     def _sweep(self):
         mq = self.broker.settings.mq
         turn = min(mq.cursorFlushInterval, 1.0)
-        next_sweep = time.monotonic() + mq.sweepInterval
-        next_sample, quiet, last = 0.0, 0, None
+        self._next_sweep = time.monotonic() + mq.sweepInterval
+        self._next_sample, self._last_counts = 0.0, None
+        changed = time.monotonic()
         while True:
             wait = turn
-            if quiet >= QUIET_TURNS:
-                self.dozing = True      # before the look: a cursor moving after it stirs us
+            if time.monotonic() - changed >= QUIET:
+                self.dozing = True      # before the look: a cursor moving after it wakes us
                 if not any(shard.touched for shard in self.broker.shards):
-                    wait = max(turn, next_sweep - time.monotonic())
-            self._stir.wait(wait)
-            self._stir.clear()
+                    wait = max(turn, self._next_sweep - time.monotonic())
+            self._sweeper_wake.wait(wait)
+            self._sweeper_wake.clear()
             self.dozing = False
             if self._stop.is_set():
                 break
-            quiet += 1
             try:
-                now = time.monotonic()
-                if now >= next_sample:
-                    next_sample = now + 1.0
-                    counts = self.broker.topic_counts()
-                    self.broker.history.sample(counts, self.broker.slots.used)
-                    if counts != last:
-                        quiet, last = 0, counts
-                sweeping = now >= next_sweep
-                if self.save_cursors(refresh=sweeping):
-                    quiet = 0
-                self.broker.consumers.retry_unlocks()
-                if sweeping:
-                    next_sweep = time.monotonic() + mq.sweepInterval
-                    self.purge()
+                if self._sweeper_turn(mq):
+                    changed = time.monotonic()
             except StoreError as exc:
-                quiet = 0
+                changed = time.monotonic()
                 log.warning("housekeeping could not reach the store, retrying: %s", exc)
             except Exception:  # noqa: BLE001
-                quiet = 0
+                changed = time.monotonic()
                 log.exception("housekeeping failed; retrying")
         try:
             self.save_cursors()
         except Exception:  # noqa: BLE001
             log.exception("final cursor save failed")
+
+    def _sweeper_turn(self, mq):
+        """Sample the history, save what moved, retry unlocks and sweep when due; returns
+        whether anything had changed."""
+        now, changed = time.monotonic(), False
+        if now >= self._next_sample:
+            self._next_sample = now + 1.0
+            counts = self.broker.topic_counts()
+            self.broker.history.sample(counts, self.broker.slots.used)
+            if counts != self._last_counts:
+                changed, self._last_counts = True, counts
+        sweeping = now >= self._next_sweep
+        changed |= self.save_cursors(refresh=sweeping)
+        changed |= self.broker.consumers.retry_unlocks()
+        if sweeping:
+            self._next_sweep = time.monotonic() + mq.sweepInterval
+            self.purge()
+        return changed
 
     def save_cursors(self, refresh=False):
         """Save the cursors that moved; with ``refresh``, also those last saved more than half

@@ -16,11 +16,12 @@ class CursorLedger:
 
     def __init__(self):
         self.moved = set()          # subscriptions touched since the cursors were last taken
+        self.left = {}              # (topic, key) -> cursor of a subscription that left, unsaved
         self._saved = {}            # (topic, key) -> (cursor, time.time()) when last taken
 
     @property
     def touched(self):
-        return bool(self.moved)
+        return bool(self.moved or self.left)
 
     def loaded(self, key, cursor, saved_at):
         """A subscription came into the shard with ``cursor``, saved at ``saved_at`` (0 when
@@ -32,8 +33,8 @@ class CursorLedger:
 
     def take(self, subs, stale):
         """The cursors to save now, ``{(topic, key): position}``: those of the subscriptions in
-        ``subs`` (the shard's, by key) that moved since the last call and, when ``stale`` is a
-        time, those last taken then or before."""
+        ``subs`` (the shard's, by key) that moved since the last call, those in :attr:`left`
+        and, when ``stale`` is a time, those last taken then or before."""
         now = time.time()
         out = {}
         for sub in self.moved:
@@ -48,4 +49,5 @@ class CursorLedger:
                 if saved_at <= stale and key not in out:
                     out[key] = subs[key].position()      # the two are kept in step
         self._saved.update((key, (position, now)) for key, position in out.items())
-        return out
+        left, self.left = self.left, {}
+        return {**left, **out}      # a subscription back since it left is where it is now

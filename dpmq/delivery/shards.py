@@ -42,7 +42,7 @@ SHARED_POLL = 1.0
 #: How often parked subscriptions are looked at again without an event of their own: room in the
 #: shared budget (mq.consumerBuffersTotalBytes) comes back without telling them.
 PARKED_RECHECK = 1.0
-#: How often subscriptions with work whose members had no room are looked at again.
+#: How soon subscriptions with work whose members had no room are looked at again.
 IDLE_RECHECK = 1.0
 
 
@@ -57,7 +57,8 @@ def subscription_key(member):
 class Shard:
     """A delivery thread and the subscriptions it owns. ``post`` is its only thread-safe entry."""
 
-    def __init__(self, index, broker, clock=time.monotonic, on_event=None, on_deliver=None):
+    def __init__(self, index, broker, clock=time.monotonic, on_event=None, on_deliver=None,
+                 on_moved=None):
         self.index = index
         self.clock = clock              # for timers, gathering and retries; tests give their own
         # on_event(type, **details): a lifecycle event (dead letter, gap); it only queues it
@@ -66,7 +67,7 @@ class Shard:
         # member (the broker's tracing, set before the shard runs); None when tracing is off
         self.on_deliver = on_deliver
         # on_moved(): a turn left cursors to save (the broker's housekeeping, which may doze)
-        self.on_moved = None
+        self.on_moved = on_moved
         self.broker = broker
         self.engine = broker.engine
         self.limits = broker.settings.mq
@@ -133,20 +134,8 @@ class Shard:
         """One turn of the loop: wait for a post, a writable socket or the next timer, then take
         what came and write. Only the shard's thread calls it. With nothing to catch up and no
         timer, it sleeps until a post: an idle broker's shards do not wake."""
-        now = self.clock()
-        timeout = math.inf
-        if self._timers:
-            timeout = min(timeout, max(0.0, self._timers[0][0] - now))
-        if self._parked:
-            timeout = min(timeout, max(0.0, self._next_unpark - now))
-        if self._shared:
-            timeout = min(timeout, max(0.0, self._next_poll - now))
-        if self._active:
-            if now >= self._retry_at and any(s.room(1) for s in self._active):
-                timeout = 0
-            else:               # the store failed lately, or no member has room: look again
-                timeout = min(timeout, max(0.0, self._retry_at - now), IDLE_RECHECK)
-        quiet = self._gathering.until - now
+        timeout = self._until_next(self.clock())
+        quiet = self._gathering.until - self.clock()
         if quiet > 0:
             timeout = min(timeout, quiet)     # gathering: posts do not wake the shard
         else:
@@ -169,6 +158,25 @@ class Shard:
         self._flush_dirty()
         if self._cursors.moved and self.on_moved is not None:
             self.on_moved()
+
+    def _until_next(self, now):
+        """Seconds until the shard has something to do of its own (a timer, parked or shared
+        subscriptions to look at, catch-up): ``math.inf`` when only a post can bring work."""
+        timeout = math.inf
+        if self._timers:
+            timeout = min(timeout, max(0.0, self._timers[0][0] - now))
+        if self._parked:
+            timeout = min(timeout, max(0.0, self._next_unpark - now))
+        if self._shared:
+            timeout = min(timeout, max(0.0, self._next_poll - now))
+        if self._active:
+            if now < self._retry_at:            # the store failed lately
+                timeout = min(timeout, self._retry_at - now)
+            elif any(s.room(1) for s in self._active):
+                timeout = 0
+            else:
+                timeout = min(timeout, IDLE_RECHECK)
+        return timeout
 
     def _poll_shared(self, now):
         """Other processes put a shared group's messages back (failures, takeovers) without
@@ -271,8 +279,7 @@ class Shard:
     def _join_all(self, members):
         """Members that came to join together: the cursors of the new subscriptions among them
         are saved in one write, before any of them is told it joined. With sqlite that is one
-        flush for all of them, not one each: a thousand browsers opening a page at once held
-        the shard for a flush per consumer, and the consumers already joined waited behind."""
+        flush for a crowd arriving at once, during which the consumers already joined wait."""
         fresh = {}          # (topic, key) -> the cursor of each subscription new here
         taken = []
         for member in members:
@@ -290,8 +297,8 @@ class Shard:
                 for member, sub in taken:
                     if (sub.topic, sub.key) in fresh:
                         member.error = refused
-                for topic, key in fresh:
-                    self._forget_new(self._subs[(topic, key)])
+                for key in fresh:
+                    self._forget(self._subs[key])
                 taken = [(member, sub) for member, sub in taken if member.error is None]
         for member, sub in taken:
             sub.join(member)
@@ -311,7 +318,7 @@ class Shard:
                               " members; connect without since", CLOSE_BAD_INPUT)
             return sub
         engine = self.engine
-        cursor, saved_at, forgotten, lost = self._starting_cursor(member, topic, key, fresh)
+        cursor, saved_at, forgotten, lost, unsaved = self._starting_cursor(member, topic, key)
         if engine.shared and key.startswith("g:"):
             sub = SharedGroup(topic, key, cursor, engine, self.limits, self._dead_letter,
                               self._timers, self.counts.of(topic))
@@ -331,26 +338,18 @@ class Shard:
         self.topics.setdefault(topic, []).append(sub)
         if isinstance(sub, SharedGroup):
             self._shared.add(sub)
+        if unsaved:
+            fresh[(topic, key)] = cursor
         return sub
 
-    def _forget_new(self, sub):
-        """Undo :meth:`_subscription_for` for a subscription whose first cursor was not saved."""
-        del self._subs[(sub.topic, sub.key)]
-        self._cursors.forget((sub.topic, sub.key))
-        self._shared.discard(sub)
-        subs = self.topics[sub.topic]
-        subs.remove(sub)
-        if not subs:
-            del self.topics[sub.topic]
-
-    def _starting_cursor(self, member, topic, key, fresh):
+    def _starting_cursor(self, member, topic, key):
         """Where a subscription that is not active here starts: ``(cursor, when it was saved
         (0 if unknown), whether retention had forgotten it, whether the store lost messages it
-        had passed)``. A cursor the store does not have yet goes in ``fresh``, to be saved."""
+        had passed, whether the store does not have that cursor yet)``."""
         engine = self.engine
         cursor = engine.cursor(topic, key)
         saved_at = 0.0      # loaded: when it was last written is unknown, so the first sweep does
-        forgotten = lost = False
+        forgotten = lost = unsaved = False
         head = self.broker.heads.get(topic, 0)
         # an event stream's Last-Event-ID: what was written after it may never have arrived
         resumed = None if member.resume is None or member.ack or member.group else \
@@ -364,23 +363,21 @@ class Shard:
             engine.set_cursor(topic, key, cursor)
             saved_at = time.time()
         elif cursor is None and (cursor := engine.forgotten(topic, key)) is not None:
-            forgotten = True    # retention forgot it while it was away: it goes on, and is told
-            fresh[(topic, key)] = cursor
+            forgotten = unsaved = True  # retention forgot it while it was away: it goes on, told
             saved_at = time.time()
         elif cursor is None:
             # a new subscription starts at "now": when the consumer connected (its handshake),
             # which may be well before this shard takes the join on a busy machine
             cursor = head if member.start is None else member.start
-            fresh[(topic, key)] = cursor
+            unsaved = True
             saved_at = time.time()
         if cursor > head and not engine.shared:
             # the store has lost its newest messages (restored from an older copy): what comes
             # next gets offsets this cursor already passed, and would be skipped
-            lost, cursor = True, head
-            fresh.pop((topic, key), None)
+            lost, cursor, unsaved = True, head, False
             engine.set_cursor(topic, key, cursor)
             saved_at = time.time()
-        return cursor, saved_at, forgotten, lost
+        return cursor, saved_at, forgotten, lost, unsaved
 
     def _since(self, topic, since):
         """Where a subscription that asks for ``since`` starts: right after that message, or
@@ -406,7 +403,9 @@ class Shard:
             if last:
                 self.engine.save_cursors(last)
         except StoreError as exc:
-            log.error("could not record where %d subscriptions left off: %s", len(last), exc)
+            log.warning("could not save where %d subscriptions left off, saving them with the"
+                        " next cursors: %s", len(last), exc)
+            self._cursors.left.update(last)
         finally:
             for member in members:
                 member.removed.set()
@@ -433,16 +432,19 @@ class Shard:
     def _drop(self, sub, last):
         """The last member left: forget the subscription until it returns, its cursor into
         ``last`` for the caller to save."""
+        self._forget(sub)
+        last[(sub.topic, sub.key)] = sub.position()
+
+    def _forget(self, sub):
         del self._subs[(sub.topic, sub.key)]
         self._cursors.forget((sub.topic, sub.key))
         self._shared.discard(sub)
         self._parked.discard(sub)
+        self._active.discard(sub)
         subs = self.topics[sub.topic]
         subs.remove(sub)
         if not subs:
             del self.topics[sub.topic]
-        self._active.discard(sub)
-        last[(sub.topic, sub.key)] = sub.position()
 
     # -- acks, requeues, cursors -------------------------------------------------------------
     def _reply(self, member, kind, code, now):

@@ -31,8 +31,9 @@ class SharedGroup(Subscription):
 
     def offer_live(self, run, now):
         """New messages: they are claimed from the store like the others, by whichever process
-        asks first."""
+        asks first (so none is written here now)."""
         self.behind = True
+        return False
 
     def poll(self):
         """Look in the store again: other processes may have put messages back."""

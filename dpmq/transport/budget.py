@@ -33,7 +33,9 @@ class Budget:
     def admits(self, held, size, single=True):
         """Whether a connection holding ``held`` bytes may queue ``size`` more (one frame, unless
         ``single`` is false). Without the lock, as a guess for whoever decides what to offer;
-        :meth:`take` decides under it."""
+        :meth:`take` decides under it. A run written straight to an empty socket is decided by
+        this guess, and only what the socket left is :meth:`add`-ed: the total may be passed by
+        what the delivery threads write at the same moment, a run each at most."""
         used = self.used + size
         if used > self.total:       # but a frame larger than the whole budget, when nothing waits
             return single and not self.used
@@ -50,7 +52,8 @@ class Budget:
             return True
 
     def add(self, size):
-        """Count bytes that may not be refused (frames that are not messages)."""
+        """Count bytes that may not be refused: frames that are not messages, and what a
+        socket left of a run already admitted (see :meth:`admits`)."""
         with self._lock:
             self.used += size
 

@@ -12,9 +12,11 @@ The connection does not know the protocol on its stream: its *framing* (for a We
 :data:`~dpmq.transport.frames.WEBSOCKET`) says how a reply and a keep-alive are written and
 whether a write closes the stream, and delivery asks the same framing for a message's bytes.
 
-A delivery thread (see :mod:`dpmq.delivery.shards`) queues data frames with :meth:`Connection.offer` and
-writes them with :meth:`Connection.flush`; when the socket is not writable it is told through
-``on_progress`` and waits for writability in its selector. No thread ever blocks on a consumer.
+A delivery thread (see :mod:`dpmq.delivery.shards`) offers data frames with
+:meth:`Connection.offer` and :meth:`Connection.offer_all`, which write a run straight to a socket
+with nothing queued before it, and writes what waits with :meth:`Connection.flush`; when the
+socket is not writable it is told through ``on_progress`` and waits for writability in its
+selector. No thread ever blocks on a consumer.
 
 The outgoing buffer is a queue of the frames themselves, not a copy of their bytes: a message's
 frame is built once and every consumer's buffer holds the same ``bytes`` (see
@@ -78,7 +80,8 @@ class Connection:
     """The outgoing side of one consumer socket. Thread-safe: every method takes the one lock.
 
     Message frames carry their record; :meth:`take_written` tells which were handed whole to the
-    kernel. ``limit`` bounds the bytes waiting in the buffer, and so does the broker's
+    kernel (but a run :meth:`offer_all` wrote at once, which it answers). ``limit`` bounds the
+    bytes waiting in the buffer, and so does the broker's
     :class:`~dpmq.transport.budget.Budget` once the delivery shard has attached it.
     """
 
