@@ -36,6 +36,15 @@ def pair():
     theirs.close()
 
 
+def small_buffered(sock):
+    """A connection on ``sock`` with a small send buffer, and the budget it counts in."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    budget = Budget(1 << 30)
+    conn = Connection(sock, 1 << 30, WEBSOCKET)
+    conn.attach(budget)
+    return conn, budget
+
+
 def receive(sock, size):
     data = b""
     while len(data) < size:
@@ -101,10 +110,7 @@ def test_a_run_offered_to_an_empty_connection_is_written_at_once(pair):
 
 def test_what_the_socket_does_not_take_of_a_run_is_queued_and_counted_in_the_budget(pair):
     ours, theirs = pair
-    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    budget = Budget(1 << 30)
-    conn = Connection(ours, 1 << 30, WEBSOCKET)
-    conn.attach(budget)
+    conn, budget = small_buffered(ours)
     recs = records(200, size=1000)
     data, ends, taken = run_of(recs).joined(WEBSOCKET)
     assert conn.offer_all(data, ends, taken) == QUEUED
@@ -202,10 +208,7 @@ def test_a_ping_on_a_closed_connection_says_so(pair):
 
 def test_frames_queued_one_by_one_are_written_in_parts_whole_and_in_order(pair):
     ours, theirs = pair
-    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    budget = Budget(1 << 30)
-    conn = Connection(ours, 1 << 30, WEBSOCKET)
-    conn.attach(budget)
+    conn, budget = small_buffered(ours)
     recs = records(1500, size=700)          # more frames than one sendmsg takes
     for record in recs:
         assert conn.offer(frame(record), record)
@@ -253,10 +256,7 @@ def test_nothing_goes_past_the_budget_but_a_frame_larger_than_all_of_it_when_not
 
 def test_a_closed_connection_lets_go_of_its_frames_at_once_and_its_records_when_released(pair):
     ours, _ = pair
-    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    budget = Budget(1 << 30)
-    conn = Connection(ours, 1 << 30, WEBSOCKET)
-    conn.attach(budget)
+    conn, budget = small_buffered(ours)
     recs = records(100, size=2000)
     for record in recs:
         assert conn.offer(frame(record), record)
