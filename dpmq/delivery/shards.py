@@ -134,8 +134,9 @@ class Shard:
         """One turn of the loop: wait for a post, a writable socket or the next timer, then take
         what came and write. Only the shard's thread calls it. With nothing to catch up and no
         timer, it sleeps until a post: an idle broker's shards do not wake."""
-        timeout = self._until_next(self.clock())
-        quiet = self._gathering.until - self.clock()
+        now = self.clock()
+        timeout = self._until_next(now)
+        quiet = self._gathering.until - now
         if quiet > 0:
             timeout = min(timeout, quiet)     # gathering: posts do not wake the shard
         else:
