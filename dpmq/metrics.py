@@ -43,6 +43,8 @@ HELP = {
     "missed": "Messages those gaps skipped, as far as they could be counted",
 }
 OTHER = "_other"
+#: Seconds between two samples beyond which the sampler was dozing (it samples once a second).
+QUIET_GAP = 1.5
 
 
 class TopicCounts:
@@ -99,7 +101,13 @@ class OneWriterHistogram:
 
 class History:
     """Totals sampled about once a second over the last minutes, for the console's charts, and
-    per-topic published counts every ten seconds over the last minute, for recent rates."""
+    per-topic published counts every ten seconds over the last minute, for recent rates.
+
+    The sampler (the housekeeping sweeper) dozes while nothing moves and a commit wakes it, so a
+    gap between samples is a stretch where nothing was counted: :meth:`sample` closes it a second
+    before the new totals, so that what woke the sampler counts in that second and not across the
+    gap, and :meth:`rates` carries the quiet on to now. A count that moves without waking the
+    sampler (a delayed message coming due) shows in the second it next samples."""
 
     def __init__(self, seconds=600):
         self.samples = collections.deque(maxlen=seconds)
@@ -108,6 +116,8 @@ class History:
     def sample(self, counts, buffer_used, now=None):
         """``buffer_used``: the room of the buffer (``mq.messageChanBuffer``) taken now."""
         now = now or time.time()
+        if self.samples and now - self.samples[-1][0] > QUIET_GAP:
+            self.samples.append((now - 1.0,) + self.samples[-1][1:])
         totals = [sum(row[i] for row in counts.values()) for i in range(len(EVENTS))]
         self.samples.append((now, totals[PUBLISHED], totals[DELIVERED], buffer_used))
         if not self.topic_samples or now - self.topic_samples[-1][0] >= 10:
@@ -121,11 +131,15 @@ class History:
         return {topic: round((count - then.get(topic, 0)) / (t1 - t0), 2)
                 for topic, count in now.items()}
 
-    def rates(self):
+    def rates(self, now=None):
         """``[{time, published, delivered, bufferUsed}]``: per-second rates between samples, and
-        the buffer's fill when each was taken."""
-        out = []
+        the buffer's fill when each was taken; while the sampler dozes, the last entry is a quiet
+        one at ``now``."""
+        now = now or time.time()
         samples = list(self.samples)
+        if samples and now - samples[-1][0] > QUIET_GAP:
+            samples.append((now,) + samples[-1][1:])
+        out = []
         for (t0, p0, d0, _), (t1, p1, d1, b1) in zip(samples, samples[1:]):
             span = max(t1 - t0, 1e-6)
             out.append({"time": round(t1, 3), "published": round((p1 - p0) / span, 2),

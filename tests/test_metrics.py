@@ -3,7 +3,7 @@
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from dpmq.metrics import OneWriterHistogram
+from dpmq.metrics import History, OneWriterHistogram
 
 from helpers import Collector, wait_for
 
@@ -89,3 +89,18 @@ def test_failed_counts_ack_timeouts_and_its_help_says_so(make_broker):
             if s.name.endswith("_total") and s.labels["topic"] == "t"] == [2]
     for words in ("ack timeouts", "nacks", "disconnected"):
         assert words in failed.documentation, failed.documentation
+
+
+def test_the_rate_history_spans_the_sampler_s_dozes():
+    """The sampler dozes while nothing moves: the gap reads as quiet, what woke it counts in its
+    last second, and the chart carries on to now."""
+    history = History()
+    for second in range(3):
+        history.sample({"t": [10, 10] + [0] * 7}, 0, now=100.0 + second)
+    history.sample({"t": [60, 60] + [0] * 7}, 5, now=120.0)         # woken by 50 publishes
+    rates = history.rates(now=120.5)
+    assert [r["time"] for r in rates] == [101.0, 102.0, 119.0, 120.0]
+    assert [r["published"] for r in rates] == [0, 0, 0, 50.0]
+    assert rates[-1]["bufferUsed"] == 5
+    later = history.rates(now=130.0)
+    assert later[-1] == {"time": 130.0, "published": 0.0, "delivered": 0.0, "bufferUsed": 5}
