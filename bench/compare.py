@@ -69,20 +69,28 @@ def _one(name, server, scenario, args):
         overrides["consumers"] = args.consumers
     print(f"{name}: {scenario}", file=sys.stderr, flush=True)
     consumers = overrides.get("consumers", SCENARIOS[scenario].get("consumers", 0))
+    gone = server.gone()
+    if gone:
+        return _failed(name, scenario, gone)
     try:
         server.prepare(scenario, consumers)
     except RuntimeError as exc:
-        print(f"{name}: {scenario}: {exc}", file=sys.stderr)
-        return {"error": str(exc)}
+        return _failed(name, scenario, str(exc))
     try:
         return run_scenario(scenario, server.url, pid=server.pid, protocol=server.protocol,
                             progress=lambda text: None, idle_seconds=args.idle_seconds,
                             **overrides)
-    except RuntimeError as exc:         # a peer that cannot do a scenario
-        print(f"{name}: {scenario}: {exc}", file=sys.stderr)
-        return {"error": str(exc)}
+    except (RuntimeError, OSError) as exc:   # a peer that cannot do a scenario, or died in it
+        return _failed(name, scenario, server.gone() or str(exc))
     finally:
         server.cleanup(scenario)
+
+
+def _failed(name, scenario, why):
+    """A run that could not be measured: said on the terminal, kept in the JSON, and the
+    session goes on with the next."""
+    print(f"{name}: {scenario}: {why}", file=sys.stderr)
+    return {"error": why}
 
 
 def _most_consumers(args, scenarios):

@@ -52,6 +52,18 @@ class Server:
     """What every measured server offers beside ``url`` and ``pid``."""
 
     protocol = "dpmq"
+    pid = None
+
+    def gone(self):
+        """Why the server cannot be measured any more (its process exited), or None."""
+        if self.pid is None:
+            return None
+        try:
+            with open(f"/proc/{self.pid}/stat") as handle:
+                state = handle.read().rpartition(")")[2].split()[0]
+        except OSError:
+            state = "X"
+        return f"its process (pid {self.pid}) has exited" if state in "XZ" else None
 
     def prepare(self, scenario, consumers):
         """Before each run of ``scenario`` with ``consumers`` connections; raises RuntimeError if

@@ -1,5 +1,6 @@
 """dpmq bench, scaled down: its load generators count truly (nothing lost, duplicated, reordered)."""
 
+import argparse
 import json
 import os
 import subprocess
@@ -185,3 +186,26 @@ def test_offer_cost_measures_a_shard_writing_to_caught_up_consumers():
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "20 consumers, 3 messages: a bare send" in result.stdout
+
+
+def test_compare_reports_a_server_that_died_and_goes_on(capsys):
+    """bench/compare.py: a server whose process exits mid-session fails its runs, said and kept
+    in the figures, and the session goes on with the next run."""
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bench"))
+    try:
+        import compare
+        import peers
+    finally:
+        sys.path.pop(0)
+    server = peers.DPMQ("memory", 10)
+    try:
+        os.kill(server.pid, 9)
+        args = argparse.Namespace(idle=10, idle_seconds=1, producers=None, messages=50,
+                                  consumers=2)
+        result = compare._one("dpmq-memory", server, "fanout", args)
+    finally:
+        server.stop()
+    assert result == {"error": f"its process (pid {server.pid}) has exited"}
+    compare._table({"dpmq-memory": {"fanout": [result]}})
+    assert f"dpmq-memory, fanout failed: its process (pid {server.pid}) has exited" in (
+        capsys.readouterr().out)
