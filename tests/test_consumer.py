@@ -122,3 +122,17 @@ def test_get_config_shows_the_effective_configuration(make_broker, engine_name):
     assert body["data"]["mq"]["pushMessagesSpeed"] == 0.5
     assert body["data"]["mq"]["sendRetryCount"] == 7
     assert body["data"]["storage"]["engine"] == engine_name
+
+
+def test_several_delivery_threads_share_the_consumers_and_each_gets_every_message(make_broker):
+    """mq.fanoutWorkers: each thread owns a share of the subscriptions, and a message goes to
+    every thread holding one of its topic."""
+    running = make_broker("sqlite", mq={"fanoutWorkers": 3})
+    consumers = [Collector(running.ws_url, "wide", f"c{i}") for i in range(12)]
+    _connected(running, 12)
+    shards = running.broker.shards
+    assert len(shards) == 3 and sum(bool(shard.topics) for shard in shards) >= 2
+    codes = running.publish_many("wide", [f"m{i}" for i in range(30)])
+    for consumer in consumers:
+        consumer.wait_count(30)
+        assert [m["MessageCode"] for m in consumer.messages] == codes

@@ -34,6 +34,7 @@ from .cursors import CursorLedger
 from .gathering import Gathering
 from .shard_waits import ShardWaits
 from .shared_group import SharedGroup
+from .starting import start
 from .subscription import Subscription
 
 log = logging.getLogger(__name__)
@@ -319,7 +320,8 @@ class Shard:
                               " members; connect without since", CLOSE_BAD_INPUT)
             return sub
         engine = self.engine
-        cursor, saved_at, forgotten, lost, unsaved = self._starting_cursor(member, topic, key)
+        cursor, saved_at, forgotten, lost, unsaved = start(engine, self.broker.heads.get(topic, 0),
+                                                           member, topic, key)
         if engine.shared and key.startswith("g:"):
             sub = SharedGroup(topic, key, cursor, engine, self.limits, self._dead_letter,
                               self._timers, self.counts.of(topic))
@@ -342,56 +344,6 @@ class Shard:
         if unsaved:
             fresh[(topic, key)] = cursor
         return sub
-
-    def _starting_cursor(self, member, topic, key):
-        """Where a subscription that is not active here starts: ``(cursor, when it was saved
-        (0 if unknown), whether retention had forgotten it, whether the store lost messages it
-        had passed, whether the store does not have that cursor yet)``."""
-        engine = self.engine
-        cursor = engine.cursor(topic, key)
-        saved_at = 0.0      # loaded: when it was last written is unknown, so the first sweep does
-        forgotten = lost = unsaved = False
-        head = self.broker.heads.get(topic, 0)
-        # an event stream's Last-Event-ID: what was written after it may never have arrived
-        resumed = None if member.resume is None or member.ack or member.group else \
-            engine.find(topic, member.resume)
-        if resumed is not None:
-            if resumed != cursor:
-                engine.set_cursor(topic, key, resumed)
-                cursor, saved_at = resumed, time.time()
-        elif member.since is not None:
-            cursor = self._since(topic, member.since)
-            engine.set_cursor(topic, key, cursor)
-            saved_at = time.time()
-        elif cursor is None and (cursor := engine.forgotten(topic, key)) is not None:
-            forgotten = unsaved = True  # retention forgot it while it was away: it goes on, told
-            saved_at = time.time()
-        elif cursor is None:
-            # a new subscription starts at "now": when the consumer connected (its handshake),
-            # which may be well before this shard takes the join on a busy machine
-            cursor = head if member.start is None else member.start
-            unsaved = True
-            saved_at = time.time()
-        if cursor > head and not engine.shared:
-            # the store has lost its newest messages (restored from an older copy): what comes
-            # next gets offsets this cursor already passed, and would be skipped
-            lost, cursor, unsaved = True, head, False
-            engine.set_cursor(topic, key, cursor)
-            saved_at = time.time()
-        return cursor, saved_at, forgotten, lost, unsaved
-
-    def _since(self, topic, since):
-        """Where a subscription that asks for ``since`` starts: right after that message, or
-        before the oldest one retained (not before offset 1: what retention purged is no gap
-        for a consumer that asked for what there is)."""
-        if since == "beginning":
-            oldest = self.engine.read(topic, 0, 1)
-            return oldest[0].offset - 1 if oldest else self.broker.heads.get(topic, 0)
-        cursor = self.engine.find(topic, since)
-        if cursor is None:
-            raise Refused(f"since: no retained message {since} on topic {topic!r};"
-                          " use since=beginning or a newer MessageCode", CLOSE_BAD_INPUT)
-        return cursor
 
     def _leave_all(self, members):
         """Members whose connections ended, taken together: the last cursors of the
