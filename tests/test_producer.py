@@ -160,3 +160,27 @@ def test_a_multipart_file_part_is_the_message_and_bytes_not_utf8_are_refused(bro
                            files={"topic": (None, "t"), "messageData": (None, b"\xff\xfe")})
     assert bad.status_code == 400 and "UTF-8" in bad.json()["msg"]
     assert broker.broker.heads.get("t") == 1
+
+
+@pytest.mark.parametrize("body", [
+    b"topic=t&messageData=hello", b"topic=t&messageData=a%3Ab%26c%3Dd+e%2Bf", b"a=1&a=2&&b",
+    b"=x&y=&z", "topic=t&messageData=héllo ✓ 新".encode(), b"m=%E4%B8%AD+%zz%4", b"",
+    b"topic=%C3%A9%20&messageData=x%00y", b"&&&", b"k=a=b",
+])
+def test_a_form_body_reads_as_parse_qsl_reads_it(body):
+    """The publish reads a form on its bytes (without parse_qsl's regular expression over the
+    whole text); what it reads is what the standard library reads."""
+    from urllib.parse import parse_qsl
+
+    from dpmq.views.producer import form_fields
+    assert form_fields(body) == dict(parse_qsl(body.decode(), keep_blank_values=True,
+                                               errors="strict"))
+
+
+def test_a_form_body_that_is_not_utf8_or_has_too_many_fields_is_refused(broker):
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    for body, why in ((b"topic=t&messageData=%FF", "UTF-8"), (b"topic=t&messageData=\xff", "UTF-8"),
+                      (b"topic=t&messageData=x" + b"&a=1" * 1000, "more than 1000 fields")):
+        reply = broker.http.post(broker.url + "/ProducerSend", data=body, headers=form)
+        assert reply.status_code == 400 and why in reply.json()["msg"], reply.text
+    assert broker.broker.engine.head("t") == 0
