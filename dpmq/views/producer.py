@@ -44,7 +44,7 @@ def form_fields(body):
     Parsed here rather than by Werkzeug, which would replace bytes that are not UTF-8 with U+FFFD
     and so store something other than what the producer sent; and on the bytes rather than by
     ``parse_qsl``, whose unquoting of a str scans each message's whole text with a regular
-    expression, which made large messages' publishes markedly dearer (docs/BENCHMARKS.md)."""
+    expression, a cost that grows with the message."""
     if body.count(b"&") >= MAX_FORM_FIELDS:
         raise BadRequest(f"the form body has more than {MAX_FORM_FIELDS} fields")
     fields = {}
