@@ -37,8 +37,9 @@ COMPARED = ("fanout", "topics", "publish", "latency", "idle")
 SERVERS = ("dpmq-sqlite", "dpmq-memory") + peers.STARTED + peers.EXTERNAL
 #: Figures measured but not comparable, each with the reason printed under the table.
 NOT_COMPARABLE = {
-    ("rabbitmq", "publish"): "RabbitMQ drops a message no queue is bound to (nothing written), "
-                             "while DPMQ stores every message for the consumers to come",
+    (rabbitmq, "publish"): "RabbitMQ drops a message no queue is bound to (nothing written), "
+                           "while DPMQ stores every message for the consumers to come"
+    for rabbitmq in peers.EXTERNAL
 }
 
 ROWS = [("fanout delivered/s", "fanout", "deliveredPerSecond"),
@@ -112,8 +113,9 @@ def _servers(args, names, scenarios):
         for name in peers.STARTED:
             if name in names:
                 servers[name] = peers.start(name, args, HERE, beside)
-        if "rabbitmq" in names:
-            servers["rabbitmq"] = peers.RabbitMQ(args.rabbitmq_url)
+        for name in peers.EXTERNAL:
+            if name in names:
+                servers[name] = peers.RabbitMQ(peers.rabbitmq_url(args.rabbitmq_url, name))
     except BaseException:
         for server in servers.values():
             server.stop()
@@ -130,12 +132,13 @@ def _chosen_servers(args):
             sys.exit(f"compare: unknown server {unknown[0]}; known: {', '.join(SERVERS)}")
     else:
         names = list(SERVERS)
-    why = peers.RabbitMQ.reachable(args.rabbitmq_url) if "rabbitmq" in names else None
+    asked = [name for name in peers.EXTERNAL if name in names]
+    why = peers.RabbitMQ.reachable(args.rabbitmq_url) if asked else None
     if why and args.servers:
         sys.exit(f"compare: RabbitMQ cannot be measured: {why}")
     if why:
         print(f"compare: leaving RabbitMQ out: {why}", file=sys.stderr)
-        names.remove("rabbitmq")
+        names = [name for name in names if name not in asked]
     return names
 
 

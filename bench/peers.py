@@ -19,9 +19,19 @@ from dpmq.bench.run import LocalBroker
 
 #: Started here, in their own process groups.
 STARTED = ("flask-socketio", "node-ws", "node-ws-durable")
-#: Already running, measured as they are: never started, stopped or reconfigured from here.
-EXTERNAL = ("rabbitmq",)
+#: Already running, measured as they are: never started, stopped or reconfigured from here. The
+#: same RabbitMQ twice: consumers' queues declared classic (its default), and quorum.
+EXTERNAL = ("rabbitmq", "rabbitmq-quorum")
 RABBITMQ_URL = "ws://guest:guest@127.0.0.1:15674/ws"
+
+
+def rabbitmq_url(url, name):
+    """The URL of the peer ``name`` (one of :data:`EXTERNAL`) on the RabbitMQ at ``url``."""
+    if name == "rabbitmq":
+        return url
+    parts = urllib.parse.urlsplit(url)
+    query = dict(urllib.parse.parse_qsl(parts.query), queue="quorum")
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
 
 
 def _port():

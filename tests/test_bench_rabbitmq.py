@@ -1,7 +1,9 @@
 """The RabbitMQ peer's pure pieces: STOMP framing, the message body and its URL. None needs
 RabbitMQ (a fresh CI machine has it without the Web-STOMP plugin) nor pika."""
 
+import os
 import re
+import sys
 
 import pytest
 
@@ -72,9 +74,15 @@ def test_one_url_names_every_endpoint():
     ends = rabbitmq.endpoints("ws://user:p%40ss@10.0.0.2:15675/stomp?amqp=5673&management=15673")
     assert ends == rabbitmq.Endpoints("10.0.0.2", 15675, "/stomp", "user", "p@ss",
                                       "amqp://user:p%40ss@10.0.0.2:5673/%2F",
-                                      "http://10.0.0.2:15673/api")
+                                      "http://10.0.0.2:15673/api", "classic")
     defaults = rabbitmq.endpoints("ws://127.0.0.1:15674/ws")
     assert (defaults.login, defaults.amqp) == ("guest", "amqp://guest:guest@127.0.0.1:5672/%2F")
+
+
+def test_the_url_names_the_consumers_queue_type():
+    assert rabbitmq.endpoints("ws://127.0.0.1:15674/ws?queue=quorum").queue_type == "quorum"
+    with pytest.raises(ValueError, match=r"\?queue= takes one of classic, quorum, not 'lazy'"):
+        rabbitmq.endpoints("ws://127.0.0.1:15674/ws?queue=lazy")
 
 
 def test_the_sockets_free_are_what_the_node_says_it_has_left(monkeypatch):
@@ -83,3 +91,15 @@ def test_the_sockets_free_are_what_the_node_says_it_has_left(monkeypatch):
     assert rabbitmq.sockets_free("ws://127.0.0.1:15674/ws") == 820
     monkeypatch.setattr(rabbitmq, "_management", lambda ends, path: [{"name": "rabbit@x"}])
     assert rabbitmq.sockets_free("ws://127.0.0.1:15674/ws") is None
+
+
+def test_compare_measures_the_same_rabbitmq_with_classic_and_with_quorum_queues():
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bench"))
+    try:
+        import peers
+    finally:
+        sys.path.pop(0)
+    url = "ws://u:p@10.0.0.2:15675/ws?amqp=5673"
+    assert peers.rabbitmq_url(url, "rabbitmq") == url
+    quorum = rabbitmq.endpoints(peers.rabbitmq_url(url, "rabbitmq-quorum"))
+    assert (quorum.queue_type, quorum.amqp) == ("quorum", "amqp://u:p@10.0.0.2:5673/%2F")

@@ -34,7 +34,11 @@ from . import kit
 #: this long without a consumer.
 QUEUE_EXPIRES_MS = 600_000
 
-Endpoints = collections.namedtuple("Endpoints", "host port path login passcode amqp management")
+Endpoints = collections.namedtuple(
+    "Endpoints", "host port path login passcode amqp management queue_type")
+
+#: The queue types a consumer's queue may be declared as (``?queue=TYPE`` in the peer's URL).
+QUEUE_TYPES = ("classic", "quorum")
 
 
 def endpoints(url):
@@ -44,10 +48,14 @@ def endpoints(url):
     login = urllib.parse.unquote(parts.username or "guest")
     passcode = urllib.parse.unquote(parts.password or "guest")
     host = parts.hostname or "127.0.0.1"
+    queue_type = query.get("queue", "classic")
+    if queue_type not in QUEUE_TYPES:
+        raise ValueError(f"RabbitMQ peer {url}: ?queue= takes one of {', '.join(QUEUE_TYPES)}, "
+                         f"not {queue_type!r}")
     credentials = f"{urllib.parse.quote(login, safe='')}:{urllib.parse.quote(passcode, safe='')}"
     return Endpoints(host, parts.port or 15674, parts.path or "/ws", login, passcode,
                      f"amqp://{credentials}@{host}:{query.get('amqp', '5672')}/%2F",
-                     f"http://{host}:{query.get('management', '15672')}/api")
+                     f"http://{host}:{query.get('management', '15672')}/api", queue_type)
 
 
 # -- STOMP 1.2 framing ---------------------------------------------------------------------------
@@ -176,8 +184,8 @@ async def _consume(ends, path, tracker, connected, gate, pace):
         "heart-beat": "0,0"})))
     subscribe = kit._client_frame(1, stomp_frame("SUBSCRIBE", {
         "id": 0, "destination": f"/exchange/{topic}", "x-queue-name": f"{topic}.{name}",
-        "durable": "true", "auto-delete": "false", "x-expires": QUEUE_EXPIRES_MS, "ack": "auto",
-        "receipt": "subscribed"}))
+        "durable": "true", "auto-delete": "false", "x-expires": QUEUE_EXPIRES_MS,
+        "x-queue-type": ends.queue_type, "ack": "auto", "receipt": "subscribed"}))
     stomp = StompReader()
     async for now, frames in kit.read_frames(reader, tracker, pace):
         for opcode, body in frames:
