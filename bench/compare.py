@@ -68,6 +68,8 @@ def _one(name, server, scenario, args):
         overrides["messages"] = args.messages
     if args.consumers and scenario != "idle":
         overrides["consumers"] = args.consumers
+    if args.topics and "topics" in SCENARIOS[scenario]:
+        overrides["topics"] = args.topics
     print(f"{name}: {scenario}", file=sys.stderr, flush=True)
     consumers = overrides.get("consumers", SCENARIOS[scenario].get("consumers", 0))
     gone = server.gone()
@@ -239,6 +241,9 @@ def _arguments():
     parser.add_argument("--consumers", type=int,
                         help="consumers per scenario instead of its default (e.g. fanout-wide at"
                              " 2000)")
+    parser.add_argument("--topics", type=int,
+                        help="topics per scenario instead of its default (e.g. topics-wide at 100"
+                             " with --consumers 500, as many consumers as Flask-SocketIO holds)")
     parser.add_argument("--scenario", default=",".join(COMPARED),
                         help=f"a comma-separated list of: {', '.join(SCENARIOS)} but workers and "
                              f"soak (default: {', '.join(COMPARED)}); batch runs on DPMQ only")

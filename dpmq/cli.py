@@ -147,6 +147,8 @@ def _parser():
                        help="producer processes per scenario instead of its default (2; latency 1)")
     bench.add_argument("--consumers", type=int, help="consumers per scenario instead of its default"
                        " (fanout-wide 5000, fanout 50...)")
+    bench.add_argument("--topics", type=int, help="topics per scenario instead of its default"
+                       " (topics 100, topics-wide 1000); the consumers are spread over them")
     bench.add_argument("--rate", type=float, help="messages/s of the rate-bound scenarios (latency"
                        " 200, fanout-wide 20, slow-mix 200; soak: half the measured capacity)")
     bench.add_argument("--soak-minutes", type=float, help="how long soak runs (default 30)")

@@ -59,6 +59,18 @@ def test_bench_command_starts_its_own_broker_and_writes_json(tmp_path):
     assert f"a disk flush under its store takes {flush['medianMs']} ms" in result.stderr
 
 
+def test_bench_command_spreads_consumers_over_the_topics_asked_for(tmp_path):
+    out = tmp_path / "bench.json"
+    command = [sys.executable, "-m", "dpmq.cli", "bench", "--scenario", "topics", "--engine",
+               "memory", "--topics", "7", "--consumers", "14", "--messages", "140", "--json",
+               str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (topics,) = json.loads(out.read_text())["results"]
+    assert (topics["topics"], topics["consumers"], topics["accepted"]) == (7, 14, 140)
+    assert (topics["delivered"], topics["lost"], topics["duplicated"]) == (280, 0, 0)
+
+
 MOST = 20     # settle gives up after this long: returning sooner means it saw the process idle
 
 
@@ -162,6 +174,9 @@ def test_workers_compares_one_redis_worker_with_two():
         fanout = result["runs"][count]["fanout"]
         assert fanout["delivered"] == 200 * 6 and fanout["brokerCpuUsPerMessage"] > 0
         assert 0 < fanout["loadCpuShare"] <= 1 and 0 < fanout["brokerCpuShare"] <= 1
+        # the whole machine's busy share holds the broker's and the load's (and Redis's)
+        assert fanout["machineBusyShare"] <= 1
+        assert fanout["machineBusyShare"] >= fanout["brokerCpuShare"] + fanout["loadCpuShare"] - 0.1
         assert result["runs"][count]["publish"]["accepted"] == 200
     assert result["publishRatio"] > 0 and result["fanoutRatio"] > 0
     assert result["deliveredPerSecond"] == result["deliveredPerSecondW2"]
@@ -200,7 +215,7 @@ def test_compare_reports_a_server_that_died_and_goes_on(capsys):
     server = peers.DPMQ("memory", 10)
     try:
         os.kill(server.pid, 9)
-        args = argparse.Namespace(idle=10, idle_seconds=1, producers=None, messages=50,
+        args = argparse.Namespace(idle=10, idle_seconds=1, producers=None, messages=50, topics=None,
                                   consumers=2)
         result = compare._one("dpmq-memory", server, "fanout", args)
     finally:

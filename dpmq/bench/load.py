@@ -209,6 +209,7 @@ def phase(ctx, url, topics, groups, expected, producers, per_producer, progress,
     already = sum(group.received() for group in groups)
     feeders = Producers(ctx, url, topics, producers, per_producer, size, batch, rate, token, first)
     before, consumers_before = probes.broker_use(pid), _cpu_each(groups)
+    machine_before = probes.machine_jiffies()
     try:
         feeders.go()
         published, publish_seconds = feeders.wait()
@@ -219,6 +220,7 @@ def phase(ctx, url, topics, groups, expected, producers, per_producer, progress,
     received = wait_delivered(groups, expected, progress, label) - already if groups else 0
     seconds = time.perf_counter() - feeders.started
     after, consumers_after = probes.broker_use(pid), _cpu_each(groups)
+    machine_busy = probes.busy_share(machine_before, probes.machine_jiffies())
     consumers_cpu = {p: consumers_after[p] - consumers_before[p] for p in consumers_after}
     accepted = sum(p["accepted"] for p in published)
     figures = {"accepted": accepted, "refused": sum(p["refused"] for p in published),
@@ -230,6 +232,7 @@ def phase(ctx, url, topics, groups, expected, producers, per_producer, progress,
     figures.update(load_cost(published, sum(consumers_cpu.values()), accepted, received))
     load = sum(p["cpu"] for p in published) + sum(consumers_cpu.values())
     figures["loadCpuShare"] = probes.machine_share(load, seconds)
+    figures["machineBusyShare"] = machine_busy
     if consumers_cpu:
         figures["consumersCpuShare"] = probes.machine_share(sum(consumers_cpu.values()), seconds)
         figures["consumersBusiestProcessCore"] = round(max(consumers_cpu.values()) / seconds, 3)

@@ -78,6 +78,22 @@ def machine_share(cpu, seconds):
     return round(cpu / (seconds * (os.cpu_count() or 1)), 3) if seconds else None
 
 
+def machine_jiffies():
+    """The whole machine's CPU time so far, busy and in all, from ``/proc/stat`` (clock ticks,
+    every core): idle and waiting for the disk are not busy."""
+    with open("/proc/stat") as handle:
+        fields = [int(value) for value in handle.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return sum(fields[:8]) - idle, sum(fields[:8])
+
+
+def busy_share(before, after):
+    """The share of the machine that was busy between two :func:`machine_jiffies` readings: what
+    every process took, the broker's, the load generators', and any service beside them (Redis)."""
+    total = after[1] - before[1]
+    return round((after[0] - before[0]) / total, 3) if total else None
+
+
 def settle(pid, most, busy=0.05):
     """Wait until ``pid`` used less than ``busy`` of a core over the last second, at most ``most``
     seconds; returns how long that took. Consumers count themselves connected on the handshake,

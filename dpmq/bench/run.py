@@ -124,6 +124,7 @@ def _overrides(name, args):
         return {"consumers": args.idle}
     spec, overrides = SCENARIOS[name], {}
     options = {"messages": args.messages, "producers": args.producers,
+               "topics": getattr(args, "topics", None),
                "rate": getattr(args, "rate", None), "soak_minutes": getattr(args, "soak_minutes", None),
                "sample_seconds": getattr(args, "sample_seconds", None),
                "workers": getattr(args, "workers", None)}

@@ -129,7 +129,8 @@ def slow_mix(url, spec, token=None, pid=None, progress=print, protocol="dpmq"):
 def workers(url, spec, token=None, pid=None, progress=print, protocol="dpmq"):
     """Publish and fan-out on brokers of its own (redis engine, ``url`` unused): one worker
     process, then ``workers``. Broker CPU is the sum of its workers; ``loadCpuShare`` is the
-    producer and consumer processes' CPU ÷ (elapsed × cores)."""
+    producer and consumer processes' CPU ÷ (elapsed × cores), ``machineBusyShare`` everything's
+    (Redis's too): near 1, no arrangement of processes on this machine does more."""
     if protocol != "dpmq":
         raise RuntimeError("the workers scenario measures DPMQ brokers it starts itself")
     counts = (1, spec["workers"])
@@ -158,7 +159,9 @@ def workers(url, spec, token=None, pid=None, progress=print, protocol="dpmq"):
                        f"publishLoadCpuShare{suffix}": publish.get("loadCpuShare"),
                        f"fanoutLoadCpuShare{suffix}": fanout.get("loadCpuShare"),
                        f"publishBrokerCpuShare{suffix}": publish.get("brokerCpuShare"),
-                       f"fanoutBrokerCpuShare{suffix}": fanout.get("brokerCpuShare")})
+                       f"fanoutBrokerCpuShare{suffix}": fanout.get("brokerCpuShare"),
+                       f"publishMachineBusyShare{suffix}": publish.get("machineBusyShare"),
+                       f"fanoutMachineBusyShare{suffix}": fanout.get("machineBusyShare")})
     one, many = (result["runs"][str(count)] for count in counts)
     result.update({"publishPerSecond": many["publish"]["publishPerSecond"],
                    "deliveredPerSecond": many["fanout"]["deliveredPerSecond"],
