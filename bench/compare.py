@@ -6,9 +6,10 @@ Peers (bench/peers.py): Flask-SocketIO 5 in threading mode under gunicorn gthrea
 twice: in memory, and durable the way DPMQ's sqlite engine is (every publish flushed to disk
 before its reply and its frames), on the disk under DPMQ's store; and RabbitMQ, already running
 (never started, stopped or reconfigured from here): a durable queue per consumer on a fanout
-exchange per topic, AMQP producers with publisher confirms (needs `pip install pika`),
-Web-STOMP consumers (dpmq/bench/rabbitmq.py; needs the rabbitmq_web_stomp and
-rabbitmq_management plugins). DPMQ runs on a temporary store per engine.
+exchange per topic, classic (rabbitmq) or quorum (rabbitmq-quorum), AMQP producers with
+publisher confirms (needs `pip install pika`), Web-STOMP consumers (dpmq/bench/rabbitmq.py; needs
+the rabbitmq_web_stomp and rabbitmq_management plugins). DPMQ runs on a temporary store per
+engine.
 
     python bench/compare.py --peer-python /path/to/venv-with-flask-socketio/bin/python
     python bench/compare.py --servers dpmq-sqlite,rabbitmq --scenario fanout,latency

@@ -10,9 +10,11 @@ that their accounting and their client's cost are those of every other server's 
 
 The peer is named by its Web-STOMP URL, ``ws://guest:guest@127.0.0.1:15674/ws``; the AMQP
 port (``?amqp=5672``) and the management API's (``?management=15672``, used to list what a run
-left behind) are on the same host with the same credentials. It needs the
-``rabbitmq_web_stomp`` and ``rabbitmq_management`` plugins and ``pip install pika``; pika is
-imported only here, and only when a RabbitMQ run needs it.
+left behind) are on the same host with the same credentials; ``?queue=quorum`` declares the
+consumers' queues as quorum queues, which confirm a publish only once it is on disk, where a
+classic queue (the default) confirms without a write a message its consumers already took. It
+needs the ``rabbitmq_web_stomp`` and ``rabbitmq_management`` plugins and ``pip install pika``;
+pika is imported only here, and only when a RabbitMQ run needs it.
 
 Names: a consumer at ``/ConsumersConn/<topic>/<name>`` reads the queue ``<topic>.<name>`` bound
 to the exchange ``<topic>``. Queues expire after :data:`QUEUE_EXPIRES_MS` without a consumer,

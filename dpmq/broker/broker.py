@@ -40,6 +40,7 @@ from .housekeeping import Housekeeping
 from .ownership import Owners
 from .pacing import Pacer
 from .pulls import Pulls
+from .sequencing import Sequencer
 from .slots import Slots
 from .webhooks import Webhooks
 
@@ -93,6 +94,8 @@ class Broker:
             max_workers=len(self.shards), thread_name_prefix="dpmq-fanout")
         self._paced = bool(mq.pushMessagesSpeed)
         self._hand_lock = threading.Lock()     # unpaced: one hand-out at a time, in order
+        # several processes: their records and ours, in offset order (sequencing.py)
+        self._sequencer = Sequencer(self.pumped.get) if self.engine.shared else None
         self.pacer = Pacer(mq.pushMessagesSpeed, self._hand_out, self.slots.release)
         self.owners = Owners(self.engine)
         self.inbound = Inbound(settings.server.pingInterval)
@@ -249,10 +252,21 @@ class Broker:
         """Unpaced: hand committed records to the shards on the committing thread, in order."""
         with self._hand_lock:
             try:
-                self._hand_out(records, timed)
+                if self._sequencer is not None:
+                    records = self._sequencer.order(records, time.monotonic())
+                    if self._sequencer.holding:
+                        self.housekeeping.wake_sweeper()    # hands them out if none follows
+                if records:
+                    self._hand_out(records, timed)
             except Exception:  # noqa: BLE001 - it is committed; never fail the commit for this
                 log.exception("handing out %d messages failed; consumers will catch up from the"
                               " store", len(records))
+
+    def hand_out_held(self):
+        """Hand out the records held for a gap (another process's records below them) whose
+        time is up, should no further records come to do it. Any thread."""
+        if self._sequencer is not None and self._sequencer.holding:
+            self._hand_out_now([])
 
     def _hand_out(self, batch, timed=True):
         """Post ``batch`` to the shards whose consumers take its topics, a run of one topic at a

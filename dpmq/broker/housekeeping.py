@@ -137,6 +137,7 @@ class Housekeeping:
         """Sample the history, save what moved, retry unlocks and sweep when due; returns
         whether anything had changed."""
         now, changed = time.monotonic(), False
+        self.broker.hand_out_held()
         if now >= self._next_sample:
             self._next_sample = now + 1.0
             counts = self.broker.topic_counts()
