@@ -95,7 +95,8 @@ class Broker:
         self._paced = bool(mq.pushMessagesSpeed)
         self._hand_lock = threading.Lock()     # unpaced: one hand-out at a time, in order
         # several processes: their records and ours, in offset order (sequencing.py)
-        self._sequencer = Sequencer(self.pumped.get) if self.engine.shared else None
+        self._sequencer = (Sequencer(lambda topic: self.pumped.get(topic, 0))
+                           if self.engine.shared else None)
         self.pacer = Pacer(mq.pushMessagesSpeed, self._hand_out, self.slots.release)
         self.owners = Owners(self.engine)
         self.inbound = Inbound(settings.server.pingInterval)

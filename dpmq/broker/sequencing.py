@@ -13,16 +13,17 @@ the gap from the store as they would have.
 import itertools
 from operator import attrgetter
 
-#: The longest a record waits for those below it (seconds).
-HOLD = 0.05
+#: The longest a record waits for those below it (seconds): long enough for the listener of a
+#: busy process, which may wait its turn at the interpreter lock several times per notice.
+HOLD = 0.5
 
 _TOPIC = attrgetter("topic")
 
 
 class Sequencer:
     """Not thread-safe: the broker calls it under its hand-out lock. ``start(topic)`` is the
-    newest offset already handed out of a topic it has not seen yet, or None if there is none
-    (then the topic's first record is taken as it comes)."""
+    newest offset already handed out of a topic it has not seen yet: 0 for a topic created
+    since, whose first offset is 1 whichever process writes it first."""
 
     def __init__(self, start, hold=HOLD):
         self._start = start
@@ -41,13 +42,10 @@ class Sequencer:
         for topic, run in itertools.groupby(records, _TOPIC):
             expected = self._next.get(topic)
             if expected is None:
-                newest = self._start(topic)
-                expected = None if newest is None else newest + 1
+                expected = self._start(topic) + 1
             held = self._held.pop(topic, None)
             pending = held[1] if held else {}
             for record in run:
-                if expected is None:
-                    expected = record.offset
                 if record.offset < expected:
                     out.append(record)      # older than what went out: as it comes
                 else:

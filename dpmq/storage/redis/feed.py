@@ -20,6 +20,9 @@ from ...message import Record
 log = logging.getLogger(__name__)
 
 HEADS_POLL = 2.0            # seconds between polls of the topic heads (missed notices)
+# Topics read at once when notices wait: a listener that falls behind under load reads each
+# topic's new records in one go, rather than a record per notice, and so catches up.
+NOTICES_AT_ONCE = 1000
 
 
 def text(value):
@@ -84,16 +87,22 @@ class FeedFollower:
             notice = pubsub.get_message(timeout=0.5)
             if notice is None:
                 continue
-            body = text(notice["data"])
-            if text(notice["channel"]).endswith(":commits"):
-                topic, head, added, node = body.split("|", 3)
-                head, added = int(head), int(added)
-                if node == self.node and self._fed.get(topic, 0) == head - added:
-                    self._fed[topic] = head     # only what this process wrote: nothing to read
+            heads = {}      # topic -> the newest head of the notices waiting: one read for all
+            while notice is not None:
+                body = text(notice["data"])
+                if text(notice["channel"]).endswith(":commits"):
+                    topic, head, added, node = body.split("|", 3)
+                    head, added = int(head), int(added)
+                    if (node == self.node and topic not in heads
+                            and self._fed.get(topic, 0) == head - added):
+                        self._fed[topic] = head     # only what this process wrote: nothing to read
+                    else:
+                        heads[topic] = max(head, heads.get(topic, 0))
                 else:
-                    self._feed_through(topic, head)
-            else:
-                self._event(json.loads(body))
+                    self._event(json.loads(body))
+                notice = pubsub.get_message() if len(heads) < NOTICES_AT_ONCE else None
+            for topic, head in heads.items():
+                self._feed_through(topic, head)
 
     def _feed_through(self, topic, head, polled=False):
         """Hand on the records of ``topic`` up to ``head`` this listener has not seen, except
