@@ -20,7 +20,7 @@ from ...message import Record
 log = logging.getLogger(__name__)
 
 HEADS_POLL = 2.0            # seconds between polls of the topic heads (missed notices)
-# Topics read at once when notices wait: a listener that falls behind under load reads each
+# Notices taken at once when they wait: a listener that falls behind under load reads each
 # topic's new records in one go, rather than a record per notice, and so catches up.
 NOTICES_AT_ONCE = 1000
 
@@ -88,7 +88,9 @@ class FeedFollower:
             if notice is None:
                 continue
             heads = {}      # topic -> the newest head of the notices waiting: one read for all
+            taken = 0
             while notice is not None:
+                taken += 1
                 body = text(notice["data"])
                 if text(notice["channel"]).endswith(":commits"):
                     topic, head, added, node = body.split("|", 3)
@@ -100,7 +102,7 @@ class FeedFollower:
                         heads[topic] = max(head, heads.get(topic, 0))
                 else:
                     self._event(json.loads(body))
-                notice = pubsub.get_message() if len(heads) < NOTICES_AT_ONCE else None
+                notice = pubsub.get_message() if taken < NOTICES_AT_ONCE else None
             for topic, head in heads.items():
                 self._feed_through(topic, head)
 
