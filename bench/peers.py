@@ -23,6 +23,11 @@ STARTED = ("flask-socketio", "node-ws", "node-ws-durable")
 #: same RabbitMQ twice: consumers' queues declared classic (its default), and quorum.
 EXTERNAL = ("rabbitmq", "rabbitmq-quorum")
 RABBITMQ_URL = "ws://guest:guest@127.0.0.1:15674/ws"
+#: How many unacknowledged messages a consumer of a quorum queue may hold. A quorum queue's
+#: consumers acknowledge (cumulatively, every half of this): with ``ack: auto`` its Web-STOMP
+#: consumers stopped receiving partway through most fan-outs, with the rest of the messages
+#: ready in their queues.
+QUORUM_PREFETCH = 1000
 
 
 def rabbitmq_url(url, name):
@@ -30,7 +35,8 @@ def rabbitmq_url(url, name):
     if name == "rabbitmq":
         return url
     parts = urllib.parse.urlsplit(url)
-    query = dict(urllib.parse.parse_qsl(parts.query), queue="quorum")
+    query = {"prefetch": QUORUM_PREFETCH, **dict(urllib.parse.parse_qsl(parts.query)),
+             "queue": "quorum"}
     return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
 
 

@@ -74,7 +74,7 @@ def test_one_url_names_every_endpoint():
     ends = rabbitmq.endpoints("ws://user:p%40ss@10.0.0.2:15675/stomp?amqp=5673&management=15673")
     assert ends == rabbitmq.Endpoints("10.0.0.2", 15675, "/stomp", "user", "p@ss",
                                       "amqp://user:p%40ss@10.0.0.2:5673/%2F",
-                                      "http://10.0.0.2:15673/api", "classic")
+                                      "http://10.0.0.2:15673/api", "classic", 0)
     defaults = rabbitmq.endpoints("ws://127.0.0.1:15674/ws")
     assert (defaults.login, defaults.amqp) == ("guest", "amqp://guest:guest@127.0.0.1:5672/%2F")
 
@@ -83,6 +83,26 @@ def test_the_url_names_the_consumers_queue_type():
     assert rabbitmq.endpoints("ws://127.0.0.1:15674/ws?queue=quorum").queue_type == "quorum"
     with pytest.raises(ValueError, match=r"\?queue= takes one of classic, quorum, not 'lazy'"):
         rabbitmq.endpoints("ws://127.0.0.1:15674/ws?queue=lazy")
+
+
+def test_the_url_names_how_many_unacknowledged_messages_a_consumer_may_hold():
+    assert rabbitmq.endpoints("ws://127.0.0.1:15674/ws?queue=quorum&prefetch=500").prefetch == 500
+    with pytest.raises(ValueError, match=r"\?prefetch= takes a count of messages .* not '-1'"):
+        rabbitmq.endpoints("ws://127.0.0.1:15674/ws?prefetch=-1")
+
+
+def test_a_consumer_with_a_prefetch_acks_up_to_the_latest_message_each_time_half_have_come():
+    written = []
+    writer = type("Writer", (), {"write": lambda self, data: written.append(data)})()
+    acks = rabbitmq._Acks(4)
+    for number in range(1, 6):
+        acks.frame(f"subscription:0\nack:T_0@@session@@{number}".encode(), writer)
+    stomp = rabbitmq.StompReader()
+    mask = [data[2:6] for data in written]          # short masked frames: 2-byte head, then mask
+    frames = [stomp.feed(bytes(b ^ key[i % 4] for i, b in enumerate(data[6:])))[0]
+              for data, key in zip(written, mask)]
+    assert [(command, rabbitmq.stomp_headers(head)) for command, head, _ in frames] == [
+        (b"ACK", {"id": "T_0@@session@@2"}), (b"ACK", {"id": "T_0@@session@@4"})]
 
 
 def test_the_sockets_free_are_what_the_node_says_it_has_left(monkeypatch):
@@ -103,3 +123,6 @@ def test_compare_measures_the_same_rabbitmq_with_classic_and_with_quorum_queues(
     assert peers.rabbitmq_url(url, "rabbitmq") == url
     quorum = rabbitmq.endpoints(peers.rabbitmq_url(url, "rabbitmq-quorum"))
     assert (quorum.queue_type, quorum.amqp) == ("quorum", "amqp://u:p@10.0.0.2:5673/%2F")
+    assert (quorum.prefetch, rabbitmq.endpoints(url).prefetch) == (peers.QUORUM_PREFETCH, 0)
+    chosen = rabbitmq.endpoints(peers.rabbitmq_url(url + "&prefetch=10", "rabbitmq-quorum"))
+    assert chosen.prefetch == 10

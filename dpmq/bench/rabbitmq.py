@@ -12,7 +12,9 @@ The peer is named by its Web-STOMP URL, ``ws://guest:guest@127.0.0.1:15674/ws``;
 port (``?amqp=5672``) and the management API's (``?management=15672``, used to list what a run
 left behind) are on the same host with the same credentials; ``?queue=quorum`` declares the
 consumers' queues as quorum queues, which confirm a publish only once it is on disk, where a
-classic queue (the default) confirms without a write a message its consumers already took. It
+classic queue (the default) confirms without a write a message its consumers already took;
+``?prefetch=N`` has each consumer hold at most N unacknowledged messages and acknowledge them
+(``ack: client``) where it otherwise takes them with ``ack: auto``. It
 needs the ``rabbitmq_web_stomp`` and ``rabbitmq_management`` plugins and ``pip install pika``;
 pika is imported only here, and only when a RabbitMQ run needs it.
 
@@ -37,7 +39,7 @@ from . import kit
 QUEUE_EXPIRES_MS = 600_000
 
 Endpoints = collections.namedtuple(
-    "Endpoints", "host port path login passcode amqp management queue_type")
+    "Endpoints", "host port path login passcode amqp management queue_type prefetch")
 
 #: The queue types a consumer's queue may be declared as (``?queue=TYPE`` in the peer's URL).
 QUEUE_TYPES = ("classic", "quorum")
@@ -54,10 +56,15 @@ def endpoints(url):
     if queue_type not in QUEUE_TYPES:
         raise ValueError(f"RabbitMQ peer {url}: ?queue= takes one of {', '.join(QUEUE_TYPES)}, "
                          f"not {queue_type!r}")
+    prefetch = query.get("prefetch", "0")
+    if not prefetch.isdigit():
+        raise ValueError(f"RabbitMQ peer {url}: ?prefetch= takes a count of messages (0: none, "
+                         f"ack: auto), not {prefetch!r}")
     credentials = f"{urllib.parse.quote(login, safe='')}:{urllib.parse.quote(passcode, safe='')}"
     return Endpoints(host, parts.port or 15674, parts.path or "/ws", login, passcode,
                      f"amqp://{credentials}@{host}:{query.get('amqp', '5672')}/%2F",
-                     f"http://{host}:{query.get('management', '15672')}/api", queue_type)
+                     f"http://{host}:{query.get('management', '15672')}/api", queue_type,
+                     int(prefetch))
 
 
 # -- STOMP 1.2 framing ---------------------------------------------------------------------------
@@ -176,7 +183,7 @@ def consumers(url, paths):
 
 async def _consume(ends, path, tracker, connected, gate, pace):
     """One Web-STOMP consumer: CONNECT, then SUBSCRIBE to the topic's exchange through a durable
-    queue of its own with ``ack: auto``; it counts as connected when the RECEIPT of its
+    queue of its own with ``ack: auto``, or with acks (:class:`_Acks`); it counts as connected when the RECEIPT of its
     SUBSCRIBE says the queue is bound. ``pace`` slows its reading as in ``kit._consume``."""
     _, _, topic, name = path.split("/")
     reader, writer = await kit._open(ends.host, ends.port, ends.path, gate,
@@ -184,11 +191,13 @@ async def _consume(ends, path, tracker, connected, gate, pace):
     writer.write(kit._client_frame(1, stomp_frame("CONNECT", {
         "accept-version": "1.2", "host": "/", "login": ends.login, "passcode": ends.passcode,
         "heart-beat": "0,0"})))
+    flow = {"ack": "client", "prefetch-count": ends.prefetch} if ends.prefetch else {"ack": "auto"}
     subscribe = kit._client_frame(1, stomp_frame("SUBSCRIBE", {
         "id": 0, "destination": f"/exchange/{topic}", "x-queue-name": f"{topic}.{name}",
         "durable": "true", "auto-delete": "false", "x-expires": QUEUE_EXPIRES_MS,
-        "x-queue-type": ends.queue_type, "ack": "auto", "receipt": "subscribed"}))
+        "x-queue-type": ends.queue_type, **flow, "receipt": "subscribed"}))
     stomp = StompReader()
+    acks = _Acks(ends.prefetch) if ends.prefetch else None
     async for now, frames in kit.read_frames(reader, tracker, pace):
         for opcode, body in frames:
             if opcode == 8:
@@ -196,13 +205,31 @@ async def _consume(ends, path, tracker, connected, gate, pace):
             if opcode == 9:
                 writer.write(kit._client_frame(10, body))
             elif opcode in (1, 2):
-                _on_stomp(stomp.feed(body), now, tracker, writer, subscribe, connected)
+                _on_stomp(stomp.feed(body), now, tracker, writer, subscribe, connected, acks)
 
 
-def _on_stomp(frames, now, tracker, writer, subscribe, connected):
+class _Acks:
+    """With ``?prefetch=N`` a consumer may hold N unacknowledged messages; it acknowledges every
+    one up to the latest (``ack: client`` is cumulative) each time half of N have come, so that
+    RabbitMQ never waits for it and it writes one frame per N/2 messages."""
+
+    def __init__(self, prefetch):
+        self.every, self.pending = max(1, prefetch // 2), 0
+
+    def frame(self, head, writer):
+        self.pending += 1
+        if self.pending >= self.every:
+            self.pending = 0
+            writer.write(kit._client_frame(1, stomp_frame(
+                "ACK", {"id": stomp_headers(head)["ack"]})))
+
+
+def _on_stomp(frames, now, tracker, writer, subscribe, connected, acks):
     for command, head, payload in frames:
         if command == b"MESSAGE":
             tracker.frame(payload, now)
+            if acks:
+                acks.frame(head, writer)
         elif command == b"CONNECTED":
             writer.write(subscribe)
         elif command == b"RECEIPT":
