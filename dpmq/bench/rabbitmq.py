@@ -14,9 +14,9 @@ left behind) are on the same host with the same credentials; ``?queue=quorum`` d
 consumers' queues as quorum queues, which confirm a publish only once it is on disk, where a
 classic queue (the default) confirms without a write a message its consumers already took;
 ``?prefetch=N`` has each consumer hold at most N unacknowledged messages and acknowledge them
-(``ack: client``) where it otherwise takes them with ``ack: auto``. It
-needs the ``rabbitmq_web_stomp`` and ``rabbitmq_management`` plugins and ``pip install pika``;
-pika is imported only here, and only when a RabbitMQ run needs it.
+(``ack: client``) where it otherwise takes them with ``ack: auto``. It needs the
+``rabbitmq_web_stomp`` and ``rabbitmq_management`` plugins and ``pip install pika``; pika is
+imported only here, and only when a RabbitMQ run needs it.
 
 Names: a consumer at ``/ConsumersConn/<topic>/<name>`` reads the queue ``<topic>.<name>`` bound
 to the exchange ``<topic>``. Queues expire after :data:`QUEUE_EXPIRES_MS` without a consumer,
@@ -183,8 +183,9 @@ def consumers(url, paths):
 
 async def _consume(ends, path, tracker, connected, gate, pace):
     """One Web-STOMP consumer: CONNECT, then SUBSCRIBE to the topic's exchange through a durable
-    queue of its own with ``ack: auto``, or with acks (:class:`_Acks`); it counts as connected when the RECEIPT of its
-    SUBSCRIBE says the queue is bound. ``pace`` slows its reading as in ``kit._consume``."""
+    queue of its own with ``ack: auto``, or acknowledging (:class:`_Acks`); it counts as
+    connected when the RECEIPT of its SUBSCRIBE says the queue is bound. ``pace`` slows its
+    reading as in ``kit._consume``."""
     _, _, topic, name = path.split("/")
     reader, writer = await kit._open(ends.host, ends.port, ends.path, gate,
                                      headers="Sec-WebSocket-Protocol: v12.stomp\r\n")
