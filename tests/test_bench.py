@@ -224,3 +224,35 @@ def test_compare_reports_a_server_that_died_and_goes_on(capsys):
     compare._table({"dpmq-memory": {"fanout": [result]}})
     assert f"dpmq-memory, fanout failed: its process (pid {server.pid}) has exited" in (
         capsys.readouterr().out)
+
+
+_BURNER = """
+import threading, time
+def burn():
+    while time.thread_time() < 0.05:
+        pass
+worker = threading.Thread(target=burn)
+worker.start()
+worker.join()
+print("burnt", flush=True)
+time.sleep(30)
+"""
+
+
+def test_cpu_seconds_counts_ended_threads_finer_than_clock_ticks():
+    from dpmq.bench import probes
+    child = subprocess.Popen([sys.executable, "-c", _BURNER], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "burnt\n"
+        spent = probes.cpu_seconds(child.pid)
+        with open(f"/proc/{child.pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        ticks = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        # the thread that burnt 50 ms has ended, and still counts; ticks are whole 10 ms
+        assert spent >= 0.05 and abs(spent - ticks) < 0.02
+        assert spent != round(spent, 2)
+    finally:
+        child.kill()
+        child.wait()
+    with pytest.raises(OSError):
+        probes.cpu_seconds(child.pid)
