@@ -37,9 +37,14 @@ def cpu_seconds(pid):
     try:
         return time.clock_gettime((~pid << 3) | 2)
     except OSError:         # gone, or a kernel without process clocks: the ticks then
-        with open(f"/proc/{pid}/stat") as handle:
-            fields = handle.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return tick_seconds(pid)
+
+
+def tick_seconds(pid):
+    """The process's CPU time as ``/proc/<pid>/stat`` counts it, in whole clock ticks."""
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def switches(pid):
