@@ -19,11 +19,11 @@ import pytest
 
 from dpmq import config
 from dpmq.delivery.cursors import CursorLedger
-from dpmq.delivery.gathering import GATHER, RECENT, Gathering
 from dpmq.delivery.shard_waits import ShardWaits
 from dpmq.delivery.shards import PARKED_RECHECK, Shard
 from dpmq.delivery.subscription import Member, Subscription
 from dpmq.errors import StoreError
+from dpmq.gathering import GATHER, RECENT, Gathering
 from dpmq.message import NewMessage, Record, Run, format_time, new_codes, payload
 from dpmq.metrics import ACKED, DEAD_LETTERED, DELIVERED, GAPS, REDELIVERED
 from dpmq.storage.memory import MemoryEngine

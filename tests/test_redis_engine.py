@@ -109,6 +109,30 @@ def test_other_processes_commits_reach_on_remote_in_order_without_our_own(engine
     assert [r.offset for r in remote] == list(range(2, 52))
 
 
+def test_under_load_the_listener_reads_other_processes_commits_in_rounds(engines):
+    """Two other processes append one message at a time, as fast as they go: each append comes
+    with a notice of its own, and the listener takes them in rounds of several (one read per
+    topic each), not one read per notice, handing on every record in order."""
+    rounds = []
+    engines(on_remote=rounds.append)
+    others = [engines(), engines()]
+
+    def produce(engine, topic):
+        for n in range(1000):
+            engine.append([_message(topic, f"{topic}{n}")])
+
+    threads = [threading.Thread(target=produce, args=(engine, topic))
+               for engine, topic in zip(others, "ab")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wait_for(lambda: sum(map(len, rounds)) == 2000, what="the other processes' 2,000 messages")
+    for topic in "ab":
+        assert [r.offset for run in rounds for r in run if r.topic == topic] == list(range(1, 1001))
+    assert len(rounds) < 1000, f"{len(rounds)} reads for 2,000 records"
+
+
 def test_a_process_whose_heartbeat_stops_loses_its_group_claims_and_consumer_ids(engines):
     quick = engines(nodeTimeout=1)
     survivor = engines(nodeTimeout=1)

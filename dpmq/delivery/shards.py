@@ -28,10 +28,10 @@ import queue
 import time
 
 from ..errors import CLOSE_BAD_INPUT, CLOSE_TRY_AGAIN, Refused, StoreError
+from ..gathering import Gathering
 from ..message import Run
 from ..metrics import ACKED, DEAD_LETTERED, DELIVERED, TopicCounts
 from .cursors import CursorLedger
-from .gathering import Gathering
 from .shard_waits import ShardWaits
 from .shared_group import SharedGroup
 from .starting import start

@@ -3,7 +3,9 @@
 A listener thread follows the ``commits`` channel (a "topic|head|added|node" notice after every
 append) and hands what other processes appended to the broker's ``on_remote``, in offset order per
 topic; it also polls the topic heads every few seconds, so a notice lost while Redis was away only
-delays delivery. Requeues of lone consumers' dead letters arrive on the ``events`` channel. A
+delays delivery. Under load it reads in rounds (:mod:`dpmq.gathering`, a window of
+:data:`LISTEN_WINDOW`): each round takes every notice that came and reads each topic's new records
+at once. Requeues of lone consumers' dead letters arrive on the ``events`` channel. A
 heartbeat thread keeps this process alive in Redis; with it, the others know when to take over
 the group messages and consumerIds a process held.
 """
@@ -15,6 +17,7 @@ import time
 import redis
 
 from ...errors import StoreError
+from ...gathering import Gathering
 from ...message import Record
 
 log = logging.getLogger(__name__)
@@ -23,6 +26,11 @@ HEADS_POLL = 2.0            # seconds between polls of the topic heads (missed n
 # Notices taken at once when they wait: a listener that falls behind under load reads each
 # topic's new records in one go, rather than a record per notice, and so catches up.
 NOTICES_AT_ONCE = 1000
+# Seconds a round of notices gathers for once they come fast enough to open one (800 a second and
+# more). Read one at a time, each notice cost the listener a wake-up and a read of one record,
+# almost half of what serving the publish cost the process that made it; the window adds at
+# most its length to when the other processes' consumers get a message, and only under load.
+LISTEN_WINDOW = 0.005
 
 
 def text(value):
@@ -74,6 +82,7 @@ class FeedFollower:
     def _follow(self, pubsub):
         """Hand on what other processes commit until Redis goes away or the engine closes."""
         next_poll = 0.0
+        gathering = Gathering(LISTEN_WINDOW)
         while not self._closed.is_set():
             now = time.monotonic()
             if now >= next_poll:
@@ -87,6 +96,9 @@ class FeedFollower:
             notice = pubsub.get_message(timeout=0.5)
             if notice is None:
                 continue
+            quiet = gathering.until - time.monotonic()
+            if quiet > 0:
+                time.sleep(quiet)       # the round's other notices come meanwhile
             heads = {}      # topic -> the newest head of the notices waiting: one read for all
             taken = 0
             while notice is not None:
@@ -103,6 +115,7 @@ class FeedFollower:
                 else:
                     self._event(json.loads(body))
                 notice = pubsub.get_message() if taken < NOTICES_AT_ONCE else None
+            gathering.arrived(taken, time.monotonic())
             for topic, head in heads.items():
                 self._feed_through(topic, head)
 

@@ -1,12 +1,15 @@
-"""The gathering window: under load a shard writes messages in rounds, not one at a time.
+"""The gathering window: under load a reader takes what comes in rounds, not one at a time.
 
-When messages have lately come fast enough to fill a window (``mq.writeCoalesce``) with several
-(:data:`GATHER`), the shard opens one: it does not wake for each message but takes them all when
-the window closes and writes them to each socket with one send. A window's cost (a wake-up and a
-send per consumer) is the same for 2 messages or 30, so under load the cost per message falls as
-the rate rises, which leaves the cores to the producers. Below that rate, after a pause, and in a
-short burst after a pause, each message is written at once: latency at moderate rates does not
-change.
+When messages have lately come fast enough to fill a window with several (:data:`GATHER`), the
+reader opens one: it does not wake for each message but takes them all when the window closes. A
+window's cost (a wake-up, and what the reader then does with each of its consumers or topics) is
+the same for 2 messages or 30, so under load the cost per message falls as the rate rises, which
+leaves the cores to the producers. Below that rate, after a pause, and in a short burst after a
+pause, each message is taken at once: latency at moderate rates does not change.
+
+Two readers use it: a delivery shard, which writes what a window gathered to each socket with one
+send (its window is ``mq.writeCoalesce``), and the redis engine's listener, which reads what other
+processes appended with one read per topic (:mod:`dpmq.storage.redis.feed`).
 """
 
 import math
@@ -18,13 +21,13 @@ RECENT = 5
 
 
 class Gathering:
-    """When the shard gathers instead of writing each message. Not thread-safe: the shard's."""
+    """When a reader gathers instead of taking each message. Not thread-safe: its reader's."""
 
     __slots__ = ("window", "until", "_last", "_recent")
 
     def __init__(self, window):
-        self.window = window    # mq.writeCoalesce, seconds; 0 never gathers
-        self.until = 0.0        # until then, posts do not wake the shard
+        self.window = window    # seconds; 0 never gathers
+        self.until = 0.0        # until then, what comes does not wake the reader
         self._last = 0.0        # when messages last came in
         self._recent = 0.0      # how many came lately, decaying
 
