@@ -6,6 +6,7 @@ through a key prefix of the test's own.
 
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -380,8 +381,9 @@ def _workers(url, count):
 
 
 def _spread_over(server, processes, count):
-    """``count`` consumers of "news", held by every one of ``processes``. The kernel hands most
-    connections to one worker; a last one that lands there again is closed and made again."""
+    """``count`` consumers of "news", held by every one of ``processes``. The workers spread
+    connections between them, but the console's own calls move the counts; a last consumer that
+    lands where the others are is closed and made again."""
     consumers, holders, attempt = [], [], 0
     while len(consumers) < count:
         assert attempt < 100, f"the connections never reached every worker: {holders}"
@@ -423,6 +425,61 @@ def test_every_worker_answers_for_the_consumers_of_every_worker(tmp_path):
             assert sorted(vitals["process"] for vitals in overview["processes"]) == sorted(processes)
         for consumer in consumers:
             consumer.close()
+    finally:
+        server.stop()
+        drop_prefix(prefix)
+
+
+def _server_side(client, port):
+    """The /proc inode of the server's end of ``client``'s connection to ``port``."""
+    mine = client.getsockname()[1]
+    for line in open("/proc/net/tcp").read().splitlines()[1:]:
+        fields = line.split()
+        local, remote = fields[1].split(":"), fields[2].split(":")
+        if int(local[1], 16) == port and int(remote[1], 16) == mine:
+            return fields[9]
+    return None
+
+
+def _holding(pids, inode):
+    """Which of ``pids`` holds the socket ``inode``."""
+    for pid in pids:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inode}]":
+                    return pid
+            except OSError:
+                pass
+    return None
+
+
+def test_two_keep_alive_connections_opened_together_go_to_two_workers(tmp_path):
+    """Every worker waits on the one listening socket, and left to the kernel two producers that
+    connect at once often both land on one worker, the other idle. A worker holding more
+    connections than another now leaves new ones to it."""
+    require_redis()
+    prefix = redis_prefix()
+    server = ServedBroker(tmp_path, server={"workers": 2}, storage={"engine": "redis", "prefix": prefix})
+    try:
+        server.start()
+        _workers(server.url, 2)
+        pids = subprocess.run(["pgrep", "-P", str(server.proc.pid)], capture_output=True,
+                              text=True).stdout.split()
+        rounds = []
+        for _ in range(6):
+            pair = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(2)]
+            for client in pair:
+                client.sendall(b"GET /Console/Ping HTTP/1.1\r\nHost: dpmq\r\n\r\n")
+            for client in pair:
+                assert client.recv(4096).startswith(b"HTTP/1.1 200")
+            inodes = [_server_side(client, server.port) for client in pair]
+            rounds.append([_holding(pids, inode) for inode in inodes])
+            for client in pair:
+                client.close()
+            wait_for(lambda inodes=inodes: not any(_holding(pids, inode) for inode in inodes),
+                     what="the workers to let the pair go")
+        print("ROUNDS", rounds)
+        assert all(len(set(pair)) == 2 and None not in pair for pair in rounds), rounds
     finally:
         server.stop()
         drop_prefix(prefix)

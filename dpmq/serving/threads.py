@@ -60,6 +60,7 @@ class RequestThreads:
             finally:
                 with self._lock:
                     self._serving -= 1
+                self._held_changed()
 
     def _serve_connection(self, conn, request, frame, poller):
         """Serve ``request``, then the connection's next ones while they come at once."""
@@ -212,6 +213,7 @@ class RequestThreads:
         conn.close()
         with self._lock:
             self._consumers -= 1
+        self._held_changed()
 
     def _serve_long_poll(self, conn, request):
         """A long poll: an ordinary request that may wait for its reply. Its connection then
@@ -222,6 +224,7 @@ class RequestThreads:
         finally:
             with self._lock:
                 self._consumers -= 1
+            self._held_changed()
         if served and self.alive:
             self._hand_back(conn)
         else:

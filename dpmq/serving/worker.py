@@ -13,6 +13,8 @@ selector (epoll where there is one: no limit on descriptor numbers) until a whol
   after gunicorn's ``keepalive`` seconds.
 - At most ``server.maxConnections`` connections wait here; beyond that the one that has waited
   longest is closed to make room (idle ones first), so new clients always get in.
+- With several workers, one that holds more connections than another leaves new ones to the
+  others for a moment (:mod:`.spread`), so that a few busy connections do not all land on one.
 - On a graceful stop, replies say ``Connection: close``, waiting connections are closed at once,
   and the worker returns as soon as the requests being served are answered.
 """
@@ -29,6 +31,7 @@ from gunicorn.workers.base import Worker
 
 from .connection import HttpConnection
 from .framing import FramingError
+from .spread import DEFER, Seat
 from .threads import RequestThreads
 
 #: How long the loop sleeps at most when no connection's time is up sooner: it then tells
@@ -70,6 +73,9 @@ class DPMQWorker(RequestThreads, Worker):
         self._lock = threading.Lock()
         self._serving = 0                           # requests on the pool threads, or queued
         self._consumers = 0                         # consumer and long-poll threads
+        seat = getattr(self, "dpmq_seat", None)     # given by spread.hooks before the fork
+        self._seat = Seat(*seat) if seat else None
+        self._deferred = None                       # when accepting again after leaving some
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._selector.register(self._wake_r, selectors.EVENT_READ, _WAKE)
@@ -102,14 +108,26 @@ class DPMQWorker(RequestThreads, Worker):
                     self._read(key.data)
             while self._returned:
                 self._watch(self._returned.popleft())
-            self._expire(time.monotonic())
+            now = time.monotonic()
+            self._expire(now)
+            if self._deferred is not None and now >= self._deferred:
+                self._accept_again()
+            elif self._seat is not None:
+                self._seat.update(self._held())
             if self.ppid != os.getppid():
                 self.log.info("Parent changed, shutting down: %s", self)
                 self.alive = False
 
-    def _accept(self, listener):
+    def _accept(self, listener, deferred=False):
+        """Take the connections waiting on ``listener``, but leave them to the other workers
+        if one holds fewer (unless they were left to them already: ``deferred``)."""
         server = self._servers[listener.fileno()]
         for _ in range(128):
+            if self._seat is not None and not deferred:
+                self._seat.update(self._held())
+                if self._seat.ahead():
+                    self._defer()
+                    return
             try:
                 sock, addr = listener.accept()
             except (BlockingIOError, InterruptedError):
@@ -125,6 +143,32 @@ class DPMQWorker(RequestThreads, Worker):
             conn.deadline = time.monotonic() + self.request_timeout
             self._reading[conn] = None
             self._selector.register(sock, selectors.EVENT_READ, conn)
+
+    def _held(self):
+        """The connections this worker holds: waiting here, served, and consumers'."""
+        return len(self._reading) + len(self._idle) + self._serving + self._consumers
+
+    def _held_changed(self):
+        """A thread let a connection go: the other workers see it at once, not at this loop's
+        next turn (seconds away when nothing else happens)."""
+        if self._seat is not None:
+            self._seat.update(self._held())
+
+    def _defer(self):
+        """Stop watching the listeners for :data:`~.spread.DEFER`: the other workers, woken for
+        the same connection, take it meanwhile."""
+        if self._deferred is not None:
+            return
+        for listener in self.sockets:
+            self._selector.unregister(listener)
+        self._deferred = time.monotonic() + DEFER
+
+    def _accept_again(self):
+        """Watch the listeners again, and take what the other workers left."""
+        self._deferred = None
+        for listener in self.sockets:
+            self._selector.register(listener, selectors.EVENT_READ, _ACCEPT)
+            self._accept(listener, deferred=True)
 
     def _read(self, conn):
         try:
@@ -192,8 +236,11 @@ class DPMQWorker(RequestThreads, Worker):
             pass
 
     def _until_due(self, longest):
-        """Seconds until the first waiting connection's time is up, at most ``longest``."""
+        """Seconds until the first waiting connection's time is up, or accepting resumes, at
+        most ``longest``."""
         now, wait = time.monotonic(), longest
+        if self._deferred is not None:
+            wait = min(wait, self._deferred - now)
         for waiting in (self._reading, self._idle):
             if waiting:
                 wait = min(wait, next(iter(waiting)).deadline - now)
@@ -245,6 +292,8 @@ class DPMQWorker(RequestThreads, Worker):
     # -- stopping ------------------------------------------------------------------------------
     def _stop(self, threads):
         """Stop accepting, close what waits, answer what is being served, end the threads."""
+        if self._seat is not None:
+            self._seat.leave()
         for listener in self.sockets:
             try:
                 self._selector.unregister(listener)
