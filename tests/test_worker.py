@@ -11,6 +11,7 @@ import requests
 from test_fastpath import BATCH_CASES, CASES, _ask
 
 from dpmq.broker.farewells import THREADS
+from dpmq.serving import spread
 from dpmq.serving.framing import FramingError, RequestFrame
 
 from helpers import Collector, wait_for
@@ -329,3 +330,32 @@ def test_a_stop_waits_for_every_consumer_to_leave(served):
     finally:
         for sock in streams:
             sock.close()
+
+
+def test_a_worker_holding_more_connections_than_another_leaves_new_ones_to_it():
+    board = spread.Board()
+    first = spread.Seat(board, board.reserve(set(), "w1"))
+    second = spread.Seat(board, board.reserve({"w1"}, "w2"))
+    assert (first.slot, second.slot) == (0, 1)
+    assert not first.ahead() and not second.ahead()     # both hold none
+    first.update(2)
+    second.update(1)
+    assert first.ahead() and not second.ahead()
+    second.update(2)
+    assert not first.ahead() and not second.ahead()     # level: either may take the next
+    first.update(3)
+    second.leave()                                      # stopping: nobody defers to it
+    assert not first.ahead()
+
+
+def test_a_replaced_worker_gets_the_free_place_and_starts_from_none():
+    board = spread.Board()
+    first = spread.Seat(board, board.reserve(set(), "w1"))
+    second = spread.Seat(board, board.reserve({"w1"}, "w2"))
+    first.update(1)
+    second.update(7)
+    assert not first.ahead()
+    # w2 was killed: its replacement is given its place, emptied, while w1 keeps its own
+    assert board.reserve({"w1"}, "w3") == second.slot
+    assert board.read()[2 * second.slot:2 * second.slot + 2] == (0, 0)
+    assert board.read()[2 * first.slot + 1] == 1

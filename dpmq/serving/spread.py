@@ -2,8 +2,8 @@
 
 Every worker waits on the one listening socket, and the kernel wakes them all for a new
 connection: the first to call ``accept`` gets it, and that is mostly the worker that took the last
-one. A producer keeps its connection, so two producers land on the same worker about half the
-time, and the second worker, with its own interpreter, has nothing to do. So each worker writes how
+one. A producer keeps its connection, so two producers often land on the same worker, and the
+second worker, with its own interpreter, has nothing to do. So each worker writes how
 many connections it holds on a board the workers share (anonymous shared memory the master makes
 before it forks them), and a worker that holds more than another leaves a new connection to the
 others for :data:`DEFER`: the one holding fewest, woken as it was, takes it. If none has taken it by

@@ -27,9 +27,9 @@ HEADS_POLL = 2.0            # seconds between polls of the topic heads (missed n
 # topic's new records in one go, rather than a record per notice, and so catches up.
 NOTICES_AT_ONCE = 1000
 # Seconds a round of notices gathers for once they come fast enough to open one (800 a second and
-# more). Read one at a time, each notice cost the listener a wake-up and a read of one record,
-# almost half of what serving the publish cost the process that made it; the window adds at
-# most its length to when the other processes' consumers get a message, and only under load.
+# more). Read one at a time, each notice costs the listener a wake-up and a read of one record, a
+# good part of what the publish cost the process serving it; the window adds at most its length
+# to when the other processes' consumers get a message, and only under load.
 LISTEN_WINDOW = 0.005
 
 
