@@ -466,7 +466,7 @@ def test_two_keep_alive_connections_opened_together_go_to_two_workers(tmp_path):
         pids = subprocess.run(["pgrep", "-P", str(server.proc.pid)], capture_output=True,
                               text=True).stdout.split()
         rounds = []
-        for _ in range(6):
+        for _ in range(10):
             pair = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(2)]
             for client in pair:
                 client.sendall(b"GET /Console/Ping HTTP/1.1\r\nHost: dpmq\r\n\r\n")
@@ -478,8 +478,10 @@ def test_two_keep_alive_connections_opened_together_go_to_two_workers(tmp_path):
                 client.close()
             wait_for(lambda inodes=inodes: not any(_holding(pids, inode) for inode in inodes),
                      what="the workers to let the pair go")
-        print("ROUNDS", rounds)
-        assert all(len(set(pair)) == 2 and None not in pair for pair in rounds), rounds
+        assert all(None not in pair for pair in rounds), rounds
+        # One round may be lost to a worker not scheduled within the 5 ms it is left (a busy
+        # machine); left to the kernel, the pair shared one worker in most rounds.
+        assert sum(len(set(pair)) == 2 for pair in rounds) >= 9, rounds
     finally:
         server.stop()
         drop_prefix(prefix)

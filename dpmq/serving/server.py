@@ -32,7 +32,7 @@ def gunicorn_options(settings):
         "loglevel": settings.log.level.lower(),
         "post_worker_init": post_worker_init,
         "control_socket_disable": True,     # gunicorn >= 25: no shared control socket in $HOME
-        **spread.hooks(server.workers),
+        **spread.hooks(),
     }
 
 

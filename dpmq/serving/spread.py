@@ -73,11 +73,11 @@ class Seat:
         self.board.write(self.slot, 0, 0)
 
 
-def hooks(workers):
-    """The gunicorn settings that give each of ``workers`` forked workers a place on a new board
-    (``worker.dpmq_seat``: the board and the place, for :class:`Seat`); none for one worker."""
-    if workers < 2:
-        return {}
+def hooks():
+    """The gunicorn settings that give each forked worker a place on a new board
+    (``worker.dpmq_seat``: the board and the place, for :class:`Seat`). Made whatever
+    ``server.workers`` says, as gunicorn's own ``--workers`` may ask for more; a lone worker
+    finds nobody to defer to."""
     board = Board()
 
     def pre_fork(server, worker):
