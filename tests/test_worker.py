@@ -5,6 +5,7 @@ import os
 import random
 import signal
 import socket
+import subprocess
 
 import pytest
 import requests
@@ -359,3 +360,13 @@ def test_a_replaced_worker_gets_the_free_place_and_starts_from_none():
     assert board.reserve({"w1"}, "w3") == second.slot
     assert board.read()[2 * second.slot:2 * second.slot + 2] == (0, 0)
     assert board.read()[2 * first.slot + 1] == 1
+
+
+def test_a_worker_killed_without_leaving_is_not_deferred_to():
+    board = spread.Board()
+    alive = spread.Seat(board, board.reserve(set(), "w1"))
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    board.write(board.reserve({"w1"}, "w2"), gone.pid, 0)     # its place as SIGKILL left it
+    alive.update(3)
+    assert not alive.ahead()

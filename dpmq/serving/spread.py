@@ -7,7 +7,7 @@ second worker, with its own interpreter, has nothing to do. So each worker write
 many connections it holds on a board the workers share (anonymous shared memory the master makes
 before it forks them), and a worker that holds more than another leaves a new connection to the
 others for :data:`DEFER`: the one holding fewest, woken as it was, takes it. If none has taken it by
-then (busy, stopping, or killed and not yet replaced) the deferring worker does.
+then (busy, say) the deferring worker does; a worker that stops, or was killed, is not deferred to.
 """
 
 import mmap
@@ -63,14 +63,26 @@ class Seat:
             self.board.write(self.slot, self.pid, held)
 
     def ahead(self):
-        """Whether another worker holds fewer connections than this one."""
+        """Whether another running worker holds fewer connections than this one."""
         places = self.board.read()
-        return any(pid and slot != self.slot and held < self.held
+        return any(pid and slot != self.slot and held < self.held and _running(pid)
                    for slot, (pid, held) in enumerate(zip(places[::2], places[1::2])))
 
     def leave(self):
         """A stopping worker takes no more connections: the others no longer defer to it."""
         self.board.write(self.slot, 0, 0)
+
+
+def _running(pid):
+    """Whether the process is there: a worker killed with SIGKILL leaves its place as it was
+    until the master forks its replacement."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 def hooks():
