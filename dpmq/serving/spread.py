@@ -50,7 +50,8 @@ class Board:
 
 
 class Seat:
-    """One worker's place on the board, taken when it starts to run."""
+    """One worker's place on the board, taken when it starts to run. Not thread-safe: the
+    worker updates it under its lock."""
 
     def __init__(self, board, slot):
         self.board, self.slot, self.pid = board, slot, os.getpid()
@@ -89,11 +90,19 @@ def hooks():
     """The gunicorn settings that give each forked worker a place on a new board
     (``worker.dpmq_seat``: the board and the place, for :class:`Seat`). Made whatever
     ``server.workers`` says, as gunicorn's own ``--workers`` may ask for more; a lone worker
-    finds nobody to defer to."""
+    finds nobody to defer to. With gunicorn's ``reuse_port`` each worker listens on a socket of
+    its own, which no other worker could take a connection from: no places then."""
     board = Board()
 
     def pre_fork(server, worker):
+        worker.dpmq_seat = None
+        if server.cfg.reuse_port:
+            return
         slot = board.reserve(set(server.WORKERS.values()), worker)
-        worker.dpmq_seat = None if slot is None else (board, slot)
+        if slot is None:
+            server.log.warning("more than %d workers: the ones beyond share out no connections;"
+                               " run fewer workers per broker process", SLOTS)
+            return
+        worker.dpmq_seat = (board, slot)
 
     return {"pre_fork": pre_fork}

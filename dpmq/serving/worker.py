@@ -112,22 +112,23 @@ class DPMQWorker(RequestThreads, Worker):
             self._expire(now)
             if self._deferred is not None and now >= self._deferred:
                 self._accept_again()
-            elif self._seat is not None:
-                self._seat.update(self._held())
+            else:
+                self._held_changed()
             if self.ppid != os.getppid():
                 self.log.info("Parent changed, shutting down: %s", self)
                 self.alive = False
 
     def _accept(self, listener, deferred=False):
-        """Take the connections waiting on ``listener``, but leave them to the other workers
-        if one holds fewer (unless they were left to them already: ``deferred``)."""
+        """Take the connections waiting on ``listener``, but leave each to the other workers
+        while one holds fewer; ``deferred``: the first was left to them already, take it."""
         server = self._servers[listener.fileno()]
         for _ in range(128):
-            if self._seat is not None and not deferred:
-                self._seat.update(self._held())
-                if self._seat.ahead():
+            if self._seat is not None:
+                self._held_changed()
+                if not deferred and self._seat.ahead():
                     self._defer()
                     return
+            deferred = False
             try:
                 sock, addr = listener.accept()
             except (BlockingIOError, InterruptedError):
@@ -149,10 +150,13 @@ class DPMQWorker(RequestThreads, Worker):
         return len(self._reading) + len(self._idle) + self._serving + self._consumers
 
     def _held_changed(self):
-        """A thread let a connection go: the other workers see it at once, not at this loop's
-        next turn (seconds away when nothing else happens)."""
+        """Put the connections held on the board. The loop calls it as it takes them and the
+        threads as they let them go, so the other workers see a change at once, not at this
+        loop's next turn (seconds away when nothing else happens); under the lock, so that a
+        thread's count never overwrites a newer one."""
         if self._seat is not None:
-            self._seat.update(self._held())
+            with self._lock:
+                self._seat.update(self._held())
 
     def _defer(self):
         """Stop watching the listeners for :data:`~.spread.DEFER`: the other workers, woken for
@@ -164,10 +168,14 @@ class DPMQWorker(RequestThreads, Worker):
         self._deferred = time.monotonic() + DEFER
 
     def _accept_again(self):
-        """Watch the listeners again, and take what the other workers left."""
+        """Watch the listeners again, and take a connection the other workers left, if any;
+        the next ones are dealt out as usual."""
         self._deferred = None
         for listener in self.sockets:
             self._selector.register(listener, selectors.EVENT_READ, _ACCEPT)
+        for listener in self.sockets:
+            if self._deferred is not None:      # deferred again: the listeners are unwatched
+                return
             self._accept(listener, deferred=True)
 
     def _read(self, conn):

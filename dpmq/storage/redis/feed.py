@@ -26,10 +26,11 @@ HEADS_POLL = 2.0            # seconds between polls of the topic heads (missed n
 # Notices taken at once when they wait: a listener that falls behind under load reads each
 # topic's new records in one go, rather than a record per notice, and so catches up.
 NOTICES_AT_ONCE = 1000
-# Seconds a round of notices gathers for once they come fast enough to open one (800 a second and
-# more). Read one at a time, each notice costs the listener a wake-up and a read of one record, a
-# good part of what the publish cost the process serving it; the window adds at most its length
-# to when the other processes' consumers get a message, and only under load.
+# Seconds a round of notices gathers for once they come fast enough to open one (when
+# :data:`dpmq.gathering.GATHER` of them would come within it). Read one at a time, each notice
+# costs the listener a wake-up and a read of one record, a good part of what the publish cost the
+# process serving it; the window adds at most its length to when the other processes' consumers
+# get a message, and only under load.
 LISTEN_WINDOW = 0.005
 
 
@@ -98,7 +99,7 @@ class FeedFollower:
                 continue
             quiet = gathering.until - time.monotonic()
             if quiet > 0:
-                time.sleep(quiet)       # the round's other notices come meanwhile
+                self._closed.wait(quiet)    # the round's other notices come meanwhile
             heads = {}      # topic -> the newest head of the notices waiting: one read for all
             taken = 0
             while notice is not None:
