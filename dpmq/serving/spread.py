@@ -16,6 +16,11 @@ import struct
 
 #: How long a worker holding more connections than another leaves a new one to the others.
 DEFER = 0.005
+#: A worker defers to one holding fewer by more than a SLACK-th of that one's count: a few
+#: connections are dealt out exactly, thousands arriving at once within that share, so that a
+#: storm of arrivals is not slowed by workers pausing in turn while the other is busy with
+#: handshakes.
+SLACK = 8
 #: Places on the board: more than any number of workers (a worker beyond them does not defer,
 #: and no other defers to it).
 SLOTS = 64
@@ -64,9 +69,10 @@ class Seat:
             self.board.write(self.slot, self.pid, held)
 
     def ahead(self):
-        """Whether another running worker holds fewer connections than this one."""
+        """Whether another running worker holds fewer connections than this one (beyond the
+        :data:`SLACK`)."""
         places = self.board.read()
-        return any(pid and slot != self.slot and held < self.held and _running(pid)
+        return any(pid and slot != self.slot and held + held // SLACK < self.held and _running(pid)
                    for slot, (pid, held) in enumerate(zip(places[::2], places[1::2])))
 
     def leave(self):
