@@ -73,7 +73,12 @@ def joined(node, count):
         consumers = requests.get(node.url + "/Console/GetConsumers").json()["data"]
         return [entry for entry in consumers if entry["process"] == process]
 
-    wait_for(lambda: len(held()) == count, what=f"{count} consumers on port {node.port}")
+    try:
+        wait_for(lambda: len(held()) == count, what=f"{count} consumers on port {node.port}")
+    except AssertionError as exc:
+        listed = requests.get(node.url + "/Console/GetConsumers").json()["data"]
+        raise AssertionError(f"{exc}; the console lists {listed}; the log ends:\n"
+                             f"{node.log.read_text()[-3000:]}") from None
 
 
 def publish_from_threads(nodes, topic, per_node, pause=0.0):

@@ -119,7 +119,9 @@ def consumers_conn(ws, topic, consumer_id):
         member = b.subscribe(channel.conn, channel, topic, consumer_id, identity=identity,
                              start=request.environ.get("dpmq.start"), **options)
     except (BadRequest, Refused, Unauthorized, Forbidden) as exc:
-        channel.close(getattr(exc, "close_code", CLOSE_BAD_INPUT), str(exc))
+        code = getattr(exc, "close_code", CLOSE_BAD_INPUT)
+        log.info("consumer refused topic=%r id=%r code=%d: %s", topic, consumer_id, code, exc)
+        channel.close(code, str(exc))
         return
     auth = current_app.extensions["dpmq_auth"]
     leave = functools.partial(_leave, b, auth, member, channel)
