@@ -6,6 +6,7 @@ import random
 import signal
 import socket
 import subprocess
+import time
 
 import pytest
 import requests
@@ -174,6 +175,33 @@ def test_a_big_batch_arriving_in_many_reads_is_served_whole(served):
     assert reply.json()["code"] == 0 and len(set(reply.json()["data"])) == 5000
     topics = requests.get(broker.url + "/Console/GetTopics").json()["data"]
     assert [(t["topic"], t["published"]) for t in topics] == [("t", 5000)]
+
+
+def _loop_switches(pid):
+    """How often the worker's event loop (its main thread) has slept and woken."""
+    with open(f"/proc/{pid}/task/{pid}/status") as handle:
+        return next(int(line.split()[1]) for line in handle
+                    if line.startswith("voluntary_ctxt_switches"))
+
+
+def test_a_large_publish_in_several_reads_stays_on_its_thread(served):
+    """A keep-alive producer's next request is read by the thread that answered the last one
+    while its bytes keep coming within the linger; a body larger than one read does not go back
+    to the event loop (and wake it twice) between its parts."""
+    broker = served()
+    worker = _worker_pid(broker)
+    body = b"topic=t&messageData=" + b"x" * 100_000
+    request = _raw(b"/ProducerSend", body)
+    with socket.create_connection(("127.0.0.1", broker.port), timeout=5) as sock:
+        assert _exchange(sock, request).startswith(b"HTTP/1.1 200")
+        before = _loop_switches(worker)
+        for _ in range(30):
+            sock.sendall(request[:50_000])
+            time.sleep(0.001)
+            reply = _exchange(sock, request[50_000:])
+            assert reply.startswith(b"HTTP/1.1 200") and b'"code":0' in reply
+        woken = _loop_switches(worker) - before
+    assert woken < 15, f"the event loop woke {woken} times for 30 publishes"
 
 
 def test_what_a_consumer_sends_right_behind_its_handshake_is_read(served):

@@ -1,10 +1,11 @@
 """What a thread does with a whole request: gunicorn and the application, or a direct publish.
 
 The worker's event loop (:mod:`dpmq.serving.worker`) hands over only whole requests, so a thread
-never waits for a slow client to finish sending. An HTTP request is served on one of
+never waits for a slow client to finish sending, beyond the linger below. An HTTP request is served on one of
 ``server.httpThreads`` pool threads; after the reply the thread waits a few milliseconds for the
-connection's next request (a busy producer's arrives by then) and serves it at once, unless other
-requests wait for a thread; otherwise the connection goes back to the loop. A WebSocket handshake
+connection's next request (a busy producer's arrives by then), reading it whole while its bytes
+keep coming (a large body takes several reads), and serves it at once, unless other requests wait
+for a thread; otherwise the connection goes back to the loop. A WebSocket handshake
 or an event-stream consumer gets a thread of its own until it has joined (the route then gives it
 back, see :class:`Detached`, and the broker's inbound thread watches the consumer), and so does a
 long poll (``POST /ConsumerPull``) while it waits: a thousand waiting consumers never take the
@@ -30,7 +31,7 @@ from werkzeug.http import HTTP_STATUS_CODES
 from ..views.fastpath import mimetype_of
 from .framing import FramingError
 
-#: How long a pool thread waits for the next request of a keep-alive connection.
+#: How long a pool thread waits for the next request of a keep-alive connection to come whole.
 LINGER = 0.005
 #: The most read from a socket at once.
 READ = 65536
@@ -91,24 +92,29 @@ class RequestThreads:
         self._hand_back(conn)
 
     def _linger(self, conn, poller):
-        """The next request if its first bytes arrive within LINGER and it is whole once they
-        have; None leaves the connection to the loop (with what was read, if anything), _GONE
-        means the client closed it."""
+        """The next request if its bytes arrive within LINGER and it is whole by then (a large
+        body comes in several reads); None leaves the connection to the loop (with what was
+        read, if anything), _GONE means the client closed it."""
         fd = conn.sock.fileno()
         poller.register(fd, select.POLLIN)
+        deadline = time.monotonic() + LINGER
         try:
-            if not poller.poll(LINGER * 1000):
-                return None
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0 or not poller.poll(left * 1000):
+                    return None
+                try:
+                    data = conn.sock.recv(READ)
+                except OSError:
+                    data = b""
+                if not data:
+                    return _GONE
+                conn.buf += data
+                taken = conn.take_request(self.max_body)
+                if taken is not None:
+                    return taken
         finally:
             poller.unregister(fd)
-        try:
-            data = conn.sock.recv(READ)
-        except OSError:
-            data = b""
-        if not data:
-            return _GONE
-        conn.buf += data
-        return conn.take_request(self.max_body)
 
     def _refuse(self, conn, exc):
         self.log.info("Invalid request from ip=%s: %s", conn.ip, exc)
