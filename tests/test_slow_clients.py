@@ -127,6 +127,40 @@ def test_a_request_dripped_slowly_is_cut_off_at_request_timeout(slow_enough, wha
         sock.close()
 
 
+def test_a_keep_alive_request_dripped_after_a_reply_does_not_hold_the_only_thread(served):
+    """The thread that answered a request reads the connection's next one while its bytes keep
+    coming, but only for a few milliseconds: a client dripping its next request leaves the one
+    HTTP thread to the others."""
+    broker = served(server={"requestTimeout": 30, "httpThreads": 1})
+    body = b"topic=t&messageData=" + b"x" * 3000
+    request = (b"POST /ProducerSend HTTP/1.1\r\nHost: x\r\nContent-Type: "
+               b"application/x-www-form-urlencoded\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    dripper = socket.create_connection(("127.0.0.1", broker.port), timeout=10)
+    dripper.sendall(request)
+    assert dripper.recv(65536).startswith(b"HTTP/1.1 200")
+    stop, dripped = threading.Event(), [0]
+
+    def drip():             # the same request again, a byte every 2 ms: 6 s in all
+        for byte in request:
+            if stop.wait(0.002):
+                return
+            dripper.sendall(bytes([byte]))
+            dripped[0] += 1
+    thread = threading.Thread(target=drip, daemon=True)
+    thread.start()
+    try:
+        with requests.Session() as session:
+            for n in range(20):
+                reply = session.post(broker.url + "/ProducerSend", timeout=10,
+                                     data={"topic": "t", "messageData": str(n)})
+                assert reply.json()["code"] == 0
+        assert dripped[0] < len(request), "the publishes waited for the dripped request"
+    finally:
+        stop.set()
+        thread.join(5)
+        dripper.close()
+
+
 def test_past_descriptor_1024_every_keep_alive_publish_is_answered(served):
     broker = served(server={"requestTimeout": 60})
     held = _open(broker.port, 1100, first=b"")     # the worker's next descriptors are past 1024

@@ -1,16 +1,15 @@
 """What a thread does with a whole request: gunicorn and the application, or a direct publish.
 
 The worker's event loop (:mod:`dpmq.serving.worker`) hands over only whole requests, so a thread
-never waits for a slow client to finish sending, beyond the linger below. An HTTP request is served on one of
-``server.httpThreads`` pool threads; after the reply the thread waits a few milliseconds for the
-connection's next request (a busy producer's arrives by then), reading it whole while its bytes
-keep coming (a large body takes several reads), and serves it at once, unless other requests wait
-for a thread; otherwise the connection goes back to the loop. A WebSocket handshake
-or an event-stream consumer gets a thread of its own until it has joined (the route then gives it
-back, see :class:`Detached`, and the broker's inbound thread watches the consumer), and so does a
-long poll (``POST /ConsumerPull``) while it waits: a thousand waiting consumers never take the
-threads producers need. After a long poll's reply its connection goes back to the loop like any
-other.
+never waits for a slow client to finish sending, beyond the linger below. An HTTP request is served
+on one of ``server.httpThreads`` pool threads; after the reply the thread waits a few milliseconds
+for the connection's next request (a busy producer's arrives by then), reading it whole while its
+bytes keep coming (a large body takes several reads), and serves it at once, unless other requests
+wait for a thread; otherwise the connection goes back to the loop. A WebSocket handshake or an
+event-stream consumer gets a thread of its own until it has joined (the route then gives it back,
+see :class:`Detached`, and the broker's inbound thread watches the consumer), and so does a long
+poll (``POST /ConsumerPull``) while it waits: a thousand waiting consumers never take the threads
+producers need. After a long poll's reply its connection goes back to the loop like any other.
 
 Everything goes through gunicorn's public pieces, as its own workers use them: ``RequestParser``
 over the request's bytes, ``wsgi.create`` for the environ and the response, the ``pre_request`` and
@@ -93,8 +92,9 @@ class RequestThreads:
 
     def _linger(self, conn, poller):
         """The next request if its bytes arrive within LINGER and it is whole by then (a large
-        body comes in several reads); None leaves the connection to the loop (with what was
-        read, if anything), _GONE means the client closed it."""
+        body comes in several reads) or other requests wait for a thread; None leaves the
+        connection to the loop (with what was read, if anything), _GONE means the client closed
+        it."""
         fd = conn.sock.fileno()
         poller.register(fd, select.POLLIN)
         deadline = time.monotonic() + LINGER
@@ -111,8 +111,8 @@ class RequestThreads:
                     return _GONE
                 conn.buf += data
                 taken = conn.take_request(self.max_body)
-                if taken is not None:
-                    return taken
+                if taken is not None or not self._jobs.empty():
+                    return taken        # whole, or the rest is the loop's: others wait for a thread
         finally:
             poller.unregister(fd)
 
