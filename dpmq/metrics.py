@@ -202,7 +202,17 @@ class _Collector:
             ("dpmq_consumer_buffered_bytes", "Bytes waiting in the consumers' outgoing buffers,"
              " all together (at most mq.consumerBuffersTotalBytes, Pongs and Closes aside)",
              broker.consumer_buffers.used),
+            ("dpmq_catch_up_cache_bytes", "Bytes of recent messages kept encoded for consumers"
+             " catching up from the store (at most mq.catchUpCacheBytes)",
+             sum(shard.recent.size for shard in broker.shards)),
         )
         for name, text, value in gauges:
             yield GaugeMetricFamily(name, text, value=value)
+        frames = CounterMetricFamily(
+            "dpmq_catch_up_frames", "First attempts sent to consumers catching up from the store, by"
+            " whether their frame was built for them or kept from another consumer's",
+            labels=["frame"])
+        frames.add_metric(["built"], sum(shard.recent.built for shard in broker.shards))
+        frames.add_metric(["reused"], sum(shard.recent.reused for shard in broker.shards))
+        yield frames
         yield broker.metrics.push_seconds.family()

@@ -43,6 +43,7 @@ SCHEMA = {
         "consumerBufferBytes": (4_194_304, int, 1024, 1 << 31),
         "consumerBuffersTotalBytes": (268_435_456, int, 1024, 1 << 40),
         "catchUpBatch": (500, int, 1, 100_000),
+        "catchUpCacheBytes": (33_554_432, int, 0, 1 << 40),
         "fanoutWorkers": (1, int, 1, 64),
         "writeCoalesce": (0.01, float, 0, 0.1),
         "cursorFlushInterval": (0.5, float, 0.01, 60),

@@ -32,6 +32,7 @@ from ..gathering import Gathering
 from ..message import Run
 from ..metrics import ACKED, DEAD_LETTERED, DELIVERED, TopicCounts
 from .cursors import CursorLedger
+from .recent import RecentFrames
 from .shard_waits import ShardWaits
 from .shared_group import SharedGroup
 from .starting import start
@@ -95,6 +96,8 @@ class Shard:
         self._shared = set()            # shared groups (their messages may come back from the store)
         self._next_poll = 0.0
         self._gathering = Gathering(self.limits.writeCoalesce)
+        # frames of messages read from the store, shared by the subscriptions catching up
+        self.recent = RecentFrames(self.limits.catchUpCacheBytes // self.limits.fanoutWorkers)
 
     # -- the thread-safe side ----------------------------------------------------------------
     def post(self, kind, item=None):
@@ -258,14 +261,19 @@ class Shard:
             if subs:
                 run = Run(mine)
                 written = 0
+                skipped = False
                 for sub in subs:
                     if sub.behind:
+                        skipped = True
                         continue    # it reads them from the store when it has room
                     if sub.offer_live(run, now):    # straight to its socket: nothing to flush
                         moved.add(sub)
                         written += 1
                     else:
+                        skipped = skipped or sub.behind
                         self._touch(sub)
+                if skipped:
+                    self.recent.keep(mine)
                 if written:
                     self.counts.of(topic)[DELIVERED] += written * len(mine)
         return len(items)
@@ -331,6 +339,7 @@ class Shard:
                                self._dead_letter, self._timers, self.counts.of(topic))
         sub.on_gap = self._gap_told
         sub.on_deliver = self.on_deliver
+        sub.recent = self.recent
         if lost:
             sub.tell_gap(None, None, "lost")
         # a forgotten one is told by its gap; its subscription.forgotten event went out when

@@ -26,6 +26,7 @@ import time
 from .. import message
 from ..metrics import EXPIRED, FAILED, GAPS, MISSED, REDELIVERED
 from .consumer_connection import WRITTEN
+from .recent import RecentFrames
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,9 @@ class Subscription:
         # on_deliver(subscription, member, record, attempts): its shard's, for a message with a
         # traceparent handed to a member; None (tracing off) costs the others nothing
         self.on_deliver = None
+        # where a first attempt read from the store is framed: its shard's, shared by the
+        # subscriptions catching up on the same messages (this one keeps nothing)
+        self.recent = RecentFrames(0)
         self.expired = self.gaps = self.missed = 0      # for the console
         for record in requeued:
             self._push_retry(record, 0, True)
@@ -307,8 +311,7 @@ class Subscription:
 
     def _send(self, record, attempts, requeued, now, run=None, index=0):
         """Hand one message to a member; False if none can take it now (nothing changes then).
-        A live message comes with its ``run`` and its ``index`` in it, whose frames are shared;
-        one read from the store, or a redelivery, is framed for its member alone."""
+        A live message comes with its ``run`` and its ``index`` in it (see :meth:`_frame`)."""
         if record.expires and record.expires <= time.time():
             self._expire(record, requeued)
             return True
@@ -325,12 +328,8 @@ class Subscription:
         if self.notice is not None:
             member.conn.notice(dict(self.notice, Resume=record.code))
             self.notice = None
-        framing = member.conn.framing
-        if attempts or run is None:
-            frame = framing.message(message.payload(record, attempts))
-        else:
-            frame = run.frames(framing)[index]
-        if not member.conn.offer(frame, record):
+        if not member.conn.offer(self._frame(record, attempts, member.conn.framing, run, index),
+                                 record):
             return False
         self.sent += 1
         if record.trace is not None and self.on_deliver is not None:
@@ -350,6 +349,16 @@ class Subscription:
             heapq.heappush(self.timers, (deadline, id(flight), self, flight))
         self._advance(record, requeued)
         return True
+
+    def _frame(self, record, attempts, framing, run, index):
+        """The bytes of ``record`` in ``framing``: a live message's from its run, a first
+        attempt read from the store's from ``recent``, a redelivery's (its Status differs)
+        built for it alone."""
+        if attempts:
+            return framing.message(message.payload(record, attempts))
+        if run is None:
+            return self.recent.frame(record, framing)
+        return run.frames(framing)[index]
 
     def _traced(self, member, run):
         """``run`` went whole to ``member`` (see :meth:`offer_live`): tell ``on_deliver`` of
