@@ -6,6 +6,7 @@ from dpmq.delivery.recent import RecentFrames
 from dpmq.message import Record, payload
 from dpmq.transport.events import EVENTS
 from dpmq.transport.frames import WEBSOCKET
+from dpmq.transport.pull import PULL
 
 from helpers import RawConsumer, wait_for
 
@@ -32,6 +33,15 @@ def test_a_kept_live_payload_is_framed_without_encoding_it_again():
     assert recent.size == len(kept)
     assert recent.frame(record, WEBSOCKET) == WEBSOCKET.message(kept)
     assert recent.size == len(kept) + len(WEBSOCKET.message(kept))
+
+
+def test_a_frame_that_is_its_payload_is_counted_once():
+    recent = RecentFrames(1 << 20)
+    record = _record(3, "pulled")
+    assert recent.frame(record, PULL) == payload(record)
+    assert recent.size == len(payload(record))
+    recent.frame(record, WEBSOCKET)
+    assert recent.size == len(payload(record)) + len(WEBSOCKET.message(payload(record)))
 
 
 def test_another_message_at_a_kept_offset_gets_its_own_frame():
@@ -93,6 +103,8 @@ def _stall_and_catch_up(running, consumers, total, size):
         assert [m["MessageCode"] for m in consumer.messages] == codes
         assert all(m["Status"] == 0 for m in consumer.messages)
         most = max(most, _scrape(running)["dpmq_catch_up_cache_bytes"])
+    wait_for(lambda: _scrape(running)["dpmq_catch_up_cache_bytes"] == 0,
+             what="the cache to be emptied once nobody is behind")
     return codes, most
 
 

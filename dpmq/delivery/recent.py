@@ -7,7 +7,8 @@ messages behind together, twenty JSON encodes of each message, more than everyth
 does for it, and they stay behind while producers go on. So a shard keeps, by (topic, offset), the
 payloads of the live messages that one of its subscriptions skipped (it will read them soon), and
 each frame built for a first attempt read from the store; the oldest go first once they pass the
-shard's share of ``mq.catchUpCacheBytes``. Nothing is kept while every subscription keeps up.
+shard's share of ``mq.catchUpCacheBytes``. Nothing is kept while every subscription keeps up:
+the shard empties it once none of its subscriptions has anything to catch up.
 
 A redelivery is framed on its own: its ``Status`` differs.
 
@@ -63,11 +64,15 @@ class RecentFrames:
         if frame is None:
             self.built += 1
             frame = frames[framing] = framing.message(entry[1])
-            self.size += len(frame)
+            self.size += _extra(frame, entry[1])
             self._trim()
         else:
             self.reused += 1
         return frame
+
+    def clear(self):
+        self._entries.clear()
+        self.size = 0
 
     def _trim(self):
         entries = self._entries
@@ -76,4 +81,9 @@ class RecentFrames:
 
     def _drop(self, key):
         _, payload, frames = self._entries.pop(key)
-        self.size -= len(payload) + sum(map(len, frames.values()))
+        self.size -= len(payload) + sum(_extra(frame, payload) for frame in frames.values())
+
+
+def _extra(frame, payload):
+    """The bytes ``frame`` adds to its payload's (a pull's frame is the payload itself)."""
+    return 0 if frame is payload else len(frame)

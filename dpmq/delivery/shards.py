@@ -160,6 +160,8 @@ class Shard:
             self._parked.clear()
         if self._active and now >= self._retry_at:
             self._catch_up(now)
+        if self.recent and not (self._active or self._parked):
+            self.recent.clear()         # nobody is behind: what it keeps would only wait
         self._flush_dirty()
         if self._cursors.moved and self.on_moved is not None:
             self.on_moved()
