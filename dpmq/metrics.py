@@ -202,8 +202,8 @@ class _Collector:
             ("dpmq_consumer_buffered_bytes", "Bytes waiting in the consumers' outgoing buffers,"
              " all together (at most mq.consumerBuffersTotalBytes, Pongs and Closes aside)",
              broker.consumer_buffers.used),
-            ("dpmq_catch_up_cache_bytes", "Bytes of recent messages kept encoded for consumers"
-             " catching up from the store (at most mq.catchUpCacheBytes)",
+            ("dpmq_catch_up_cache_bytes", "Bytes of recent messages and their frames kept for"
+             " consumers catching up from the store (at most mq.catchUpCacheBytes)",
              sum(shard.recent.size for shard in broker.shards)),
         )
         for name, text, value in gauges:

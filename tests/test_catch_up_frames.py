@@ -1,11 +1,18 @@
-"""Consumers catching up from the store share the frames of what they read (mq.catchUpCacheBytes)."""
+"""Consumers catching up from the store share what they read and its frames (mq.catchUpCacheBytes)."""
+
+import socket
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from dpmq.delivery.recent import RecentFrames
+from dpmq import config
+from dpmq.delivery.recent import RecentMessages
+from dpmq.delivery.subscription import Member, Subscription
 from dpmq.message import Record, payload
+from dpmq.metrics import TopicCounts
+from dpmq.storage.memory import MemoryEngine
+from dpmq.transport.connection import Connection
 from dpmq.transport.events import EVENTS
-from dpmq.transport.frames import WEBSOCKET
+from dpmq.transport.frames import WEBSOCKET, frame_extent
 from dpmq.transport.pull import PULL
 
 from helpers import RawConsumer, wait_for
@@ -16,7 +23,7 @@ def _record(offset, data="x", code=None):
 
 
 def test_a_frame_read_from_the_store_is_built_once_per_framing():
-    recent = RecentFrames(1 << 20)
+    recent = RecentMessages(1 << 20)
     record = _record(1, "hello")
     first = recent.frame(record, WEBSOCKET)
     assert first == WEBSOCKET.message(payload(record))
@@ -26,26 +33,28 @@ def test_a_frame_read_from_the_store_is_built_once_per_framing():
 
 
 def test_a_kept_live_payload_is_framed_without_encoding_it_again():
-    recent = RecentFrames(1 << 20)
+    recent = RecentMessages(1 << 20)
     record = _record(7, "live")
     kept = payload(record)
     recent.keep([(record, kept)])
-    assert recent.size == len(kept)
+    assert recent.size == len("live") + len(kept)
     assert recent.frame(record, WEBSOCKET) == WEBSOCKET.message(kept)
-    assert recent.size == len(kept) + len(WEBSOCKET.message(kept))
+    assert recent.size == len("live") + len(kept) + len(WEBSOCKET.message(kept))
+    assert recent.built == 1
 
 
 def test_a_frame_that_is_its_payload_is_counted_once():
-    recent = RecentFrames(1 << 20)
+    recent = RecentMessages(1 << 20)
     record = _record(3, "pulled")
     assert recent.frame(record, PULL) == payload(record)
-    assert recent.size == len(payload(record))
+    assert recent.size == len("pulled") + len(payload(record))
     recent.frame(record, WEBSOCKET)
-    assert recent.size == len(payload(record)) + len(WEBSOCKET.message(payload(record)))
+    assert recent.size == len("pulled") + len(payload(record)) + len(
+        WEBSOCKET.message(payload(record)))
 
 
 def test_another_message_at_a_kept_offset_gets_its_own_frame():
-    recent = RecentFrames(1 << 20)
+    recent = RecentMessages(1 << 20)
     recent.frame(_record(1, "old", code="a" * 40), WEBSOCKET)
     newer = _record(1, "new", code="b" * 40)
     assert recent.frame(newer, WEBSOCKET) == WEBSOCKET.message(payload(newer))
@@ -53,9 +62,9 @@ def test_another_message_at_a_kept_offset_gets_its_own_frame():
 
 
 def test_the_oldest_go_first_past_the_limit():
-    record_bytes = len(payload(_record(1, "y" * 1000))) + len(WEBSOCKET.message(payload(
+    record_bytes = 1000 + len(payload(_record(1, "y" * 1000))) + len(WEBSOCKET.message(payload(
         _record(1, "y" * 1000))))
-    recent = RecentFrames(3 * record_bytes)
+    recent = RecentMessages(3 * record_bytes)
     for offset in range(1, 11):
         recent.frame(_record(offset, "y" * 1000), WEBSOCKET)
         assert recent.size <= recent.limit
@@ -67,19 +76,67 @@ def test_the_oldest_go_first_past_the_limit():
 
 
 def test_a_message_larger_than_the_limit_is_framed_and_not_kept():
-    recent = RecentFrames(100)
+    recent = RecentMessages(100)
     record = _record(1, "z" * 1000)
     assert recent.frame(record, WEBSOCKET) == WEBSOCKET.message(payload(record))
     assert (len(recent), recent.size) == (0, 0)
 
 
 def test_with_no_room_nothing_is_kept():
-    recent = RecentFrames(0)
+    recent = RecentMessages(0)
     record = _record(1)
     recent.keep([(record, payload(record))])
     recent.frame(record, WEBSOCKET)
     recent.frame(record, WEBSOCKET)
     assert (len(recent), recent.size, recent.built, recent.reused) == (0, 0, 2, 0)
+
+
+def test_what_is_kept_is_given_in_order_up_to_the_first_offset_missing():
+    recent = RecentMessages(1 << 20)
+    records = [_record(offset) for offset in (1, 2, 3, 5)]
+    recent.keep([(record, payload(record)) for record in records])
+    assert recent.after("t", 0, 10, 10) == records[:3]
+    assert recent.after("t", 1, 1, 10) == records[1:2]
+    assert recent.after("t", 0, 10, 2) == records[:2]          # none past upto
+    assert recent.after("t", 3, 10, 10) == []                  # 4 is not kept
+    assert recent.after("other", 0, 10, 10) == []
+
+
+def _frames(sock):
+    """The payloads of the WebSocket frames waiting on ``sock``."""
+    data, payloads, pos = sock.recv(1 << 20), [], 0
+    while (extent := frame_extent(data, pos)) is not None:
+        header, length = extent
+        payloads.append(data[pos + header:pos + header + length])
+        pos += header + length
+    return payloads
+
+
+def test_a_subscription_catching_up_reads_the_store_only_past_what_is_kept():
+    records = [_record(offset, f"m{offset}") for offset in range(1, 7)]
+    reads = []
+
+    def read(topic, after, limit, upto):        # the store, holding the six
+        reads.append(after)
+        return [record for record in records if after < record.offset <= upto][:limit]
+
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    limits = config.build({}).mq
+    sub = Subscription("t", "c:x", 0, {}, [], MemoryEngine(), limits, None, [],
+                       TopicCounts().of("t"))
+    sub.recent = RecentMessages(1 << 20)
+    sub.recent.keep([(record, payload(record)) for record in records[:4]])
+    member = Member(Connection(ours, 1 << 20, WEBSOCKET), None, "t", "x")
+    sub.join(member)
+    assert not sub.catch_up(read, 6, 100, now=0.0), "what is kept may end before the store"
+    assert reads == []
+    assert sub.catch_up(read, 6, 100, now=0.0)
+    assert reads == [4]
+    assert member.conn.flush()
+    assert _frames(theirs) == [payload(record) for record in records]
+    ours.close()
+    theirs.close()
 
 
 def _scrape(running):

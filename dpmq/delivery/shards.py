@@ -32,7 +32,7 @@ from ..gathering import Gathering
 from ..message import Run
 from ..metrics import ACKED, DEAD_LETTERED, DELIVERED, TopicCounts
 from .cursors import CursorLedger
-from .recent import RecentFrames
+from .recent import RecentMessages
 from .shard_waits import ShardWaits
 from .shared_group import SharedGroup
 from .starting import start
@@ -96,8 +96,9 @@ class Shard:
         self._shared = set()            # shared groups (their messages may come back from the store)
         self._next_poll = 0.0
         self._gathering = Gathering(self.limits.writeCoalesce)
-        # frames of messages read from the store, shared by the subscriptions catching up
-        self.recent = RecentFrames(self.limits.catchUpCacheBytes // self.limits.fanoutWorkers)
+        # messages read from the store and their frames, shared by the subscriptions catching
+        # up (its sizes and counts are read by /metrics from other threads)
+        self.recent = RecentMessages(self.limits.catchUpCacheBytes // self.limits.fanoutWorkers)
 
     # -- the thread-safe side ----------------------------------------------------------------
     def post(self, kind, item=None):

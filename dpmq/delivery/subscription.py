@@ -26,7 +26,7 @@ import time
 from .. import message
 from ..metrics import EXPIRED, FAILED, GAPS, MISSED, REDELIVERED
 from .consumer_connection import WRITTEN
-from .recent import RecentFrames
+from .recent import RecentMessages
 
 log = logging.getLogger(__name__)
 
@@ -119,9 +119,9 @@ class Subscription:
         # on_deliver(subscription, member, record, attempts): its shard's, for a message with a
         # traceparent handed to a member; None (tracing off) costs the others nothing
         self.on_deliver = None
-        # where a first attempt read from the store is framed: its shard's, shared by the
+        # what it reads and frames when catching up comes through its shard's, shared by the
         # subscriptions catching up on the same messages (this one keeps nothing)
-        self.recent = RecentFrames(0)
+        self.recent = RecentMessages(0)
         self.expired = self.gaps = self.missed = 0      # for the console
         for record in requeued:
             self._push_retry(record, 0, True)
@@ -261,6 +261,7 @@ class Subscription:
 
     def _fetch(self, read, upto, limit, now):
         """Read up to ``limit`` messages after ``next`` and hand them out; True if caught up.
+        Those its shard keeps (``recent``) come from there, without a read.
 
         A member's buffer is bounded in bytes, not messages: with large messages a read of a
         whole batch could end after one or two sends, and the next pass would read the same
@@ -268,7 +269,8 @@ class Subscription:
         sent (doubling again as reads are used up), and a slow consumer costs the store what it
         takes, not a batch per message."""
         limit = min(limit, self._reads)
-        records = read(self.topic, self.next - 1, limit, upto)
+        kept = [] if self.forgotten else self.recent.after(self.topic, self.next - 1, limit, upto)
+        records = kept or read(self.topic, self.next - 1, limit, upto)
         if records and (records[0].offset > self.next or self.forgotten):
             self._gap(read, records[0].offset - self.next, "forgotten" if self.forgotten else "purged")
             self.next = records[0].offset
@@ -277,7 +279,7 @@ class Subscription:
                 self._reads = max(1, 2 * sent)
                 return False
         self._reads = min(2 * max(self._reads, len(records)), 1 << 20)
-        if len(records) < limit:
+        if len(records) < limit and not kept:   # what is kept may end before the store does
             self.behind = False
         return not self.behind
 
