@@ -1,13 +1,16 @@
 """Consumers catching up from the store share what they read and its frames (mq.catchUpCacheBytes)."""
 
+import gc
 import socket
+import tracemalloc
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from dpmq import config
-from dpmq.delivery.recent import RecentMessages
+from dpmq.delivery.recent import OVERHEAD, RecentMessages
 from dpmq.delivery.subscription import Member, Subscription
-from dpmq.message import Record, payload
+from dpmq.message import Record, new_codes, payload
 from dpmq.metrics import TopicCounts
 from dpmq.storage.memory import MemoryEngine
 from dpmq.transport.connection import Connection
@@ -37,9 +40,9 @@ def test_a_kept_live_payload_is_framed_without_encoding_it_again():
     record = _record(7, "live")
     kept = payload(record)
     recent.keep([(record, kept)])
-    assert recent.size == len("live") + len(kept)
+    assert recent.size == OVERHEAD + len("live") + len(kept)
     assert recent.frame(record, WEBSOCKET) == WEBSOCKET.message(kept)
-    assert recent.size == len("live") + len(kept) + len(WEBSOCKET.message(kept))
+    assert recent.size == OVERHEAD + len("live") + len(kept) + len(WEBSOCKET.message(kept))
     assert recent.built == 1
 
 
@@ -47,9 +50,9 @@ def test_a_frame_that_is_its_payload_is_counted_once():
     recent = RecentMessages(1 << 20)
     record = _record(3, "pulled")
     assert recent.frame(record, PULL) == payload(record)
-    assert recent.size == len("pulled") + len(payload(record))
+    assert recent.size == OVERHEAD + len("pulled") + len(payload(record))
     recent.frame(record, WEBSOCKET)
-    assert recent.size == len("pulled") + len(payload(record)) + len(
+    assert recent.size == OVERHEAD + len("pulled") + len(payload(record)) + len(
         WEBSOCKET.message(payload(record)))
 
 
@@ -62,7 +65,7 @@ def test_another_message_at_a_kept_offset_gets_its_own_frame():
 
 
 def test_the_oldest_go_first_past_the_limit():
-    record_bytes = 1000 + len(payload(_record(1, "y" * 1000))) + len(WEBSOCKET.message(payload(
+    record_bytes = OVERHEAD + 1000 + len(payload(_record(1, "y" * 1000))) + len(WEBSOCKET.message(payload(
         _record(1, "y" * 1000))))
     recent = RecentMessages(3 * record_bytes)
     for offset in range(1, 11):
@@ -80,6 +83,27 @@ def test_a_message_larger_than_the_limit_is_framed_and_not_kept():
     record = _record(1, "z" * 1000)
     assert recent.frame(record, WEBSOCKET) == WEBSOCKET.message(payload(record))
     assert (len(recent), recent.size) == (0, 0)
+
+
+@pytest.mark.parametrize("size", [10, 1000, 65536])
+def test_what_is_counted_is_what_the_messages_kept_take(size):
+    """The bound is on memory: small messages are mostly the objects that hold them."""
+    recent = RecentMessages(1 << 40)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        records = [Record(offset, code, "topic", "x" * size, 1_700_000_000.0)
+                   for offset, code in enumerate(new_codes(500), 1)]
+        recent.keep([(record, payload(record)) for record in records])
+        for record in records:
+            recent.frame(record, WEBSOCKET)
+        del records
+        gc.collect()
+        taken = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert 0.8 * recent.size <= taken <= 1.05 * recent.size, (taken, recent.size)
 
 
 def test_with_no_room_nothing_is_kept():
