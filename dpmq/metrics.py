@@ -187,6 +187,10 @@ class _Collector:
                 family.add_metric([topic], row[index])
             yield family
         members = broker.members()
+
+        def caches(figure):
+            return sum(getattr(shard.catch_up_cache, figure) for shard in broker.shards)
+
         gauges = (
             ("dpmq_buffer_used", "Messages holding room in the buffer (mq.messageChanBuffer):"
              " accepted and not yet handed to the delivery shards, those being committed included;"
@@ -204,7 +208,7 @@ class _Collector:
              broker.consumer_buffers.used),
             ("dpmq_catch_up_cache_bytes", "Bytes of recent messages and their frames kept for"
              " consumers catching up from the store (at most mq.catchUpCacheBytes)",
-             sum(shard.recent.size for shard in broker.shards)),
+             caches("size")),
         )
         for name, text, value in gauges:
             yield GaugeMetricFamily(name, text, value=value)
@@ -212,7 +216,7 @@ class _Collector:
             "dpmq_catch_up_frames", "First attempts sent to consumers catching up from the store, by"
             " whether their frame was built for them or kept from another consumer's",
             labels=["frame"])
-        frames.add_metric(["built"], sum(shard.recent.built for shard in broker.shards))
-        frames.add_metric(["reused"], sum(shard.recent.reused for shard in broker.shards))
+        frames.add_metric(["built"], caches("built"))
+        frames.add_metric(["reused"], caches("reused"))
         yield frames
         yield broker.metrics.push_seconds.family()

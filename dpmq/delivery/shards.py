@@ -31,8 +31,8 @@ from ..errors import CLOSE_BAD_INPUT, CLOSE_TRY_AGAIN, Refused, StoreError
 from ..gathering import Gathering
 from ..message import Run
 from ..metrics import ACKED, DEAD_LETTERED, DELIVERED, TopicCounts
+from .catch_up_cache import CatchUpCache
 from .cursors import CursorLedger
-from .recent import RecentMessages
 from .shard_waits import ShardWaits
 from .shared_group import SharedGroup
 from .starting import start
@@ -96,9 +96,8 @@ class Shard:
         self._shared = set()            # shared groups (their messages may come back from the store)
         self._next_poll = 0.0
         self._gathering = Gathering(self.limits.writeCoalesce)
-        # messages read from the store and their frames, shared by the subscriptions catching
-        # up (its sizes and counts are read by /metrics from other threads)
-        self.recent = RecentMessages(self.limits.catchUpCacheBytes // self.limits.fanoutWorkers)
+        # messages read from the store and their frames, shared by the subscriptions catching up
+        self.catch_up_cache = CatchUpCache(self.limits.catchUpCacheBytes // self.limits.fanoutWorkers)
 
     # -- the thread-safe side ----------------------------------------------------------------
     def post(self, kind, item=None):
@@ -161,8 +160,8 @@ class Shard:
             self._parked.clear()
         if self._active and now >= self._retry_at:
             self._catch_up(now)
-        if self.recent and not (self._active or self._parked):
-            self.recent.clear()         # nobody is behind: what it keeps would only wait
+        if self.catch_up_cache.size and not (self._active or self._parked):
+            self.catch_up_cache.clear()
         self._flush_dirty()
         if self._cursors.moved and self.on_moved is not None:
             self.on_moved()
@@ -263,20 +262,17 @@ class Shard:
             subs = self.topics.get(topic)
             if subs:
                 run = Run(mine)
-                written = 0
-                skipped = False
+                written = behind = 0
                 for sub in subs:
-                    if sub.behind:
-                        skipped = True
-                        continue    # it reads them from the store when it has room
-                    if sub.offer_live(run, now):    # straight to its socket: nothing to flush
-                        moved.add(sub)
-                        written += 1
-                    else:
-                        skipped = skipped or sub.behind
+                    if not sub.behind:      # one behind reads them when it has room
+                        if sub.offer_live(run, now):    # straight to its socket: nothing to flush
+                            moved.add(sub)
+                            written += 1
+                            continue
                         self._touch(sub)
-                if skipped:
-                    self.recent.keep(mine)
+                    behind += sub.behind
+                if behind:
+                    self.catch_up_cache.keep(mine)
                 if written:
                     self.counts.of(topic)[DELIVERED] += written * len(mine)
         return len(items)
@@ -342,7 +338,7 @@ class Shard:
                                self._dead_letter, self._timers, self.counts.of(topic))
         sub.on_gap = self._gap_told
         sub.on_deliver = self.on_deliver
-        sub.recent = self.recent
+        sub.catch_up_cache = self.catch_up_cache
         if lost:
             sub.tell_gap(None, None, "lost")
         # a forgotten one is told by its gap; its subscription.forgotten event went out when

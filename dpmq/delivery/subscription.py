@@ -25,8 +25,8 @@ import time
 
 from .. import message
 from ..metrics import EXPIRED, FAILED, GAPS, MISSED, REDELIVERED
+from .catch_up_cache import CatchUpCache
 from .consumer_connection import WRITTEN
-from .recent import RecentMessages
 
 log = logging.getLogger(__name__)
 
@@ -119,9 +119,9 @@ class Subscription:
         # on_deliver(subscription, member, record, attempts): its shard's, for a message with a
         # traceparent handed to a member; None (tracing off) costs the others nothing
         self.on_deliver = None
-        # what it reads and frames when catching up comes through its shard's, shared by the
-        # subscriptions catching up on the same messages (this one keeps nothing)
-        self.recent = RecentMessages(0)
+        # what it reads and frames when catching up comes through its shard's, shared with the
+        # shard's other subscriptions (outside a shard, as in unit tests, one that keeps nothing)
+        self.catch_up_cache = CatchUpCache(0)
         self.expired = self.gaps = self.missed = 0      # for the console
         for record in requeued:
             self._push_retry(record, 0, True)
@@ -261,7 +261,7 @@ class Subscription:
 
     def _fetch(self, read, upto, limit, now):
         """Read up to ``limit`` messages after ``next`` and hand them out; True if caught up.
-        Those its shard keeps (``recent``) come from there, without a read.
+        Those its shard keeps (``catch_up_cache``) come from there, without a read.
 
         A member's buffer is bounded in bytes, not messages: with large messages a read of a
         whole batch could end after one or two sends, and the next pass would read the same
@@ -269,7 +269,8 @@ class Subscription:
         sent (doubling again as reads are used up), and a slow consumer costs the store what it
         takes, not a batch per message."""
         limit = min(limit, self._reads)
-        kept = [] if self.forgotten else self.recent.after(self.topic, self.next - 1, limit, upto)
+        kept = [] if self.forgotten else self.catch_up_cache.after(self.topic, self.next - 1,
+                                                                    limit, upto)
         records = kept or read(self.topic, self.next - 1, limit, upto)
         if records and (records[0].offset > self.next or self.forgotten):
             self._gap(read, records[0].offset - self.next, "forgotten" if self.forgotten else "purged")
@@ -353,13 +354,13 @@ class Subscription:
         return True
 
     def _frame(self, record, attempts, framing, run, index):
-        """The bytes of ``record`` in ``framing``: a live message's from its run, a first
-        attempt read from the store's from ``recent``, a redelivery's (its Status differs)
-        built for it alone."""
+        """The bytes of ``record`` in ``framing``, built once for every consumer that gets the
+        same: a live message's are its run's, a first attempt read from the store's the catch-up
+        cache's; only a redelivery's, whose Status differs, are built for it alone."""
         if attempts:
             return framing.message(message.payload(record, attempts))
         if run is None:
-            return self.recent.frame(record, framing)
+            return self.catch_up_cache.frame(record, framing)
         return run.frames(framing)[index]
 
     def _traced(self, member, run):
