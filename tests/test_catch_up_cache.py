@@ -3,6 +3,7 @@
 
 import gc
 import socket
+import time
 import tracemalloc
 
 import pytest
@@ -153,6 +154,20 @@ def test_what_is_kept_is_given_in_order_up_to_the_first_offset_missing():
     assert cache.after("t", 0, 10, 2) == records[:2]           # none past upto
     assert cache.after("t", 3, 10, 10) == []                   # 4 is not kept
     assert cache.after("other", 0, 10, 10) == []
+
+
+def test_what_retention_may_have_purged_is_left_to_the_store():
+    records = [_record(offset) for offset in range(1, 11)]
+    by_count = CatchUpCache(1 << 20, retention_messages=3)
+    by_count.keep([(record, payload(record)) for record in records])
+    assert by_count.after("t", 6, 10, 10) == []             # 7 is not among the newest 3
+    assert by_count.after("t", 7, 10, 10) == records[7:]
+    by_time = CatchUpCache(1 << 20, retention_seconds=60)
+    now = time.time()
+    aged = [record._replace(created=now - 90 if record.offset <= 4 else now) for record in records]
+    by_time.keep([(record, payload(record)) for record in aged])
+    assert by_time.after("t", 0, 10, 10) == []
+    assert by_time.after("t", 4, 10, 10) == aged[4:]
 
 
 def _frames(sock):

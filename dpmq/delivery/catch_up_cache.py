@@ -13,9 +13,9 @@ here, and reads from the store only from the first message not kept. Nothing is 
 subscription keeps up: the shard empties the cache once none of its subscriptions has anything to
 catch up.
 
-A message kept here that retention purges from the store meanwhile is still handed out from here:
-delivered, where a read would have told the consumer it missed it. A redelivery is framed on its
-own: its ``Status`` differs.
+What retention may have purged from the store is not handed out from here: the store says what
+is left, and the consumer is told what it missed. A redelivery is framed on its own: its
+``Status`` differs.
 
 Only its shard's thread changes it; ``/metrics`` reads ``size``, ``built`` and ``reused`` from
 other threads, and ``size`` never passes ``limit``, even between two of its steps.
@@ -23,6 +23,7 @@ other threads, and ``size`` never passes ``limit``, even between two of its step
 
 import collections
 import sys
+import time
 
 from .. import message
 
@@ -35,8 +36,10 @@ OVERHEAD = 800
 class CatchUpCache:
     """Records, payloads and frames of recent first attempts, at most ``limit`` bytes of them."""
 
-    def __init__(self, limit):
+    def __init__(self, limit, retention_seconds=None, retention_messages=0):
         self.limit = limit
+        self.retention_seconds = retention_seconds      # mq.retentionSeconds; None: none
+        self.retention_messages = retention_messages    # mq.retentionMessages; 0: none
         self.size = 0               # bytes of messages, payloads and frames kept
         self.built = 0              # frames built for a first attempt read from the store
         self.reused = 0             # ... and frames given again from here
@@ -62,14 +65,18 @@ class CatchUpCache:
 
     def after(self, topic, offset, limit, upto):
         """The records kept of ``topic`` right after ``offset``, each the one after the one
-        before, at most ``limit`` and none past ``upto``: what a read from the store would
-        begin with (empty when the next one is not kept)."""
+        before, at most ``limit`` and none past ``upto`` (the newest handed out): what a read
+        from the store would begin with. Empty when the next one is not kept, or when retention
+        may have purged it (older than its time, or not among the newest of its count)."""
+        if self.retention_messages and offset < upto - self.retention_messages:
+            return []
+        oldest = time.time() - self.retention_seconds if self.retention_seconds else 0.0
         records = []
         get = self._entries.get
         while len(records) < limit and offset < upto:
             offset += 1
             entry = get((topic, offset))
-            if entry is None:
+            if entry is None or entry[0].created < oldest:
                 break
             records.append(entry[0])
         return records

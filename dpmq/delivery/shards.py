@@ -97,7 +97,9 @@ class Shard:
         self._next_poll = 0.0
         self._gathering = Gathering(self.limits.writeCoalesce)
         # messages read from the store and their frames, shared by the subscriptions catching up
-        self.catch_up_cache = CatchUpCache(self.limits.catchUpCacheBytes // self.limits.fanoutWorkers)
+        self.catch_up_cache = CatchUpCache(self.limits.catchUpCacheBytes // self.limits.fanoutWorkers,
+                                           self.limits.retentionSeconds,
+                                           self.limits.retentionMessages)
 
     # -- the thread-safe side ----------------------------------------------------------------
     def post(self, kind, item=None):
