@@ -219,4 +219,10 @@ class _Collector:
         frames.add_metric(["built"], caches("built"))
         frames.add_metric(["reused"], caches("reused"))
         yield frames
+        reads = CounterMetricFamily(
+            "dpmq_catch_up_messages", "Messages read for consumers catching up, by whether they"
+            " came from the store or from the catch-up cache", labels=["source"])
+        reads.add_metric(["store"], caches("from_store"))
+        reads.add_metric(["cache"], caches("from_cache"))
+        yield reads
         yield broker.metrics.push_seconds.family()

@@ -201,6 +201,7 @@ def test_a_subscription_catching_up_reads_the_store_only_past_what_is_kept():
     assert reads == []
     assert sub.catch_up(read, 6, 100, now=0.0)
     assert reads == [4]
+    assert (sub.catch_up_cache.from_cache, sub.catch_up_cache.from_store) == (4, 2)
     assert member.conn.flush()
     assert _frames(theirs) == [payload(record) for record in records]
     ours.close()
@@ -241,8 +242,11 @@ def test_consumers_behind_together_share_the_frames_they_read(make_broker, engin
     built, reused = metrics["dpmq_catch_up_frames_totalbuilt"], \
         metrics["dpmq_catch_up_frames_totalreused"]
     # Each message past what the buffers and the kernel took is framed for the first consumer
-    # to read it; the three others reuse that frame.
+    # to read it; the three others reuse that frame, and take the message without a read.
     assert built > 0 and reused >= 2 * built, (built, reused)
+    from_store, from_cache = metrics["dpmq_catch_up_messages_totalstore"], \
+        metrics["dpmq_catch_up_messages_totalcache"]
+    assert from_cache >= 2 * from_store, (from_store, from_cache)
     assert 0 < most <= running.settings.mq.catchUpCacheBytes
 
 
@@ -263,3 +267,5 @@ def test_with_the_cache_off_each_consumer_frames_its_own(make_broker):
     metrics = _scrape(running)
     assert most == 0 and metrics["dpmq_catch_up_frames_totalreused"] == 0
     assert metrics["dpmq_catch_up_frames_totalbuilt"] > 0
+    assert metrics["dpmq_catch_up_messages_totalcache"] == 0
+    assert metrics["dpmq_catch_up_messages_totalstore"] > 0

@@ -17,8 +17,8 @@ What retention may have purged from the store is not handed out from here: the s
 is left, and the consumer is told what it missed. A redelivery is framed on its own: its
 ``Status`` differs.
 
-Only its shard's thread changes it; ``/metrics`` reads ``size``, ``built`` and ``reused`` from
-other threads, and ``size`` never passes ``limit``, even between two of its steps.
+Only its shard's thread changes it; ``/metrics`` reads its sizes and counts from other threads,
+and ``size`` never passes ``limit``, even between two of its steps.
 """
 
 import collections
@@ -43,6 +43,8 @@ class CatchUpCache:
         self.size = 0               # bytes of messages, payloads and frames kept
         self.built = 0              # frames built for a first attempt read from the store
         self.reused = 0             # ... and frames given again from here
+        self.from_store = 0         # messages read from the store for a subscription behind
+        self.from_cache = 0         # ... and taken from here instead
         # (topic, offset) -> [record, payload, {framing: frame}, bytes], oldest first
         self._entries = collections.OrderedDict()
 
@@ -62,6 +64,18 @@ class CatchUpCache:
             newest.append((record, payload))
         for record, payload in reversed(newest):
             self._add(record, payload)
+
+    def read(self, read, topic, offset, limit, upto, store_only=False):
+        """``read(topic, offset, limit, upto)`` (the store's), beginning with what is kept here
+        unless ``store_only``: ``(records, kept)``, with ``kept`` when they came from here (the
+        store may hold more after them)."""
+        records = [] if store_only else self.after(topic, offset, limit, upto)
+        if records:
+            self.from_cache += len(records)
+            return records, True
+        records = read(topic, offset, limit, upto)
+        self.from_store += len(records)
+        return records, False
 
     def after(self, topic, offset, limit, upto):
         """The records kept of ``topic`` right after ``offset``, each the one after the one

@@ -269,9 +269,8 @@ class Subscription:
         sent (doubling again as reads are used up), and a slow consumer costs the store what it
         takes, not a batch per message."""
         limit = min(limit, self._reads)
-        kept = [] if self.forgotten else self.catch_up_cache.after(self.topic, self.next - 1,
-                                                                    limit, upto)
-        records = kept or read(self.topic, self.next - 1, limit, upto)
+        records, kept = self.catch_up_cache.read(read, self.topic, self.next - 1, limit, upto,
+                                                 store_only=self.forgotten)
         if records and (records[0].offset > self.next or self.forgotten):
             self._gap(read, records[0].offset - self.next, "forgotten" if self.forgotten else "purged")
             self.next = records[0].offset
