@@ -58,12 +58,13 @@ class CatchUpCache:
             return
         newest, room = [], self.limit
         for record, payload in reversed(items):
-            room -= cost(record, payload)
+            size = cost(record, payload)
+            room -= size
             if room < 0:
                 break
-            newest.append((record, payload))
-        for record, payload in reversed(newest):
-            self._add(record, payload)
+            newest.append((record, payload, size))
+        for record, payload, size in reversed(newest):
+            self._add(record, payload, size)
 
     def read(self, read, topic, offset, limit, upto, store_only=False):
         """``read(topic, offset, limit, upto)`` (the store's), beginning with what is kept here
@@ -100,10 +101,11 @@ class CatchUpCache:
         key = (record.topic, record.offset)
         entry = self._entries.get(key)
         if entry is None or entry[0].code != record.code:
-            entry = self._add(record, message.payload(record))
+            payload = message.payload(record)
+            entry = self._add(record, payload, cost(record, payload))
             if entry is None:       # larger than the cache
                 self.built += 1
-                return framing.message(message.payload(record))
+                return framing.message(payload)
         payload, frames = entry[1], entry[2]
         frame = frames.get(framing)
         if frame is not None:
@@ -124,13 +126,13 @@ class CatchUpCache:
         self._entries.clear()
         self.size = 0
 
-    def _add(self, record, payload):
-        """Keep ``record`` (in place of another message kept at its offset, from a store
-        emptied and filled again); the new entry, or None if it is larger than the cache."""
+    def _add(self, record, payload, size):
+        """Keep ``record``, taking ``size`` bytes (in place of another message kept at its
+        offset, from a store emptied and filled again); the new entry, or None if it is larger
+        than the cache."""
         key = (record.topic, record.offset)
         if key in self._entries:
             self._drop(key)
-        size = cost(record, payload)
         if not self._make_room(size):
             return None
         entry = self._entries[key] = [record, payload, {}, size]
